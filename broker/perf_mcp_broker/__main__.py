@@ -1,0 +1,135 @@
+"""perf-mcp-broker: the root half of perf-mcp.
+
+Usage:
+  perf-mcp-broker --socket PATH [--output-cap BYTES]   (development, tests)
+  perf-mcp-broker                                     (systemd socket activation, LISTEN_FDS)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+
+import trio
+
+from perf_mcp_protocol import limits
+
+from . import __version__
+from .authz import Authorizer
+from .hardening import harden
+from .jobs import resolve_programs
+from .server import Broker
+
+log = logging.getLogger("perf_mcp_broker")
+SD_LISTEN_FDS_START = 3
+
+
+def _systemd_socket() -> socket.socket | None:
+    if os.environ.get("LISTEN_PID") != str(os.getpid()):
+        return None
+    count = int(os.environ.get("LISTEN_FDS", "0"))
+    for name in ("LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"):
+        os.environ.pop(name, None)
+    if count < 1:
+        return None
+    return socket.socket(fileno=SD_LISTEN_FDS_START)
+
+
+def _bind_socket(path: str) -> socket.socket:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)  # a stale socket of an earlier broker
+    except FileNotFoundError:
+        pass
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    old = os.umask(0o111)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    # Anyone may connect: authorisation is per job (polkit), not by file mode.
+    os.chmod(path, 0o666)
+    return sock
+
+
+def _workroot() -> str:
+    base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or "/run/perf-mcp-broker"
+    path = os.path.join(base, "jobs")
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)
+    return path
+
+
+def make_broker(output_cap: int, trusted_uids: frozenset[int] = frozenset()) -> Broker:
+    programs, missing = resolve_programs()
+    return Broker(
+        programs=programs,
+        missing=missing,
+        workroot=_workroot(),
+        output_cap=output_cap,
+        authorizer=Authorizer(trusted_uids),
+    )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="perf-mcp-broker", description="perf-mcp's root broker")
+    p.add_argument("--socket", help="listen on this Unix socket path (default: socket from systemd)")
+    p.add_argument(
+        "--output-cap",
+        type=int,
+        default=limits.DEFAULT_OUTPUT_CAP,
+        help=f"bytes of job output returned per job ({limits.MIN_OUTPUT_CAP}..{limits.MAX_OUTPUT_CAP})",
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument("--version", action="version", version=f"perf-mcp-broker {__version__}")
+    args = p.parse_args(argv)
+    if not limits.MIN_OUTPUT_CAP <= args.output_cap <= limits.MAX_OUTPUT_CAP:
+        p.error(f"--output-cap must lie in {limits.MIN_OUTPUT_CAP}..{limits.MAX_OUTPUT_CAP}")
+    return args
+
+
+async def _serve(broker: Broker, sock: socket.socket, path: str | None) -> None:
+    sock.listen(64)
+    listener = trio.socket.from_stdlib_socket(sock)
+    with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(broker.serve_listener, listener)
+            log.info("perf-mcp-broker %s serving on %s", __version__, path or "systemd socket")
+            async for signum in signals:
+                log.info("signal %d: stopping", signum)
+                nursery.cancel_scope.cancel()
+                break
+    if path:
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(stream=sys.stderr, level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if os.geteuid() != 0:
+        log.error("perf-mcp-broker must run as root (it runs perf and BPF tools for authorised users)")
+        return 1
+    sock = _systemd_socket()
+    if sock is None:
+        if not args.socket:
+            log.error("no --socket given and no socket passed by systemd")
+            return 2
+        sock = _bind_socket(args.socket)
+    broker = make_broker(args.output_cap)
+    if broker.missing:
+        log.warning("programs not found: %s", ", ".join(broker.missing))
+    harden()
+    trio.run(_serve, broker, sock, args.socket)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

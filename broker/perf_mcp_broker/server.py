@@ -1,0 +1,342 @@
+"""The broker's connection handler: one connection is one job.
+
+Invariants:
+- Hello, then exactly one request, then events and one final message. Anything
+  else (a frame over the limit, undecodable bytes, a wrong type, a second
+  request, silence past the handshake time-out) closes that connection only.
+- Identity comes from the socket (peer.py); authorisation from authz.py; the argv
+  from the dispatch table in jobs.py. Nothing here builds an argv.
+- The client closing its end while a job runs cancels the job; runner.run_step
+  kills the job's whole process group before returning.
+- Per-uid and global job limits: over them the answer is BUSY, never a queue.
+- Every job leaves one audit line (who, what, argv, outcome, duration).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import itertools
+import json
+import logging
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+import trio
+
+from perf_mcp_protocol import (
+    REQUEST_CLASS,
+    Accepted,
+    AccessQuery,
+    AccessReply,
+    BrokerHello,
+    ErrorCode,
+    ErrorReply,
+    FrameReader,
+    Hello,
+    JobClass,
+    JobResult,
+    KernelFeatures,
+    Progress,
+    ProtocolError,
+    decode_client_message,
+    encode_frame,
+    limits,
+)
+
+from . import __version__
+from .authz import ACTION_IDS, Authorizer
+from .jobs import BUILDERS, ProgramMissing
+from .peer import Peer, PeerGone, identify
+from .runner import pid_exists, run_step
+
+log = logging.getLogger("perf_mcp_broker")
+audit = logging.getLogger("perf_mcp_broker.audit")
+
+MAX_CONNECTIONS = 64
+GRANT_HINT = (
+    "ask an administrator to grant the polkit action {action} (for example: add the user to the "
+    "'perf-mcp' group with the rules file shipped in polkit/50-perf-mcp.rules), or run as root"
+)
+# Job classes that count against the one-job-per-uid limit.
+_PER_UID_CLASSES = {JobClass.PROFILE, JobClass.TRACE}
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def kernel_features() -> KernelFeatures:
+    return KernelFeatures(
+        btf=os.path.exists("/sys/kernel/btf/vmlinux"),
+        tracefs=os.path.isdir("/sys/kernel/tracing/events"),
+        kprobe_events=os.path.exists("/sys/kernel/tracing/kprobe_events"),
+        perf_event_paranoid=_read_int("/proc/sys/kernel/perf_event_paranoid"),
+        kptr_restrict=_read_int("/proc/sys/kernel/kptr_restrict"),
+    )
+
+
+
+class Broker:
+    def __init__(
+        self,
+        programs: dict[str, str],
+        missing: list[str],
+        workroot: str,
+        output_cap: int = limits.DEFAULT_OUTPUT_CAP,
+        authorizer: Authorizer | None = None,
+        max_jobs_per_uid: int = limits.MAX_JOBS_PER_UID,
+        max_jobs: int = limits.MAX_JOBS_GLOBAL,
+    ) -> None:
+        self.programs = programs
+        self.missing = missing
+        self.workroot = workroot
+        self.output_cap = output_cap
+        self.authorizer = authorizer or Authorizer()
+        self.max_jobs_per_uid = max_jobs_per_uid
+        self.max_jobs = max_jobs
+        self._jobs_by_uid: collections.Counter[int] = collections.Counter()
+        self._jobs = 0
+        self._ids = itertools.count(1)
+        self._connections = trio.Semaphore(MAX_CONNECTIONS)
+
+    def hello(self) -> BrokerHello:
+        return BrokerHello(
+            protocol_version=limits.PROTOCOL_VERSION,
+            broker_version=__version__,
+            programs=dict(self.programs),
+            missing=list(self.missing),
+            job_kinds=sorted(b.__struct_config__.tag for b in BUILDERS) + ["access_query"],
+            kernel=kernel_features(),
+            output_cap=self.output_cap,
+            max_jobs_per_uid=self.max_jobs_per_uid,
+            max_jobs=self.max_jobs,
+        )
+
+    # ------------------------------------------------------------ serving
+
+    async def serve_listener(self, listener: trio.socket.SocketType) -> None:
+        async with trio.open_nursery() as nursery:
+            while True:
+                await self._connections.acquire()
+                try:
+                    conn, _ = await listener.accept()
+                except OSError as exc:
+                    self._connections.release()
+                    log.warning("accept failed: %s", exc)
+                    await trio.sleep(0.1)
+                    continue
+                nursery.start_soon(self._handle_counted, conn)
+
+    async def serve_fd_channel(self, control: trio.socket.SocketType) -> None:
+        """Connections handed over as fds (SCM_RIGHTS) by our own parent: sudo mode.
+
+        Returns when the control socket closes (the frontend has exited).
+        """
+        fd_size = socket.CMSG_LEN(16 * 4)
+        async with trio.open_nursery() as nursery:
+            while True:
+                msg, ancdata, _flags, _addr = await control.recvmsg(1, fd_size)
+                fds = [
+                    fd
+                    for level, kind, data in ancdata
+                    if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS
+                    for fd in memoryview(data)[: len(data) - len(data) % 4].cast("i")
+                ]
+                for fd in fds:
+                    conn = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
+                    await self._connections.acquire()
+                    nursery.start_soon(self._handle_counted, conn)
+                if not msg and not fds:
+                    nursery.cancel_scope.cancel()
+                    return
+
+    async def _handle_counted(self, conn: trio.socket.SocketType) -> None:
+        try:
+            await self.handle(conn)
+        finally:
+            self._connections.release()
+
+    async def handle(self, conn: trio.socket.SocketType) -> None:
+        stream = trio.SocketStream(conn)
+        peer: Peer | None = None
+        try:
+            peer = identify(conn)
+            reader = FrameReader(stream)
+            with trio.fail_after(limits.HANDSHAKE_TIMEOUT_S):
+                hello = decode_client_message(await reader.read_frame(limits.MAX_REQUEST_FRAME))
+                if not isinstance(hello, Hello):
+                    raise ProtocolError(f"expected hello, got {type(hello).__name__}")
+                if hello.protocol_version != limits.PROTOCOL_VERSION:
+                    await self._send(stream, ErrorReply(ErrorCode.PROTOCOL_MISMATCH, f"broker speaks protocol {limits.PROTOCOL_VERSION}"))
+                    return
+                await self._send(stream, self.hello())
+                request = decode_client_message(await reader.read_frame(limits.MAX_REQUEST_FRAME))
+                if isinstance(request, Hello):
+                    raise ProtocolError("second hello")
+            await self._dispatch(peer, stream, request)
+        except PeerGone as exc:
+            log.info("connection dropped: %s", exc)
+        except ProtocolError as exc:
+            log.warning("closing connection from uid %s pid %s: %s", peer and peer.uid, peer and peer.pid, exc)
+        except trio.TooSlowError:
+            log.warning("closing connection from uid %s: handshake time-out", peer and peer.uid)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            log.info("client uid %s went away", peer and peer.uid)
+        except Exception:
+            # A bug in one job must not take the broker down for everyone else.
+            log.exception("internal error serving uid %s", peer and peer.uid)
+            with trio.move_on_after(1), contextlib.suppress(Exception):
+                await self._send(stream, ErrorReply(ErrorCode.INTERNAL, "internal broker error; see the broker's log"))
+        finally:
+            if peer is not None:
+                peer.close()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+    @staticmethod
+    async def _send(stream: trio.SocketStream, message) -> None:
+        await stream.send_all(encode_frame(message))
+
+    # ------------------------------------------------------------ jobs
+
+    async def _dispatch(self, peer: Peer, stream: trio.SocketStream, request) -> None:
+        if isinstance(request, AccessQuery):
+            await self._send(stream, await self._access(peer))
+            return
+        job_class = REQUEST_CLASS[type(request)]
+        pid = getattr(request, "pid", None)
+        if pid is not None and not pid_exists(pid):
+            await self._send(stream, ErrorReply(ErrorCode.PID_NOT_FOUND, f"no process with pid {pid}"))
+            return
+        decision = await self.authorizer.check(peer, job_class)
+        if not decision.allowed:
+            self._audit(peer, request, None, [], "denied", 0.0, decision.reason)
+            hint = GRANT_HINT.format(action=ACTION_IDS[job_class]) if job_class else ""
+            await self._send(stream, ErrorReply(ErrorCode.PERMISSION_DENIED, f"{decision.reason}; {hint}"))
+            return
+        if not self._reserve(peer.uid, job_class):
+            self._audit(peer, request, None, [], "busy", 0.0, "")
+            await self._send(stream, ErrorReply(ErrorCode.BUSY, self._busy_message()))
+            return
+        try:
+            await self._run_job(peer, stream, request, job_class)
+        finally:
+            self._release(peer.uid, job_class)
+
+    async def _access(self, peer: Peer) -> AccessReply:
+        granted, denied, reasons = [], [], []
+        for job_class in JobClass:
+            decision = await self.authorizer.check(peer, job_class, interactive=False)
+            (granted if decision.allowed else denied).append(job_class)
+            reasons.append(f"{job_class.value}: {decision.reason}")
+        return AccessReply(granted=granted, denied=denied, uid=peer.uid, detail="; ".join(reasons))
+
+    def _reserve(self, uid: int, job_class: JobClass | None) -> bool:
+        per_uid = job_class in _PER_UID_CLASSES
+        if self._jobs >= self.max_jobs or (per_uid and self._jobs_by_uid[uid] >= self.max_jobs_per_uid):
+            return False
+        self._jobs += 1
+        if per_uid:
+            self._jobs_by_uid[uid] += 1
+        return True
+
+    def _release(self, uid: int, job_class: JobClass | None) -> None:
+        self._jobs -= 1
+        if job_class in _PER_UID_CLASSES:
+            self._jobs_by_uid[uid] -= 1
+            if not self._jobs_by_uid[uid]:
+                del self._jobs_by_uid[uid]
+
+    def _busy_message(self) -> str:
+        return (
+            f"the broker runs at most {self.max_jobs_per_uid} profiling/tracing job per user and "
+            f"{self.max_jobs} jobs in total; wait for the running job to finish"
+        )
+
+    async def _run_job(self, peer: Peer, stream: trio.SocketStream, request, job_class) -> None:
+        job_id = next(self._ids)
+        started = time.monotonic()
+        workdir = tempfile.mkdtemp(prefix=f"job{job_id}-", dir=self.workroot)
+        results, outcome, detail = [], "error", ""
+        try:
+            try:
+                steps = BUILDERS[type(request)](request, self.programs, workdir)
+            except ProgramMissing as exc:
+                outcome, detail = "program-missing", exc.program
+                await self._send(stream, ErrorReply(ErrorCode.PROGRAM_MISSING, f"{exc.program} is not installed on this host"))
+                return
+            await self._send(stream, Accepted(job_id=job_id, job_class=job_class))
+            expected = sum(s.stop_after_s or 0.0 for s in steps)
+            finished = False
+            async with trio.open_nursery() as nursery:
+                current = {"step": steps[0].name}
+                nursery.start_soon(self._watch_client, stream, nursery.cancel_scope)
+                nursery.start_soon(self._progress, stream, current, started, expected, nursery.cancel_scope)
+                budget = self.output_cap
+                for step in steps:
+                    current["step"] = step.name
+                    result = await run_step(step, stdout_cap=max(budget, 0))
+                    budget -= len(result.stdout)
+                    results.append(result)
+                    if not _step_ok(result):
+                        break
+                finished = True
+                nursery.cancel_scope.cancel()
+            if not finished:
+                outcome = "cancelled"  # the client went away; its job's group is gone
+                return
+            outcome = "ok" if all(_step_ok(r) for r in results) and len(results) == len(steps) else "failed"
+            await self._send(stream, JobResult(job_id=job_id, steps=results, wall_s=round(time.monotonic() - started, 3)))
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+            argv = [" ".join(r.argv) for r in results]
+            self._audit(peer, request, job_id, argv, outcome, time.monotonic() - started, detail)
+
+    async def _watch_client(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
+        """After the request the client only listens: EOF or any byte cancels the job."""
+        try:
+            await stream.receive_some(1)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        scope.cancel()
+
+    async def _progress(self, stream, current, started, expected, scope: trio.CancelScope) -> None:
+        while True:
+            await trio.sleep(1.0)
+            try:
+                await self._send(stream, Progress(step=current["step"], elapsed_s=round(time.monotonic() - started, 1), expected_s=expected))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                scope.cancel()
+                return
+
+    def _audit(self, peer: Peer, request, job_id, argv, outcome: str, wall_s: float, detail: str) -> None:
+        audit.info(
+            json.dumps(
+                {
+                    "event": "job",
+                    "job_id": job_id,
+                    "uid": peer.uid,
+                    "pid": peer.pid,
+                    "kind": type(request).__struct_config__.tag,
+                    "argv": argv,
+                    "outcome": outcome,
+                    "wall_s": round(wall_s, 3),
+                    "detail": detail,
+                }
+            )
+        )
+
+
+def _step_ok(result) -> bool:
+    """A step stopped by our SIGINT counts as a normal end (perf record)."""
+    if result.timed_out:
+        return False
+    return result.exit_status == 0 or result.signal == 2 or result.exit_status == 130
