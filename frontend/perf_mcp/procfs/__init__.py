@@ -1,0 +1,1 @@
+"""procfs: pure parsers (bytes -> msgspec Structs), derived rates and the background sampler."""
