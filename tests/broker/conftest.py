@@ -1,0 +1,40 @@
+"""Broker socket-level tests: fixtures local to tests/broker (the shared ones are in tests/conftest.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+# broker_wire and user_clients sit beside this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import helpers  # noqa: E402
+
+
+@pytest.fixture
+def granted(test_users: helpers.TestUsers) -> str:
+    return test_users.granted.name
+
+
+@pytest.fixture
+def denied(test_users: helpers.TestUsers) -> str:
+    return test_users.denied.name
+
+
+@pytest.fixture
+def broker_alive(broker: helpers.RunningBroker) -> helpers.RunningBroker:
+    """The default broker; the test's end checks it is still alive (pidfd-free: by PID)."""
+    yield broker
+    assert broker.alive(), f"the broker died during the test:\n{broker.log_text()[-4000:]}"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """Print the figures the broker tests measured, even when their output was captured."""
+    from user_clients import FIGURES
+
+    if FIGURES:
+        terminalreporter.section("broker figures")
+        for line in FIGURES:
+            terminalreporter.write_line(line)
