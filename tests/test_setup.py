@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -138,6 +139,21 @@ def test_venv_python_runs_as_the_denied_user(test_users: helpers.TestUsers) -> N
 def test_entry_points_installed() -> None:
     for exe in (helpers.FRONTEND_BIN, helpers.BROKER_BIN):
         assert exe.exists() and os.access(exe, os.X_OK), f"{exe}: {helpers.SETUP_HINT}"
+
+
+@pytest.mark.root
+def test_dev_setup_is_idempotent(test_users: helpers.TestUsers) -> None:
+    """On a machine that has everything, the set-up changes nothing and still checks polkit."""
+    res = subprocess.run(
+        ["bash", str(helpers.REPO / "packaging" / "dev-setup.sh")],
+        capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=600,
+    )
+    assert res.returncode == 0, res.stderr
+    change = re.compile(r"\b(creating|installing|adding|removing|starting|mounting|missing)\b")
+    changes = [line for line in res.stderr.splitlines() if line.startswith("dev-setup:") and change.search(line)]
+    assert changes == []
+    assert "yes for perfmcp-granted, no for perfmcp-denied" in res.stderr
+    assert "***" not in res.stderr  # no loud warning (tree unreadable, foreign venv)
 
 
 # ------------------------------------------------------------------ the helpers
