@@ -24,6 +24,26 @@ def as_text(data: Raw) -> str:
     return data.decode("utf-8", "replace")
 
 
+def lines_of(data: Raw, what: str, warnings: list[str]) -> list[str]:
+    """The complete lines of a line-oriented file. The kernel ends every line
+    with a newline, so a last line without one is a truncated read: it is
+    dropped with a warning rather than parsed into a wrong number."""
+    lines = as_text(data).split("\n")
+    last = lines.pop()
+    if last:
+        warnings.append(f"{what}: last line has no newline (truncated?), skipped: {last[:60]!r}")
+    return lines
+
+
+def record_text(data: Raw, what: str) -> str:
+    """The text of a single-record file, which must be complete (end with a
+    newline): ParseError otherwise."""
+    text = as_text(data)
+    if not text.endswith("\n"):
+        raise ParseError(what, "empty or truncated (no final newline)")
+    return text
+
+
 def to_int(token: str, what: str) -> int:
     try:
         return int(token)
@@ -46,7 +66,7 @@ def line_warning(what: str, lineno: int, line: str, reason: str) -> str:
 
 
 def single_value_text(data: Raw, what: str) -> str:
-    text = as_text(data).strip()
+    text = record_text(data, what).strip()
     if not text or any(c.isspace() for c in text):
         raise ParseError(what, f"expected a single value, got {text[:40]!r}")
     return text
@@ -56,7 +76,7 @@ def parse_flat_keyed(data: Raw, what: str) -> tuple[dict[str, int], Warnings]:
     """Lines of "key value" (or "key: value [kB]" is handled elsewhere)."""
     values: dict[str, int] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, what, warnings), 1):
         parts = line.split()
         if not parts:
             continue

@@ -15,8 +15,8 @@ from ._text import (
     Raw,
     Record,
     Warnings,
-    as_text,
     line_warning,
+    lines_of,
     parse_flat_keyed,
     single_value_text,
     to_int,
@@ -186,7 +186,7 @@ def parse_cgroup_v2_io_stat(data: Raw) -> CgroupIoStat:
     io.cost's "cost.vrate=135.04") are left out of ``values``."""
     devices: dict[str, CgroupIoDevice] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "io.stat", warnings), 1):
         tokens = line.split()
         if not tokens:
             continue
@@ -221,7 +221,7 @@ def parse_cgroup_v1_blkio(data: Raw) -> CgroupV1Blkio:
     devices: dict[str, dict[str, int]] = {}
     total: int | None = None
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "blkio", warnings), 1):
         tokens = line.split()
         try:
             if len(tokens) == 2 and tokens[0] == "Total":
@@ -270,7 +270,7 @@ def parse_proc_cgroup(data: Raw) -> ProcCgroup:
     split at the first two colons only."""
     entries: list[CgroupEntry] = []
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/PID/cgroup", warnings), 1):
         if not line.strip():
             continue
         parts = line.split(":", 2)
@@ -333,7 +333,7 @@ def _mount(tokens: list[str], what: str) -> Mount:
 def parse_mountinfo(data: Raw) -> MountInfo:
     mounts: list[Mount] = []
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "mountinfo", warnings), 1):
         tokens = line.split(" ")
         if not line.strip():
             continue

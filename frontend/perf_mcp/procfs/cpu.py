@@ -9,7 +9,7 @@ Kernels before 2.6.33 print fewer than ten CPU columns; missing ones are 0.
 
 from __future__ import annotations
 
-from ._text import Raw, Record, Warnings, as_text, line_warning, to_float, to_int
+from ._text import Raw, Record, Warnings, line_warning, lines_of, record_text, to_float, to_int
 from .errors import ParseError
 
 _CPU_FIELDS = (
@@ -72,7 +72,7 @@ def parse_stat(data: Raw) -> ProcStat:
     per_cpu: dict[int, CpuTimes] = {}
     scalars: dict[str, int] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/stat", warnings), 1):
         key, _, rest = line.partition(" ")
         try:
             if key == "cpu":
@@ -121,7 +121,7 @@ class LoadAvg(Record, frozen=True):
 def parse_loadavg(data: Raw) -> LoadAvg:
     """Parse /proc/loadavg ("0.06 0.14 0.08 1/82 4629"); ParseError otherwise."""
     what = "/proc/loadavg"
-    tokens = as_text(data).split()
+    tokens = record_text(data, what).split()
     if len(tokens) != 5:
         raise ParseError(what, f"expected 5 fields, got {len(tokens)}")
     running, slash, threads = tokens[3].partition("/")
@@ -157,10 +157,10 @@ class CpuInfo(Record, frozen=True):
     warnings: Warnings = ()
 
 
-def _cpuinfo_blocks(text: str, warnings: list[str]) -> list[dict[str, str]]:
+def _cpuinfo_blocks(lines: list[str], warnings: list[str]) -> list[dict[str, str]]:
     blocks: list[dict[str, str]] = []
     current: dict[str, str] = {}
-    for lineno, line in enumerate(text.splitlines(), 1):
+    for lineno, line in enumerate(lines, 1):
         if not line.strip():
             if current:
                 blocks.append(current)
@@ -194,7 +194,7 @@ def _opt_float(block: dict[str, str], key: str) -> float | None:
 def parse_cpuinfo(data: Raw) -> CpuInfo:
     """Parse the essentials of /proc/cpuinfo (x86 and ARM layouts)."""
     warnings: list[str] = []
-    blocks = _cpuinfo_blocks(as_text(data), warnings)
+    blocks = _cpuinfo_blocks(lines_of(data, "/proc/cpuinfo", warnings), warnings)
     processors: list[CpuInfoProcessor] = []
     extra: dict[str, str] = {}
     for block in blocks:

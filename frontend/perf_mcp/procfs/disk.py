@@ -10,7 +10,7 @@ kernels append fields at the end.
 
 from __future__ import annotations
 
-from ._text import Raw, Record, Warnings, as_text, line_warning
+from ._text import Raw, Record, Warnings, line_warning, lines_of
 
 
 class DiskStat(Record, frozen=True, gc=False):
@@ -53,7 +53,7 @@ def _parse_line(tokens: list[str]) -> DiskStat:
 def parse_diskstats(data: Raw) -> DiskStats:
     devices: dict[str, DiskStat] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/diskstats", warnings), 1):
         tokens = line.split()
         if not tokens:
             continue

@@ -7,7 +7,7 @@ counters before 4.8) gives None in the typed field.
 
 from __future__ import annotations
 
-from ._text import Raw, Record, Warnings, as_text, line_warning, parse_flat_keyed
+from ._text import Raw, Record, Warnings, line_warning, lines_of, parse_flat_keyed
 
 
 class MemInfo(Record, frozen=True):
@@ -71,7 +71,7 @@ _MEMINFO_KEYS = {
 def parse_meminfo(data: Raw) -> MemInfo:
     values: dict[str, int] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/meminfo", warnings), 1):
         if not line.strip():
             continue
         key, sep, rest = line.partition(":")

@@ -7,7 +7,7 @@ value line pair that do not match) is skipped with a warning.
 
 from __future__ import annotations
 
-from ._text import Raw, Record, Warnings, as_text, line_warning
+from ._text import Raw, Record, Warnings, line_warning, lines_of
 
 
 class NetDevStat(Record, frozen=True, gc=False):
@@ -43,7 +43,7 @@ def parse_net_dev(data: Raw) -> NetDev:
     the colon, so the name is split at the colon, not at whitespace."""
     interfaces: dict[str, NetDevStat] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/net/dev", warnings), 1):
         name, sep, rest = line.partition(":")
         if not sep:
             if lineno > 2 and line.strip():  # the first two lines are the header
@@ -81,7 +81,7 @@ def parse_net_snmp(data: Raw, what: str = "/proc/net/snmp") -> NetSnmp:
     protocols: dict[str, dict[str, int]] = {}
     warnings: list[str] = []
     header: tuple[str, list[str], int] | None = None
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, what, warnings), 1):
         prefix, sep, rest = line.partition(":")
         if not line.strip():
             continue
@@ -154,7 +154,7 @@ def parse_softnet_stat(data: Raw) -> SoftnetStat:
     no line, which is why the index column matters when it exists."""
     cpus: list[SoftnetCpu] = []
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/net/softnet_stat", warnings), 1):
         tokens = line.split()
         if not tokens:
             continue

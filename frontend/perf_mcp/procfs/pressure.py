@@ -12,7 +12,7 @@ by definition, so a caller must not read it as "no stall".
 
 from __future__ import annotations
 
-from ._text import Raw, Record, as_text, to_float, to_int
+from ._text import Raw, Record, record_text, to_float, to_int
 from .errors import ParseError
 
 
@@ -48,7 +48,7 @@ def _pressure_line(tokens: list[str], what: str) -> PressureLine:
 
 def parse_pressure(data: Raw, what: str = "pressure") -> Pressure:
     lines: dict[str, PressureLine] = {}
-    for line in as_text(data).splitlines():
+    for line in record_text(data, what).split("\n"):
         tokens = line.split()
         if not tokens:
             continue

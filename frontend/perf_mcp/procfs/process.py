@@ -10,7 +10,7 @@ threads have no Vm* lines in status).
 
 from __future__ import annotations
 
-from ._text import Raw, Record, Warnings, as_text, line_warning, to_int
+from ._text import Raw, Record, Warnings, line_warning, lines_of, record_text, to_int
 from .errors import ParseError
 
 
@@ -74,7 +74,7 @@ _STAT_TAIL = {"processor": 36, "rt_priority": 37, "policy": 38, "delayacct_blkio
 
 def parse_pid_stat(data: Raw) -> PidStat:
     what = "/proc/PID/stat"
-    text = as_text(data)
+    text = record_text(data, what)
     open_paren = text.find("(")
     close_paren = text.rfind(")")
     if open_paren < 0 or close_paren < open_paren:
@@ -140,7 +140,7 @@ def _status_int(fields: dict[str, str], key: str, index: int = 0) -> int | None:
 def parse_pid_status(data: Raw) -> PidStatus:
     fields: dict[str, str] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/PID/status", warnings), 1):
         key, sep, value = line.partition(":")
         if not sep:
             if line.strip():
@@ -204,7 +204,7 @@ def parse_pid_limits(data: Raw) -> PidLimits:
     characters (names contain spaces), then soft, hard and units."""
     limits: dict[str, Limit] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/PID/limits", warnings), 1):
         if lineno == 1 and line.startswith("Limit"):
             continue
         if not line.strip():
@@ -240,7 +240,7 @@ class PidIo(Record, frozen=True):
 def parse_pid_io(data: Raw) -> PidIo:
     values: dict[str, int] = {}
     warnings: list[str] = []
-    for lineno, line in enumerate(as_text(data).splitlines(), 1):
+    for lineno, line in enumerate(lines_of(data, "/proc/PID/io", warnings), 1):
         key, sep, value = line.partition(":")
         if not line.strip():
             continue
