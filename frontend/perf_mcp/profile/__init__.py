@@ -1,0 +1,1 @@
+"""CPU profiling: perf script parsing and folding (pure), analysis, flame graph rendering."""

@@ -1,0 +1,1 @@
+"""Machine facts for perf_info: pure parsers (parse.py), file reading (collect.py), findings (analysis.py)."""
