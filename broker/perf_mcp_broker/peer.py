@@ -4,7 +4,8 @@ Invariants:
 - pid, uid and gid come from SO_PEERCRED at accept time.
 - A pidfd pins the peer process: SO_PEERPIDFD where the kernel has it (6.5+),
   pidfd_open(pid) otherwise. `alive()` tells whether that same process still
-  exists, so a pid reused by another process is never mistaken for the peer.
+  exists and has not exited (a zombie has), so a pid reused by another
+  process is never mistaken for the peer.
 - The start time (for polkit's unix-process subject) is read while the pidfd
   is alive before and after the read, so it belongs to the pinned process.
 """
@@ -12,7 +13,7 @@ Invariants:
 from __future__ import annotations
 
 import os
-import signal
+import select
 import socket
 import struct
 from dataclasses import dataclass
@@ -34,13 +35,15 @@ class Peer:
     start_time: int
 
     def alive(self) -> bool:
-        try:
-            signal.pidfd_send_signal(self.pidfd, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:  # pragma: no cover - the broker is root
-            return True
-        return True
+        """False once the pinned process has exited, reaped or not.
+
+        A pidfd polls readable when its process exits. Signal 0 is no test: it
+        still succeeds on a zombie, and a client that exited but was not yet
+        reaped by its parent would pass for alive.
+        """
+        poller = select.poll()
+        poller.register(self.pidfd, select.POLLIN)
+        return not poller.poll(0)
 
     def close(self) -> None:
         if self.pidfd >= 0:
