@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,16 @@ class Exchange:
         return f"{tags} closed={self.closed}"
 
 
+def _blocking_connect(path: str) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 class RawConn:
     def __init__(self, stream: trio.SocketStream, reply_limit: int) -> None:
         self.stream = stream
@@ -79,8 +90,14 @@ class RawConn:
         self.reply_limit = reply_limit
 
     @classmethod
-    async def open(cls, path: str | os.PathLike[str], reply_limit: int | None = None) -> RawConn:
-        stream = await trio.open_unix_socket(os.fspath(path))
+    async def open(cls, path: str | os.PathLike[str], reply_limit: int | None = None, wait_for_room: bool = False) -> RawConn:
+        """Connect. With wait_for_room, a blocking connect() in a thread waits while
+        the listen queue is full; trio's non-blocking connect() takes the kernel's
+        EAGAIN for 'in progress' and hands back a socket that never connected."""
+        if wait_for_room:
+            stream = trio.SocketStream(trio.socket.from_stdlib_socket(await trio.to_thread.run_sync(_blocking_connect, os.fspath(path))))
+        else:
+            stream = await trio.open_unix_socket(os.fspath(path))
         return cls(stream, reply_limit or limits.reply_frame_limit(limits.MAX_OUTPUT_CAP))
 
     async def send_raw(self, data: bytes) -> bool:
