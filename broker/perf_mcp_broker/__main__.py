@@ -19,11 +19,11 @@ import trio
 
 from perf_mcp_protocol import limits
 
-from . import __version__
+from . import __version__, integrity
 from .authz import Authorizer
 from .hardening import harden
 from .jobs import resolve_programs
-from .server import Broker
+from .server import MAX_CONNECTIONS, Broker
 
 log = logging.getLogger("perf_mcp_broker")
 SD_LISTEN_FDS_START = 3
@@ -86,19 +86,50 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help=f"bytes of job output returned per job ({limits.MIN_OUTPUT_CAP}..{limits.MAX_OUTPUT_CAP})",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--idle-exit",
+        type=float,
+        metavar="SECONDS",
+        help="exit after this many seconds without a connection (systemd starts the broker again on the next one)",
+    )
     p.add_argument("--version", action="version", version=f"perf-mcp-broker {__version__}")
     args = p.parse_args(argv)
     if not limits.MIN_OUTPUT_CAP <= args.output_cap <= limits.MAX_OUTPUT_CAP:
         p.error(f"--output-cap must lie in {limits.MIN_OUTPUT_CAP}..{limits.MAX_OUTPUT_CAP}")
+    if args.idle_exit is not None and not 1 <= args.idle_exit <= 86_400:
+        p.error("--idle-exit must lie in 1..86400 seconds")
     return args
 
 
-async def _serve(broker: Broker, sock: socket.socket, path: str | None) -> None:
+def _idle(broker: Broker) -> bool:
+    # serve_listener holds one slot of the connection semaphore while it waits in
+    # accept(); every connection being served holds one more.
+    return broker._connections.value >= MAX_CONNECTIONS - 1
+
+
+async def _exit_when_idle(broker: Broker, seconds: float, scope: trio.CancelScope) -> None:
+    """Cancel scope after `seconds` without a connection. A client connecting meanwhile
+    waits in the listen backlog of systemd's socket, which starts the broker again."""
+    tick = min(1.0, seconds / 4)
+    idle_since = trio.current_time()
+    while True:
+        await trio.sleep(tick)
+        if not _idle(broker):
+            idle_since = trio.current_time()
+        elif trio.current_time() - idle_since >= seconds:
+            log.info("no connection for %.0f s: exiting (idle)", seconds)
+            scope.cancel()
+            return
+
+
+async def _serve(broker: Broker, sock: socket.socket, path: str | None, idle_exit: float | None = None) -> None:
     sock.listen(64)
     listener = trio.socket.from_stdlib_socket(sock)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(broker.serve_listener, listener)
+            if idle_exit:
+                nursery.start_soon(_exit_when_idle, broker, idle_exit, nursery.cancel_scope)
             log.info("perf-mcp-broker %s serving on %s", __version__, path or "systemd socket")
             async for signum in signals:
                 log.info("signal %d: stopping", signum)
@@ -117,6 +148,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log.error("perf-mcp-broker must run as root (it runs perf and BPF tools for authorised users)")
         return 1
+    problems = integrity.startup_problems(resolve_programs()[0].values())
+    if problems:
+        log.error("%s", integrity.refusal_message(problems))
+        return 1
     sock = _systemd_socket()
     if sock is None:
         if not args.socket:
@@ -127,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if broker.missing:
         log.warning("programs not found: %s", ", ".join(broker.missing))
     harden()
-    trio.run(_serve, broker, sock, args.socket)
+    trio.run(_serve, broker, sock, args.socket, args.idle_exit)
     return 0
 
 
