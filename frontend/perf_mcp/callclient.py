@@ -71,10 +71,11 @@ async def _call(ns: argparse.Namespace, arguments: dict[str, Any]) -> int:
     if ns.json:
         print(json.dumps(result.structured_content, indent=2, sort_keys=False))
     else:
+        texts = [b.text for b in result.content if b.type == "text"]
+        for text in texts:
+            print(text)
         for block in result.content:
-            if block.type == "text":
-                print(block.text)
-            elif block.type == "resource_link":
+            if block.type == "resource_link" and not any(block.uri in t for t in texts):
                 print(f"resource: {block.uri} ({block.mime_type}, {block.size} bytes)")
     return 1 if result.is_error else 0
 
