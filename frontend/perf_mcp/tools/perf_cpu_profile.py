@@ -252,7 +252,7 @@ def summarise(d: CpuProfileData) -> str:
              + (f", {d.idle_pct:.0f}% idle" if d.idle_pct else "")]
     lines += [f"[{f.severity}] {f.title}" for f in d.findings]
     lines.append("Top functions (self %, total %):")
-    lines += [f"  {f.self_pct:6.2f}% {f.total_pct:6.2f}%  {f.function} [{f.module}]" for f in d.top_functions_self[:10]]
+    lines += [f"  {f.self_pct:6.2f}% {f.total_pct:6.2f}%  {f.function} ({f.module})" for f in d.top_functions_self[:10]]
     if d.hottest_stacks:
         s = d.hottest_stacks[0]
         lines.append(f"Hottest stack ({s.pct:.1f}%): " + " > ".join(s.stack[-6:]))
