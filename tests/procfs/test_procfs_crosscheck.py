@@ -27,10 +27,8 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
 from perf_mcp.procfs.cpu import parse_stat
 from perf_mcp.procfs.derive import cpu_split, disk_rates
 from perf_mcp.procfs.disk import parse_diskstats

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import msgspec
 import pytest
-
 from perf_mcp.procfs import derive
 from perf_mcp.procfs.cpu import CpuTimes
 from perf_mcp.procfs.disk import DiskStat, parse_diskstats
@@ -49,14 +48,22 @@ def test_cpu_split_takes_guest_out_of_user_like_mpstat() -> None:
     )
     assert split is not None
     # elapsed = user(60, guest inside) + nice(20, guest_nice inside) + idle 20 = 100
-    assert (split.user, split.guest, split.nice, split.guest_nice, split.idle) == (20.0, 40.0, 10.0, 10.0, 20.0)
+    assert (split.user, split.guest, split.nice, split.guest_nice, split.idle) == (
+        20.0,
+        40.0,
+        10.0,
+        10.0,
+        20.0,
+    )
     total = sum(msgspec.structs.asdict(split).values())
     assert total == pytest.approx(100.0)
 
 
 def test_cpu_split_backwards_field_counts_zero_with_warning() -> None:
     warnings: list[str] = []
-    split = derive.cpu_split(times(user=10, idle=500, iowait=40), times(user=60, idle=550, iowait=30), warnings)
+    split = derive.cpu_split(
+        times(user=10, idle=500, iowait=40), times(user=60, idle=550, iowait=30), warnings
+    )
     assert split is not None
     assert split.iowait == 0.0 and split.user == 50.0 and split.idle == 50.0
     assert len(warnings) == 1 and "iowait" in warnings[0]
@@ -188,7 +195,9 @@ def test_tcp_retransmit_percent_edge_cases() -> None:
     idle = derive.tcp_rates(parse_net_snmp(snmp(50, 1)), parse_net_snmp(snmp(50, 1)), None, None, 1.0, [])
     assert idle.retransmit_pct == 0.0 and idle.listen_overflows_s is None
     warnings: list[str] = []
-    wrapped = derive.tcp_rates(parse_net_snmp(snmp(500, 9)), parse_net_snmp(snmp(100, 9)), None, None, 1.0, warnings)
+    wrapped = derive.tcp_rates(
+        parse_net_snmp(snmp(500, 9)), parse_net_snmp(snmp(100, 9)), None, None, 1.0, warnings
+    )
     assert wrapped.retransmit_pct is None and wrapped.out_segs_s is None
     assert any("OutSegs" in w for w in warnings)
 
@@ -215,8 +224,12 @@ def test_softnet_rates_match_cpus_by_number() -> None:
 
 
 def test_memory_rates() -> None:
-    prev = parse_vmstat("pgfault 1000\npgmajfault 10\npgscan_kswapd 100\npgscan_direct 0\npgsteal_kswapd 50\noom_kill 1\n")
-    cur = parse_vmstat("pgfault 3000\npgmajfault 30\npgscan_kswapd 300\npgscan_direct 100\npgsteal_kswapd 200\noom_kill 2\n")
+    prev = parse_vmstat(
+        "pgfault 1000\npgmajfault 10\npgscan_kswapd 100\npgscan_direct 0\npgsteal_kswapd 50\noom_kill 1\n"
+    )
+    cur = parse_vmstat(
+        "pgfault 3000\npgmajfault 30\npgscan_kswapd 300\npgscan_direct 100\npgsteal_kswapd 200\noom_kill 2\n"
+    )
     rates = derive.memory_rates(prev, cur, 2.0, [])
     assert rates.faults_s == 1000.0 and rates.major_faults_s == 10.0
     assert rates.pgscan_kswapd_s == 100.0 and rates.pgscan_direct_s == 50.0
@@ -227,10 +240,14 @@ def test_memory_rates() -> None:
 
 
 def test_pressure_rates_from_totals() -> None:
-    prev = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n"
-                          "full avg10=0.00 avg60=0.00 avg300=0.00 total=500000\n")
-    cur = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=1500000\n"
-                         "full avg10=0.00 avg60=0.00 avg300=0.00 total=600000\n")
+    prev = parse_pressure(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=500000\n"
+    )
+    cur = parse_pressure(
+        "some avg10=0.00 avg60=0.00 avg300=0.00 total=1500000\n"
+        "full avg10=0.00 avg60=0.00 avg300=0.00 total=600000\n"
+    )
     rates = derive.pressure_rates(prev, cur, 2.0, "psi io", [])
     assert rates.some_pct == 25.0 and rates.full_pct == 5.0
     no_full = parse_pressure("some avg10=0.00 avg60=0.00 avg300=0.00 total=1000000\n")
@@ -254,8 +271,10 @@ def fixture_files() -> dict[str, bytes]:
 def test_system_rates_on_fixture_snapshots() -> None:
     before = fixture_files()
     after = dict(before)
-    after["stat"] = before["stat"].replace(b"cpu  12461 0 2314 94406", b"cpu  12561 0 2364 94456").replace(
-        b"ctxt 346995", b"ctxt 348995"
+    after["stat"] = (
+        before["stat"]
+        .replace(b"cpu  12461 0 2314 94406", b"cpu  12561 0 2364 94456")
+        .replace(b"ctxt 346995", b"ctxt 348995")
     )
     after["diskstats"] = before["diskstats"].replace(
         b"vda 59285 10779 3931290 15092 9872 19664 1157008 4601 0 8608 21405",
@@ -267,7 +286,12 @@ def test_system_rates_on_fixture_snapshots() -> None:
     rates = derive.system_rates(prev, cur)
     assert rates is not None
     assert rates.interval_s == 2.0
-    assert rates.cpu is not None and rates.cpu.user == 50.0 and rates.cpu.system == 25.0 and rates.cpu.idle == 25.0
+    assert (
+        rates.cpu is not None
+        and rates.cpu.user == 50.0
+        and rates.cpu.system == 25.0
+        and rates.cpu.idle == 25.0
+    )
     assert rates.context_switches_s == 1000.0
     vda = rates.disks["vda"]
     assert (vda.r_s, vda.r_await_ms, vda.util_pct, vda.aqu_sz, vda.in_flight) == (50.0, 2.0, 50.0, 0.5, 1)

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from perf_mcp.procfs import cgroup, cpu, disk, memory, net, pressure, process
 from perf_mcp.procfs.errors import ParseError
 
@@ -141,7 +140,12 @@ def test_diskstats_20_fields() -> None:
     assert (vda.reads, vda.reads_merged, vda.sectors_read, vda.read_ms) == (59285, 10779, 3931290, 15092)
     assert (vda.writes, vda.writes_merged, vda.sectors_written, vda.write_ms) == (9872, 19664, 1157008, 4601)
     assert (vda.in_flight, vda.io_ms, vda.weighted_io_ms) == (0, 8608, 21405)
-    assert (vda.discards, vda.discards_merged, vda.sectors_discarded, vda.discard_ms) == (5458, 50, 164904, 1038)
+    assert (vda.discards, vda.discards_merged, vda.sectors_discarded, vda.discard_ms) == (
+        5458,
+        50,
+        164904,
+        1038,
+    )
     assert (vda.flushes, vda.flush_ms) == (1366, 672)
 
 
@@ -330,8 +334,16 @@ def test_mountinfo_v2_only_and_escapes() -> None:
 
 def test_cgroup_dir_in_a_container_mount() -> None:
     mount = cgroup.Mount(
-        mount_id=1, parent_id=0, major=0, minor=1, root="/docker/abc", mount_point="/sys/fs/cgroup",
-        options="rw", fs_type="cgroup2", source="cgroup2", super_options="rw",
+        mount_id=1,
+        parent_id=0,
+        major=0,
+        minor=1,
+        root="/docker/abc",
+        mount_point="/sys/fs/cgroup",
+        options="rw",
+        fs_type="cgroup2",
+        source="cgroup2",
+        super_options="rw",
     )
     assert cgroup.cgroup_dir(mount, "/docker/abc/app") == "/sys/fs/cgroup/app"
     assert cgroup.cgroup_dir(mount, "/docker/abc") == "/sys/fs/cgroup"
@@ -356,7 +368,14 @@ def test_cgroup_v1_files() -> None:
     assert stat.values["total_pgmajfault"] == 105
     blkio = cgroup.parse_cgroup_v1_blkio(fixture("cgv1_blkio.throttle.io_service_bytes.txt"))
     assert blkio.devices == {
-        "7:0": {"Read": 6553600, "Write": 13107200, "Sync": 19660800, "Async": 0, "Discard": 0, "Total": 19660800}
+        "7:0": {
+            "Read": 6553600,
+            "Write": 13107200,
+            "Sync": 19660800,
+            "Async": 0,
+            "Discard": 0,
+            "Total": 19660800,
+        }
     }
     assert blkio.total == 19660800
     serviced = cgroup.parse_cgroup_v1_blkio(fixture("cgv1_blkio.throttle.io_serviced.txt"))
@@ -388,7 +407,9 @@ def test_cgroup_v2_files() -> None:
 
 
 def test_cgroup_io_stat_with_controller_extras() -> None:
-    io = cgroup.parse_cgroup_v2_io_stat("8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0 depth=max avg_lat=12\n")
+    io = cgroup.parse_cgroup_v2_io_stat(
+        "8:0 rbytes=1 wbytes=2 rios=3 wios=4 dbytes=0 dios=0 depth=max avg_lat=12\n"
+    )
     device = io.devices["8:0"]
     assert device.rios == 3 and device.values["avg_lat"] == 12 and "depth" not in device.values
 

@@ -4,13 +4,13 @@ rates have known answers."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import trio
 import trio.testing
-
 from perf_mcp.procfs.sampler import Sampler, cpu_busy_pct, read_file, trim_stat
 from perf_mcp.procfs.snapshot import SYSTEM_FILES
 
@@ -55,7 +55,9 @@ def fake_proc(tmp_path: Path) -> Iterator[FakeProc]:
     yield proc
 
 
-def tick_every_second(sampler: Sampler, clock: FakeClock, proc: FakeProc, ticks: int, busy_from: int = 10**9) -> None:
+def tick_every_second(
+    sampler: Sampler, clock: FakeClock, proc: FakeProc, ticks: int, busy_from: int = 10**9
+) -> None:
     """Take ``ticks`` samples 1 s apart: 100 CPU ticks and 500 ms of disk
     busy time per second; CPU fully busy from sample ``busy_from`` on."""
     for i in range(ticks):
@@ -236,7 +238,7 @@ async def test_fixed_rate_schedule_under_mock_clock(autojump_clock: trio.testing
         nursery.cancel_scope.cancel()
     times = [s.t_mono for s in sampler.samples()]
     assert len(times) == 4
-    assert [round(b - a, 9) for a, b in zip(times, times[1:])] == [1.0, 1.0, 1.0]
+    assert [round(b - a, 9) for a, b in itertools.pairwise(times)] == [1.0, 1.0, 1.0]
     assert sampler.latest() is not None and sampler.latest().seq == 9  # type: ignore[union-attr]
 
 

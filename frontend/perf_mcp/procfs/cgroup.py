@@ -93,8 +93,16 @@ class CgroupV2CpuStat(Record, frozen=True):
 
 def parse_cgroup_v2_cpu_stat(data: Raw) -> CgroupV2CpuStat:
     values, warnings = parse_flat_keyed(data, "cpu.stat")
-    keys = ("usage_usec", "user_usec", "system_usec", "nr_periods", "nr_throttled")
-    keys += ("throttled_usec", "nr_bursts", "burst_usec")
+    keys = (
+        "usage_usec",
+        "user_usec",
+        "system_usec",
+        "nr_periods",
+        "nr_throttled",
+        "throttled_usec",
+        "nr_bursts",
+        "burst_usec",
+    )
     return CgroupV2CpuStat(values=values, warnings=warnings, **{k: values.get(k) for k in keys})
 
 
@@ -358,7 +366,7 @@ class CgroupMounts(Record, frozen=True):
 
     @property
     def version(self) -> str:
-        """"v2" (unified only), "v1" (controllers only on v1), "hybrid"
+        """ "v2" (unified only), "v1" (controllers only on v1), "hybrid"
         (v1 controllers plus a v2 mount, as on this project's machines), or
         "none"."""
         if self.v1:

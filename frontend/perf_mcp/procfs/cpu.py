@@ -62,7 +62,7 @@ def _cpu_times(tokens: list[str], what: str) -> CpuTimes:
     if len(tokens) < 4:
         raise ParseError(what, f"{len(tokens)} CPU columns, need at least 4")
     values = [to_int(t, what) for t in tokens[: len(_CPU_FIELDS)]]
-    return CpuTimes(**dict(zip(_CPU_FIELDS, values)))
+    return CpuTimes(**dict(zip(_CPU_FIELDS, values, strict=False)))
 
 
 def parse_stat(data: Raw) -> ProcStat:
@@ -218,9 +218,7 @@ def parse_cpuinfo(data: Raw) -> CpuInfo:
     flags = frozenset((first.get("flags") or first.get("Features") or "").split())
     sockets = {p.physical_id for p in processors if p.physical_id is not None}
     cores = {
-        (p.physical_id, p.core_id)
-        for p in processors
-        if p.physical_id is not None and p.core_id is not None
+        (p.physical_id, p.core_id) for p in processors if p.physical_id is not None and p.core_id is not None
     }
     model = processors[0].model_name if processors else None
     return CpuInfo(

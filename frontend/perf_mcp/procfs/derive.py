@@ -293,7 +293,9 @@ def tcp_rates(
             return None
         return _proto_rate(ds, prev_netstat, cur_netstat, "TcpExt", name)
 
-    retrans = ds.delta(prev_snmp.get("Tcp", "RetransSegs"), cur_snmp.get("Tcp", "RetransSegs"), "Tcp RetransSegs")
+    retrans = ds.delta(
+        prev_snmp.get("Tcp", "RetransSegs"), cur_snmp.get("Tcp", "RetransSegs"), "Tcp RetransSegs"
+    )
     out = ds.delta(prev_snmp.get("Tcp", "OutSegs"), cur_snmp.get("Tcp", "OutSegs"), "Tcp OutSegs")
     if retrans is not None and out == 0:
         retransmit_pct = 0.0 if retrans == 0 else None  # nothing sent: no ratio
@@ -358,7 +360,9 @@ def _sum_rates(values: Iterable[float | None]) -> float | None:
     return total
 
 
-def softnet_rates(prev: SoftnetStat, cur: SoftnetStat, interval_s: float, warnings: list[str]) -> SoftnetRates:
+def softnet_rates(
+    prev: SoftnetStat, cur: SoftnetStat, interval_s: float, warnings: list[str]
+) -> SoftnetRates:
     """Per CPU (matched by CPU number, so a CPU going offline is skipped),
     and their sum."""
     ds = Deltas(interval_s, warnings)
@@ -436,7 +440,9 @@ class PressureRates(Record, frozen=True, gc=False):
     full_pct: float | None
 
 
-def pressure_rates(prev: Pressure, cur: Pressure, interval_s: float, what: str, warnings: list[str]) -> PressureRates:
+def pressure_rates(
+    prev: Pressure, cur: Pressure, interval_s: float, what: str, warnings: list[str]
+) -> PressureRates:
     ds = Deltas(interval_s, warnings)
     elapsed_us = interval_s * 1e6
 
@@ -501,7 +507,9 @@ def _stat_section(prev: SnapshotLike, cur: SnapshotLike, ds: Deltas) -> dict[str
     return section
 
 
-def _disk_section(prev: SnapshotLike, cur: SnapshotLike, interval_s: float, warnings: list[str]) -> dict[str, DiskRates]:
+def _disk_section(
+    prev: SnapshotLike, cur: SnapshotLike, interval_s: float, warnings: list[str]
+) -> dict[str, DiskRates]:
     if prev.diskstats is None or cur.diskstats is None:
         return {}
     before = prev.diskstats.devices
@@ -512,7 +520,9 @@ def _disk_section(prev: SnapshotLike, cur: SnapshotLike, interval_s: float, warn
     }
 
 
-def _net_section(prev: SnapshotLike, cur: SnapshotLike, interval_s: float, warnings: list[str]) -> dict[str, NetDevRates]:
+def _net_section(
+    prev: SnapshotLike, cur: SnapshotLike, interval_s: float, warnings: list[str]
+) -> dict[str, NetDevRates]:
     if prev.net_dev is None or cur.net_dev is None:
         return {}
     before = prev.net_dev.interfaces

@@ -46,7 +46,7 @@ _NAMES = DiskStat.__struct_fields__[3:]  # counter names, in kernel order
 
 def _parse_line(tokens: list[str]) -> DiskStat:
     counters = [int(t) for t in tokens[3:20]]
-    fields = dict(zip(_NAMES, counters))
+    fields = dict(zip(_NAMES, counters, strict=False))
     return DiskStat(major=int(tokens[0]), minor=int(tokens[1]), name=tokens[2], **fields)
 
 

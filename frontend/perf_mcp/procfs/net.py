@@ -58,7 +58,7 @@ def parse_net_dev(data: Raw) -> NetDev:
         except ValueError:
             warnings.append(line_warning("/proc/net/dev", lineno, line, "not an integer"))
             continue
-        stat = NetDevStat(name=name.strip(), **dict(zip(_NETDEV_NAMES, counters)))
+        stat = NetDevStat(name=name.strip(), **dict(zip(_NETDEV_NAMES, counters, strict=True)))
         interfaces[stat.name] = stat
     return NetDev(interfaces=interfaces, warnings=tuple(warnings))
 
@@ -97,12 +97,10 @@ def parse_net_snmp(data: Raw, what: str = "/proc/net/snmp") -> NetSnmp:
         names = header[1]
         header = None
         if len(tokens) != len(names):
-            warnings.append(
-                line_warning(what, lineno, line, f"{len(tokens)} values for {len(names)} names")
-            )
+            warnings.append(line_warning(what, lineno, line, f"{len(tokens)} values for {len(names)} names"))
             continue
         try:
-            protocols[prefix] = dict(zip(names, map(int, tokens)))
+            protocols[prefix] = dict(zip(names, map(int, tokens), strict=True))
         except ValueError:
             warnings.append(line_warning(what, lineno, line, "not an integer"))
     if header is not None:

@@ -84,18 +84,16 @@ def parse_pid_stat(data: Raw) -> PidStat:
     rest = text[close_paren + 1 :].split()
     if len(rest) < 22:
         raise ParseError(what, f"{len(rest)} fields after comm, need at least 22")
-    fields: dict[str, int | str] = {"state": rest[0]}
-    for index, name in enumerate(_STAT_HEAD[1:], 1):
-        fields[name] = to_int(rest[index], what)
-    tail = {name: to_int(rest[i], what) for name, i in _STAT_TAIL.items() if i < len(rest)}
+    numbers = {name: to_int(rest[index], what) for index, name in enumerate(_STAT_HEAD[1:], 1)}
+    numbers.update((name, to_int(rest[i], what)) for name, i in _STAT_TAIL.items() if i < len(rest))
     return PidStat(
         pid=pid,
         comm=comm,
+        state=rest[0],
         starttime=to_int(rest[19], what),
         vsize=to_int(rest[20], what),
         rss=to_int(rest[21], what),
-        **fields,  # type: ignore[arg-type]
-        **tail,
+        **numbers,
     )
 
 

@@ -77,7 +77,7 @@ class Sample:
     """One tick: when, and the bytes of each file that could be read (held
     packed; ``file()`` and ``files`` give them back exactly)."""
 
-    __slots__ = ("seq", "t_mono", "t_wall", "read_errors", "tick_us", "_packed", "_packer")
+    __slots__ = ("_packed", "_packer", "read_errors", "seq", "t_mono", "t_wall", "tick_us")
 
     def __init__(
         self,
@@ -179,7 +179,7 @@ class SampleView:
     """A Sample whose files are parsed on first access, each at most once.
     Satisfies snapshot.SnapshotLike, so derive.system_rates takes it as is."""
 
-    __slots__ = ("sample", "_parsed", "_warnings")
+    __slots__ = ("_parsed", "_warnings", "sample")
 
     def __init__(self, sample: Sample) -> None:
         self.sample = sample

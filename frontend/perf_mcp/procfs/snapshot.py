@@ -11,7 +11,15 @@ from .cpu import LoadAvg, ProcStat, parse_loadavg, parse_stat
 from .disk import DiskStats, parse_diskstats
 from .errors import ParseError
 from .memory import MemInfo, VmStat, parse_meminfo, parse_vmstat
-from .net import NetDev, NetSnmp, SoftnetStat, parse_net_dev, parse_net_netstat, parse_net_snmp, parse_softnet_stat
+from .net import (
+    NetDev,
+    NetSnmp,
+    SoftnetStat,
+    parse_net_dev,
+    parse_net_netstat,
+    parse_net_snmp,
+    parse_softnet_stat,
+)
 from .pressure import Pressure, parse_pressure
 
 # name -> path under the proc root (see sampler.Sampler(proc_root=...))
