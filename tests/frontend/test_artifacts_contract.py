@@ -121,3 +121,50 @@ def test_unknown_parameter_lists_the_real_ones() -> None:
 def test_describe_allowed() -> None:
     assert describe_allowed({"type": "integer", "minimum": 1}) == "an integer >= 1"
     assert describe_allowed({"anyOf": [{"type": "integer"}, {"type": "null"}]}) == "an integer or null (omit it)"
+
+
+class _Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class _Data(msgspec.Struct, kw_only=True):
+    n: int
+
+
+async def test_handler_failures_become_typed_errors_and_the_app_keeps_serving() -> None:
+    import trio
+
+    from perf_mcp.broker_client import BrokerClient
+    from perf_mcp.registry import Registry, ToolOutput, ToolSpec
+    from perf_mcp.server import App
+
+    async def boom(ctx: object, p: _Params) -> ToolOutput:
+        raise ZeroDivisionError("oops")
+
+    async def grouped(ctx: object, p: _Params) -> ToolOutput:
+        async with trio.open_nursery() as n:  # a ToolError from inside a nursery arrives wrapped in a group
+            async def fail() -> None:
+                raise ToolError(ErrorCode.DEVICE_NOT_FOUND, "no sdz")
+            n.start_soon(fail)
+        raise AssertionError("unreachable")
+
+    async def ok(ctx: object, p: _Params) -> ToolOutput:
+        return ToolOutput(data=_Data(n=1), summary="fine", warnings=["w"])
+
+    reg = Registry()
+    for name, fn in (("t_boom", boom), ("t_group", grouped), ("t_ok", ok)):
+        reg.add(ToolSpec(name=name, title=name, description=name, params=_Params, data=_Data, handler=fn))
+    app = App(reg, BrokerClient("/nonexistent"))
+
+    async def progress(*a: object) -> None:
+        pass
+
+    r = await app.call("t_boom", {}, progress)
+    assert r.is_error and r.structured_content["error"]["code"] == "EXECUTION_FAILED"
+    assert "ZeroDivisionError" in r.structured_content["error"]["message"]
+    r = await app.call("t_group", None, progress)
+    assert r.is_error and r.structured_content["error"]["code"] == "DEVICE_NOT_FOUND"
+    r = await app.call("t_ok", {}, progress)
+    assert not r.is_error and r.structured_content["data"] == {"n": 1}
+    assert r.structured_content["warnings"] == ["w"] and r.content[0].text == "fine\nwarning: w"
+    jsonschema.validate(r.structured_content, reg.tools["t_ok"].output_schema())

@@ -108,3 +108,9 @@ async def test_collapsed_output_is_capped_inline(monkeypatch: pytest.MonkeyPatch
     out, _ = await call(ScriptedBroker(record_ok(), step("script", stdout=FIXTURE)), output_format="collapsed")
     assert out.data.folded is not None and 0 < len(out.data.folded) <= 200 and out.data.folded.endswith("\n")
     assert out.truncated is True
+
+
+async def test_cap_before_the_first_sample_is_output_truncated() -> None:
+    with pytest.raises(ToolError) as exc:
+        await call(ScriptedBroker(record_ok(), step("script", stdout=FIXTURE[:60], truncated=True)))
+    assert exc.value.code is ErrorCode.OUTPUT_TRUNCATED

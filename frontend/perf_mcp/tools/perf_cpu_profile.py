@@ -123,8 +123,9 @@ class _Outcome(msgspec.Struct):
     folded_file: str
 
 
-def _fold_and_render(text: str, title: str, subtitle: str) -> _Outcome:
-    folded = fold(text)
+def _fold_and_render(raw: bytes, title: str, subtitle: str) -> _Outcome:
+    """CPU-bound (tens of MB of text): runs in a worker thread."""
+    folded = fold(raw.decode("utf-8", "replace"))
     svg = render_svg(folded.stacks, title=title, subtitle=subtitle, kernel_frames=folded.kernel_frames)
     return _Outcome(folded=folded, svg=svg, folded_file=folded_text(folded.stacks))
 
@@ -191,10 +192,12 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
 
     assert record is not None
     method = f"perf record -g ({sampling_event(record.argv)}) + perf script, folded by perf-mcp"
-    text = script.stdout.decode("utf-8", "replace")
     subtitle = f"{target}, {p.duration_s:g} s at {p.sample_rate_hz} Hz, {method}"
-    outcome = await trio.to_thread.run_sync(_fold_and_render, text, "CPU flame graph", subtitle)
+    outcome = await trio.to_thread.run_sync(_fold_and_render, script.stdout, "CPU flame graph", subtitle)
     folded = outcome.folded
+    if folded.samples == 0 and truncated:
+        raise ToolError(ErrorCode.OUTPUT_TRUNCATED,
+                        f"the broker's output cap ({len(script.stdout)} bytes) cut perf script before one whole sample")
     if folded.samples == 0 and folded.bad_lines:
         raise ToolError(ErrorCode.PARSE_ERROR,
                         f"none of the {folded.bad_lines} lines of perf script output could be parsed")
@@ -213,10 +216,13 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     for name, mime, content, desc in (
         ("flamegraph.svg", "image/svg+xml", outcome.svg, f"CPU flame graph of {target}"),
         ("stacks.folded", "text/plain", outcome.folded_file, "Folded stacks (comm;root;...;leaf count)"),
-        ("perf-script.txt", "text/plain", text if len(text) <= RAW_ARTIFACT_MAX else "",
+        ("perf-script.txt", "text/plain", script.stdout if len(script.stdout) <= RAW_ARTIFACT_MAX else b"",
          "Raw perf script output (comm,pid,tid,period,ip,sym,dso)"),
     ):
         if not content:
+            if name == "perf-script.txt" and script.stdout:
+                warnings.append(f"the raw perf script output ({len(script.stdout)} bytes) is over "
+                                f"{RAW_ARTIFACT_MAX} bytes and was not kept as a resource")
             continue
         ref = ctx.artifacts.put(group, name, mime, content, desc)
         if ref is None:
