@@ -74,7 +74,7 @@ def parse_costs(samples: list[Sample]) -> list[float]:
 def rates_costs(sampler: Sampler) -> dict[str, float]:
     costs = {}
     for window in (1.0, 10.0, 60.0):
-        sampler._views.clear()  # cold: nothing parsed yet
+        sampler.forget_parsed()  # cold: nothing parsed yet
         start = time.perf_counter()
         sampler.rates(window)
         costs[f"{window:g}s cold"] = (time.perf_counter() - start) * 1e6
@@ -107,7 +107,7 @@ def main() -> None:
     print(f"\nCPU cost: {cpu * 1e3:.1f} ms CPU over {wall:.2f} s wall = {cpu / wall * 100:.3f}% of one core "
           f"(goal < 0.5%)")  # fmt: skip
     unavailable = sorted(sampler.unavailable) or "none"
-    print(f"ticks: {stats.ticks} ({len(sampler._files)} files each; unavailable: {unavailable})")
+    print(f"ticks: {stats.ticks} ({len(sampler.watched)} files each; unavailable: {unavailable})")
     print("\nper tick, microseconds:")
     print(f"  tick wall (read + pack)   {summary(ticks)}")
     print(f"  tick thread CPU           {summary(sampler.tick_cpu_us)}")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from perf_mcp.procfs.cgroup import parse_cgroup_v1_cpu_stat
 from perf_mcp.procfs.sampler import Sampler, cpu_busy_pct, read_file, trim_stat
 from perf_mcp.procfs.snapshot import SYSTEM_FILES
 
@@ -253,3 +254,25 @@ async def test_sampler_cannot_run_twice_and_checks_arguments() -> None:
         with pytest.raises(RuntimeError):
             await sampler.run()
         nursery.cancel_scope.cancel()
+
+
+def test_rates_for_the_standard_windows(fake_proc: FakeProc) -> None:
+    clock = FakeClock()
+    sampler = Sampler(capacity=100, files=fake_proc.files(), monotonic=clock)
+    tick_every_second(sampler, clock, fake_proc, 70)
+    by_window = sampler.rates_for()
+    assert list(by_window) == [1.0, 10.0, 60.0]
+    assert [r.interval_s if r else None for r in by_window.values()] == [1.0, 10.0, 60.0]
+    assert sampler.watched == fake_proc.files()
+    sampler.forget_parsed()
+    assert sampler.rates(1.0) == by_window[1.0]
+
+
+def test_extra_files_are_kept_raw(fake_proc: FakeProc, tmp_path: Path) -> None:
+    cpu_stat = tmp_path / "cpu.stat"
+    cpu_stat.write_bytes((FIXTURES / "cgv1_cpu.stat.throttled.txt").read_bytes())
+    sampler = Sampler(capacity=3, files=fake_proc.files(), extra_files={"cg_cpu_stat": str(cpu_stat)})
+    sample = sampler.tick()
+    data = sample.file("cg_cpu_stat")
+    assert data is not None and parse_cgroup_v1_cpu_stat(data).nr_throttled == 53
+    assert set(sampler.watched) == {"stat", "diskstats", "cg_cpu_stat"}

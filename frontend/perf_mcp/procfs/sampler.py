@@ -43,7 +43,7 @@ from .snapshot import PARSERS, SYSTEM_FILES, Snapshot, SnapshotLike
 
 MAX_FILE_BYTES = 1 << 22  # 4 MiB: far above any of these files
 _READ_CHUNK = 1 << 16
-_VIEW_CACHE = 32  # parsed views kept (a perf_snapshot touches about 4 samples)
+_VIEW_CACHE = 8  # parsed views kept (~50 KiB each; a perf_snapshot touches about 4 samples)
 
 
 class _Packer:
@@ -308,7 +308,9 @@ class Sampler:
         await nursery.start(sampler.run)   # returns once the first sample is in
 
     ``files`` maps a name to an absolute path (default: SYSTEM_FILES under
-    ``proc_root``); names outside SYSTEM_FILES are kept raw, unparsed.
+    ``proc_root``); ``extra_files`` adds to it (a cgroup's cpu.stat, say).
+    Names outside SYSTEM_FILES are kept raw: ``sample.file(name)`` gives the
+    bytes to the matching parser (cgroup.parse_cgroup_v1_cpu_stat, ...).
     A file missing at start (no PSI on this kernel, say) is left out for good
     and listed in ``unavailable``.
     """
@@ -320,6 +322,7 @@ class Sampler:
         *,
         proc_root: str = "/proc",
         files: Mapping[str, str] | None = None,
+        extra_files: Mapping[str, str] | None = None,
         monotonic: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -331,7 +334,7 @@ class Sampler:
         self.capacity = capacity
         if files is None:
             files = {name: os.path.join(proc_root, rel) for name, rel in SYSTEM_FILES.items()}
-        self._files: dict[str, str] = dict(files)
+        self._files: dict[str, str] = {**files, **(extra_files or {})}
         self.unavailable: dict[str, str] = {}
         self._monotonic = monotonic
         self._wall = wall
@@ -470,6 +473,20 @@ class Sampler:
             return None
         extra = tuple(dict.fromkeys(older.warnings + newer.warnings))
         return msgspec.structs.replace(result, warnings=result.warnings + extra) if extra else result
+
+    def rates_for(self, windows: tuple[float, ...] = (1.0, 10.0, 60.0)) -> dict[float, SystemRates | None]:
+        """rates() for each window (the latest sample is parsed once for all)."""
+        return {window: self.rates(window) for window in windows}
+
+    def forget_parsed(self) -> None:
+        """Drop the cached parsed views (the ring itself is kept)."""
+        self._views.clear()
+
+    @property
+    def watched(self) -> dict[str, str]:
+        """The files read every tick: name -> path (those missing at start
+        are in ``unavailable`` instead)."""
+        return dict(self._files)
 
     def since_when(
         self,
