@@ -110,3 +110,9 @@ def test_flamegraph_of_real_fixture_is_valid() -> None:
     assert rects[0][0].startswith(f"all ({f.samples} samples, 100.00%)")
     assert len(rects) > 50
     assert re.search(r'<svg [^>]*width="1200"', svg)
+
+
+def test_ties_rank_named_functions_before_unsymbolised_frames() -> None:
+    a = analyse(folded({"py;[unknown];[libpython.so];_PyEval_EvalFrameDefault": 5}))
+    assert a.top_total[0].function == "_PyEval_EvalFrameDefault"
+    assert {f.function for f in a.top_total[1:]} == {"[unknown]", "[libpython.so]"}

@@ -62,6 +62,11 @@ def _is_unknown(name: str) -> bool:
     return name.startswith("[") and name.endswith("]")
 
 
+def _rank(item: tuple[str, int]) -> tuple[int, bool, str]:
+    """More samples first; on a tie a named function before an unsymbolised frame."""
+    return (-item[1], _is_unknown(item[0]), item[0])
+
+
 def analyse(folded: Folded, *, top_n: int = 20, top_stacks: int = 10) -> ProfileAnalysis:
     """Rank functions by self and total samples and stacks by samples; idle-loop samples are counted
     in the percentages' denominator but left out of the rankings (they would drown everything)."""
@@ -107,8 +112,8 @@ def analyse(folded: Folded, *, top_n: int = 20, top_stacks: int = 10) -> Profile
         idle_pct=_pct(idle, total),
         kernel_pct=_pct(kern, total),
         unknown_pct=_pct(unknown, total),
-        top_self=[stat(n) for n, _ in sorted(self_c.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]],
-        top_total=[stat(n) for n, _ in sorted(total_c.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]],
+        top_self=[stat(n) for n, _ in sorted(self_c.items(), key=_rank)[:top_n]],
+        top_total=[stat(n) for n, _ in sorted(total_c.items(), key=_rank)[:top_n]],
         hottest_stacks=[StackStat(stack=s.split(";"), samples=c, pct=_pct(c, total)) for s, c in busy[:top_stacks]],
         processes=[ProcessStat(comm=c, samples=n, pct=_pct(n, total))
                    for c, n in sorted(comm_c.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]],
