@@ -53,3 +53,23 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# --- The broker as a system service (packaging/install.py, packaging/README-install.md)
+#   sudo make install     the broker into PREFIX (root-owned), the systemd units, the
+#                         polkit files and the group perf-mcp; enables the socket
+#   sudo make uninstall   removes what `make install` put there (a changed rules file stays)
+#   make deb              dist/perf-mcp-broker_VERSION_ARCH.deb (prefix /usr)
+PREFIX ?= /usr/local
+SYSTEM_PYTHON := /usr/bin/python3
+DEB_OUT ?= dist
+
+.PHONY: install uninstall deb
+
+install:
+	$(SYSTEM_PYTHON) packaging/install.py install --prefix $(PREFIX)
+
+uninstall:
+	$(SYSTEM_PYTHON) packaging/install.py uninstall --prefix $(PREFIX)
+
+deb:
+	$(SYSTEM_PYTHON) packaging/install.py deb --out $(DEB_OUT)

@@ -1,0 +1,491 @@
+#!/usr/bin/python3
+"""Install perf-mcp's root broker as a system service, remove it, or build its Debian package.
+
+    sudo make install      = sudo python3 packaging/install.py install   [--prefix /usr/local]
+    sudo make uninstall    = sudo python3 packaging/install.py uninstall [--prefix /usr/local]
+    make deb               = python3 packaging/install.py deb [--out dist]
+         python3 packaging/install.py stage DESTDIR [--prefix /usr]  (the tree alone)
+
+What goes where (PREFIX /usr/local for `install`, /usr for the Debian package):
+    PREFIX/lib/perf-mcp/site/          the broker, the protocol package and their pinned
+                                       dependencies (packaging/broker-requirements.txt,
+                                       installed with pip --require-hashes), byte-compiled
+    PREFIX/sbin/perf-mcp-broker        `#!/usr/bin/python3 -IS` launcher: no PYTHON*
+                                       variables, no site-packages, only the dir above
+    UNITDIR/perf-mcp-broker.{socket,service}   /usr/lib/systemd/system (package) or
+                                       /etc/systemd/system (local install)
+    SYSUSERSDIR/perf-mcp-broker.conf   the group perf-mcp
+    /usr/share/polkit-1/actions/org.perfmcp.policy
+    /etc/polkit-1/rules.d/50-perf-mcp.rules     (configuration: kept when changed)
+    PREFIX/share/doc/perf-mcp-broker/README-install.md
+
+Everything is root-owned and writable by root alone: the broker checks that at
+start-up (broker/perf_mcp_broker/integrity.py) and refuses to run otherwise.
+Only the standard library is used here; pip runs in a throw-away venv made from the
+broker's own interpreter so that compiled modules match it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import grp
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGING = REPO / "packaging"
+REQUIREMENTS = PACKAGING / "broker-requirements.txt"
+OWN_PACKAGES = (REPO / "broker" / "perf_mcp_broker", REPO / "protocol" / "perf_mcp_protocol")
+UNITS = ("perf-mcp-broker.socket", "perf-mcp-broker.service")
+SOCKET_UNIT, SERVICE_UNIT = UNITS
+GROUP = "perf-mcp"
+PACKAGE = "perf-mcp-broker"
+PYTHON = "/usr/bin/python3"
+POLICY = "/usr/share/polkit-1/actions/org.perfmcp.policy"
+RULES = "/etc/polkit-1/rules.d/50-perf-mcp.rules"
+# The paths the shipped unit file names; staged units get the prefix's versions.
+UNIT_BROKER_PATH = "/usr/sbin/perf-mcp-broker"
+UNIT_DOC_PATH = "/usr/share/doc/perf-mcp-broker"
+
+LAUNCHER = '''#!{python} -IS
+# perf-mcp-broker, installed by perf-mcp (packaging/install.py). Do not edit.
+# -I: PYTHON* variables and the user's site-packages are ignored; -S: no
+# site-packages at all. The broker imports only the standard library and the
+# root-owned directory below, and checks at start-up that nobody else can write
+# any of it (perf_mcp_broker/integrity.py).
+import sys
+
+sys.dont_write_bytecode = True
+sys.path.append({site!r})
+
+from perf_mcp_broker.__main__ import main
+
+sys.exit(main())
+'''
+
+
+def log(msg: str) -> None:
+    print(f"perf-mcp install: {msg}", file=sys.stderr)
+
+
+class InstallError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where each installed file lives for one prefix."""
+
+    prefix: str
+
+    @property
+    def system(self) -> bool:  # a distribution package, not a local install
+        return self.prefix == "/usr"
+
+    @property
+    def lib_dir(self) -> str:
+        return f"{self.prefix}/lib/perf-mcp"
+
+    @property
+    def site_dir(self) -> str:
+        return f"{self.lib_dir}/site"
+
+    @property
+    def broker_bin(self) -> str:
+        return f"{self.prefix}/sbin/perf-mcp-broker"
+
+    @property
+    def doc_dir(self) -> str:
+        return f"{self.prefix}/share/doc/perf-mcp-broker"
+
+    @property
+    def unit_dir(self) -> str:
+        return "/usr/lib/systemd/system" if self.system else "/etc/systemd/system"
+
+    @property
+    def sysusers(self) -> str:
+        base = "/usr/lib/sysusers.d" if self.system else "/etc/sysusers.d"
+        return f"{base}/perf-mcp-broker.conf"
+
+    @property
+    def manifest(self) -> str:  # local installs only: what uninstall removes
+        return f"{self.lib_dir}/installed-files.json"
+
+
+def read_version() -> str:
+    text = (REPO / "broker" / "perf_mcp_broker" / "__init__.py").read_text()
+    match = re.search(r'^__version__ = "([^"]+)"', text, re.M)
+    if not match:
+        raise InstallError("no __version__ in broker/perf_mcp_broker/__init__.py")
+    return match.group(1)
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    kwargs.setdefault("check", True)
+    kwargs.setdefault("stdin", subprocess.DEVNULL)
+    return subprocess.run(argv, **kwargs)
+
+
+def sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+# ---------------------------------------------------------------- staging
+
+
+def _dest(root: Path, path: str) -> Path:
+    return root / path.lstrip("/")
+
+
+def _write(root: Path, path: str, data: bytes, mode: int) -> None:
+    target = _dest(root, path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_bytes(data)
+    target.chmod(mode)
+
+
+def unit_text(name: str, layout: Layout) -> str:
+    text = (PACKAGING / "systemd" / name).read_text()
+    return text.replace(UNIT_BROKER_PATH, layout.broker_bin).replace(UNIT_DOC_PATH, layout.doc_dir)
+
+
+def install_dependencies(site: Path, python: str) -> None:
+    """The pinned, hash-checked dependencies into site, built for `python`."""
+    with tempfile.TemporaryDirectory(prefix="perf-mcp-build-") as tmp:
+        venv = Path(tmp) / "venv"
+        run([python, "-m", "venv", str(venv)])
+        env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
+        run(
+            [
+                str(venv / "bin" / "pip"), "install", "-qq", "--require-hashes", "--no-deps",
+                "--use-pep517", "--no-warn-script-location", "--target", str(site), "-r", str(REQUIREMENTS),
+            ],
+            env=env,
+        )
+    shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts of dependencies: unused
+
+
+def copy_own_packages(site: Path) -> None:
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*~", ".*")
+    for package in OWN_PACKAGES:
+        shutil.copytree(package, site / package.name, ignore=ignore)
+
+
+def normalise_modes(root: Path) -> None:
+    """Directories 0755, files 0644 or 0755: nothing writable by group or others."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o755)
+        for name in filenames:
+            path = os.path.join(dirpath, name)
+            if os.path.islink(path):
+                continue
+            executable = os.stat(path).st_mode & 0o111
+            os.chmod(path, 0o755 if executable else 0o644)
+
+
+def stage(root: Path, layout: Layout, python: str = PYTHON) -> None:
+    """Build the installed tree under root (as if root were /)."""
+    site = _dest(root, layout.site_dir)
+    site.mkdir(parents=True)
+    log(f"installing the pinned dependencies into {layout.site_dir} (pip --require-hashes)")
+    install_dependencies(site, python)
+    copy_own_packages(site)
+    # checked-hash: the bytecode is valid for its source whatever the file times.
+    run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "checked-hash", str(site)],
+        stdout=subprocess.DEVNULL)
+    launcher = LAUNCHER.format(python=python, site=layout.site_dir)
+    _write(root, layout.broker_bin, launcher.encode(), 0o755)
+    for name in UNITS:
+        _write(root, f"{layout.unit_dir}/{name}", unit_text(name, layout).encode(), 0o644)
+    _write(root, layout.sysusers, (PACKAGING / "systemd" / "perf-mcp-broker.sysusers").read_bytes(), 0o644)
+    _write(root, POLICY, (REPO / "polkit" / "org.perfmcp.policy").read_bytes(), 0o644)
+    _write(root, RULES, (REPO / "polkit" / "50-perf-mcp.rules").read_bytes(), 0o644)
+    _write(root, f"{layout.doc_dir}/README-install.md", (PACKAGING / "README-install.md").read_bytes(), 0o644)
+    normalise_modes(root)
+
+
+def staged_files(root: Path) -> list[str]:
+    """Absolute install paths of every file and symlink in a staged tree, sorted."""
+    out = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in filenames:
+            out.append("/" + os.path.relpath(os.path.join(dirpath, name), root))
+    return sorted(out)
+
+
+# ---------------------------------------------------------------- install / uninstall
+
+
+def systemd_running() -> bool:
+    return os.path.isdir("/run/systemd/system")
+
+
+def pid1_name() -> str:
+    try:
+        return Path("/proc/1/comm").read_text().strip()
+    except OSError:
+        return "?"
+
+
+def owned_by_dpkg(path: str) -> str | None:
+    """The Debian package that owns path, if any."""
+    if not shutil.which("dpkg-query"):
+        return None
+    res = run(["dpkg-query", "-S", path], check=False, capture_output=True, text=True)
+    if res.returncode != 0:
+        return None
+    return res.stdout.split(":", 1)[0]
+
+
+def ensure_group(layout: Layout) -> bool:
+    """Create the group perf-mcp if missing; True when this call created it."""
+    try:
+        grp.getgrnam(GROUP)
+        return False
+    except KeyError:
+        pass
+    if shutil.which("systemd-sysusers"):
+        run(["systemd-sysusers", layout.sysusers])
+    else:
+        run(["groupadd", "--system", GROUP])
+    grp.getgrnam(GROUP)  # raises if it did not work
+    log(f"created the group {GROUP}")
+    return True
+
+
+def group_is_empty(name: str) -> bool:
+    import pwd
+
+    group = grp.getgrnam(name)
+    return not group.gr_mem and all(p.pw_gid != group.gr_gid for p in pwd.getpwall())
+
+
+def enable_socket() -> None:
+    if systemd_running():
+        run(["systemctl", "daemon-reload"])
+        run(["systemctl", "enable", "--now", SOCKET_UNIT])
+        log(f"{SOCKET_UNIT} enabled and started: the broker starts on the first connection")
+    else:
+        # systemctl enable works on unit files alone; nothing can be started now.
+        run(["systemctl", "enable", SOCKET_UNIT], stderr=subprocess.DEVNULL)
+        log(
+            f"systemd is not running (PID 1 is {pid1_name()}): {SOCKET_UNIT} is enabled for the next "
+            "boot, nothing was started. Run the broker by hand with: "
+            "perf-mcp-broker --socket /run/perf-mcp/broker.sock"
+        )
+
+
+def disable_socket() -> None:
+    if not shutil.which("systemctl"):
+        return
+    if systemd_running():
+        run(["systemctl", "disable", "--now", SOCKET_UNIT], check=False)
+        run(["systemctl", "stop", SERVICE_UNIT], check=False)
+    else:
+        run(["systemctl", "disable", SOCKET_UNIT], check=False, stderr=subprocess.DEVNULL)
+
+
+def _copy_into_system(staged: Path, path: str) -> None:
+    src = _dest(staged, path)
+    dst = Path(path)
+    for parent in reversed(dst.parents):
+        if not parent.exists():
+            parent.mkdir(mode=0o755)
+    tmp = dst.with_name(f".{dst.name}.perf-mcp-new")
+    shutil.copy2(src, tmp)
+    os.chown(tmp, 0, 0)
+    os.replace(tmp, dst)
+
+
+def install(layout: Layout, python: str = PYTHON) -> None:
+    if os.geteuid() != 0:
+        raise InstallError("run as root: sudo make install")
+    owner = owned_by_dpkg(UNIT_BROKER_PATH) or owned_by_dpkg(layout.broker_bin)
+    if owner:
+        raise InstallError(f"the broker is installed by the Debian package {owner}; remove it first (apt remove {owner})")
+    old = read_manifest(layout)
+    with tempfile.TemporaryDirectory(prefix="perf-mcp-stage-") as tmp:
+        staged = Path(tmp) / "root"
+        stage(staged, layout, python)
+        files = staged_files(staged)
+        kept: list[str] = []
+        # A fresh site directory each time: files of an older version must not linger.
+        shutil.rmtree(layout.site_dir, ignore_errors=True)
+        for path in files:
+            if path == RULES and os.path.exists(RULES) and sha256(RULES) != sha256(_dest(staged, path)):
+                if not old or old.get("files", {}).get(RULES) != sha256(RULES):
+                    kept.append(path)  # the administrator's own rules file
+                    continue
+            _copy_into_system(staged, path)
+    manifest = {
+        "version": read_version(),
+        "prefix": layout.prefix,
+        "files": {p: sha256(p) for p in files if p not in kept},
+        "group_created": ensure_group(layout) or bool(old and old.get("group_created")),
+    }
+    write_manifest(layout, manifest)
+    for path in kept:
+        log(f"kept your {path}; the shipped one is in {layout.doc_dir} (README-install.md) and polkit/ of the source")
+    enable_socket()
+    log(f"installed perf-mcp-broker {manifest['version']} in {layout.lib_dir}")
+    log(f"grant a user with: usermod -aG {GROUP} USER (then log in again)")
+
+
+def read_manifest(layout: Layout) -> dict | None:
+    try:
+        return json.loads(Path(layout.manifest).read_text())
+    except FileNotFoundError:
+        return None
+
+
+def write_manifest(layout: Layout, manifest: dict) -> None:
+    path = Path(layout.manifest)
+    path.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    path.chmod(0o644)
+
+
+def _remove_empty_parents(path: Path, stop: set[str]) -> None:
+    for parent in path.parents:
+        if str(parent) in stop or parent == Path("/"):
+            return
+        try:
+            parent.rmdir()
+        except OSError:
+            return
+
+
+# Directories that belong to the system, never removed even when empty.
+SYSTEM_DIRS = {
+    "/usr", "/usr/lib", "/usr/local", "/usr/local/lib", "/usr/local/sbin", "/usr/sbin", "/usr/share",
+    "/usr/share/doc", "/usr/local/share", "/usr/local/share/doc", "/etc", "/etc/systemd", "/etc/systemd/system",
+    "/usr/lib/systemd", "/usr/lib/systemd/system", "/etc/sysusers.d", "/usr/lib/sysusers.d",
+    "/etc/polkit-1", "/etc/polkit-1/rules.d", "/usr/share/polkit-1", "/usr/share/polkit-1/actions",
+}
+
+
+def uninstall(layout: Layout) -> None:
+    if os.geteuid() != 0:
+        raise InstallError("run as root: sudo make uninstall")
+    manifest = read_manifest(layout)
+    if manifest is None:
+        raise InstallError(f"no {layout.manifest}: nothing installed with this prefix")
+    disable_socket()
+    for path, digest in sorted(manifest["files"].items()):
+        if not os.path.lexists(path):
+            continue
+        if path == RULES and sha256(path) != digest:
+            log(f"kept {path}: it was changed after installation")
+            continue
+        os.unlink(path)
+        _remove_empty_parents(Path(path), SYSTEM_DIRS)
+    shutil.rmtree(layout.site_dir, ignore_errors=True)
+    os.unlink(layout.manifest)
+    _remove_empty_parents(Path(layout.manifest), SYSTEM_DIRS)
+    if manifest.get("group_created"):
+        if group_is_empty(GROUP):
+            run(["groupdel", GROUP])
+            log(f"removed the group {GROUP}")
+        else:
+            log(f"kept the group {GROUP}: it has members")
+    if systemd_running():
+        run(["systemctl", "daemon-reload"], check=False)
+    log("uninstalled perf-mcp-broker")
+
+
+# ---------------------------------------------------------------- Debian package
+
+
+def installed_size_kib(root: Path) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        total += 1  # a block for each directory, as dpkg-gencontrol counts
+        for name in filenames:
+            total += (os.lstat(os.path.join(dirpath, name)).st_size + 1023) // 1024
+    return total
+
+
+def python_depends(python: str) -> str:
+    out = run([python, "-c", "import sys; print(*sys.version_info[:2])"], capture_output=True, text=True).stdout
+    major, minor = (int(x) for x in out.split())
+    return f"python3 (>= {major}.{minor}~), python3 (<< {major}.{minor + 1})"
+
+
+def build_deb(out_dir: Path, python: str = PYTHON) -> Path:
+    version = f"{read_version()}-1"
+    arch = run(["dpkg", "--print-architecture"], capture_output=True, text=True).stdout.strip()
+    layout = Layout("/usr")
+    with tempfile.TemporaryDirectory(prefix="perf-mcp-deb-") as tmp:
+        root = Path(tmp) / "root"
+        stage(root, layout, python)
+        doc = _dest(root, layout.doc_dir)
+        shutil.copy(PACKAGING / "debian" / "copyright", doc / "copyright")
+        (doc / "copyright").chmod(0o644)
+        debian = root / "DEBIAN"
+        debian.mkdir(mode=0o755)
+        control = (PACKAGING / "debian" / "control.in").read_text()
+        for key, value in {
+            "@VERSION@": version,
+            "@ARCH@": arch,
+            "@INSTALLED_SIZE@": str(installed_size_kib(root)),
+            "@PYTHON_DEPENDS@": python_depends(python),
+        }.items():
+            control = control.replace(key, value)
+        (debian / "control").write_text(control)
+        for name in ("conffiles",):
+            shutil.copy(PACKAGING / "debian" / name, debian / name)
+        for name in ("postinst", "prerm", "postrm"):
+            shutil.copy(PACKAGING / "debian" / name, debian / name)
+            (debian / name).chmod(0o755)
+        md5 = [f"{hashlib.md5(_dest(root, p).read_bytes()).hexdigest()}  {p.lstrip('/')}" for p in staged_files(root) if not p.startswith("/DEBIAN/")]
+        (debian / "md5sums").write_text("\n".join(md5) + "\n")
+        for name in ("control", "conffiles", "md5sums"):
+            (debian / name).chmod(0o644)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        deb = out_dir / f"{PACKAGE}_{version}_{arch}.deb"
+        run(["dpkg-deb", "--root-owner-group", "-Zxz", "--build", str(root), str(deb)], stdout=subprocess.DEVNULL)
+    log(f"built {deb} ({deb.stat().st_size // 1024} KiB)")
+    return deb
+
+
+# ---------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="packaging/install.py", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, default in (("install", "/usr/local"), ("uninstall", "/usr/local")):
+        s = sub.add_parser(name)
+        s.add_argument("--prefix", default=default)
+    s = sub.add_parser("deb")
+    s.add_argument("--out", default=str(REPO / "dist"))
+    s = sub.add_parser("stage")
+    s.add_argument("destdir")
+    s.add_argument("--prefix", default="/usr")
+    args = p.parse_args(argv)
+    if getattr(args, "prefix", "/usr") not in ("/usr", "/usr/local") and not args.prefix.startswith("/opt/"):
+        p.error("--prefix must be /usr, /usr/local or under /opt")
+    try:
+        if args.command == "install":
+            install(Layout(args.prefix))
+        elif args.command == "uninstall":
+            uninstall(Layout(args.prefix))
+        elif args.command == "deb":
+            print(build_deb(Path(args.out)))
+        else:
+            stage(Path(args.destdir), Layout(args.prefix))
+    except (InstallError, subprocess.CalledProcessError) as exc:
+        log(f"ERROR: {exc}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

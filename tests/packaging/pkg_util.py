@@ -1,0 +1,366 @@
+"""Helpers for the packaging tests: the unit files, systemd-analyze, socket activation,
+a raw client run as a test user, and a lock that keeps two test runs from installing
+packages at the same time.
+
+Everything is real: the shipped unit files, systemd's own tools, the real broker as
+root, clients as the test users. systemd is not PID 1 on these machines, so the
+service manager itself is emulated where it must be: systemd-socket-activate (or the
+LISTEN_FDS protocol by hand) hands over the socket, setpriv applies the unit's
+capability bounding set and no_new_privs, and prctl(PR_SET_MDWE) stands in for
+MemoryDenyWriteExecute=.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helpers
+
+REPO = helpers.REPO
+SYSTEMD_DIR = REPO / "packaging" / "systemd"
+SOCKET_UNIT = SYSTEMD_DIR / "perf-mcp-broker.socket"
+SERVICE_UNIT = SYSTEMD_DIR / "perf-mcp-broker.service"
+UNIT_BROKER_PATH = "/usr/sbin/perf-mcp-broker"
+CLIENT = Path(__file__).resolve().parent / "pkg_client.py"
+POLICY = Path("/usr/share/polkit-1/actions/org.perfmcp.policy")
+RULES = Path("/etc/polkit-1/rules.d/50-perf-mcp.rules")
+PACKAGING_LOCK = "/run/lock/perf-mcp-packaging-tests.lock"
+
+# Python's stand-in for MemoryDenyWriteExecute=: PR_SET_MDWE(PR_MDWE_REFUSE_EXEC_GAIN)
+# (Linux 6.3+), inherited by every child, then exec the rest of the command line.
+MDWE_LAUNCHER = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+if libc.prctl(65, 1, 0, 0, 0) != 0:
+    sys.exit("PR_SET_MDWE: " + os.strerror(ctypes.get_errno()))
+os.execvp(sys.argv[1], sys.argv[1:])
+"""
+
+
+# Figures the tests measured, printed at the end of the run (conftest.py).
+FIGURES: list[str] = []
+
+
+def report(title: str, **figures: object) -> None:
+    line = f"{title}: " + ", ".join(f"{k}={v}" for k, v in figures.items())
+    print(line)
+    FIGURES.append(line)
+
+
+# --------------------------------------------------------------------------- unit files
+
+
+def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
+    """A unit file as {section: {key: [values in order]}} (comments and blanks skipped)."""
+    out: dict[str, dict[str, list[str]]] = {}
+    section: dict[str, list[str]] | None = None
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = out.setdefault(line[1:-1], {})
+            continue
+        if section is None or "=" not in line:
+            raise ValueError(f"not a unit file line: {raw!r}")
+        key, _, value = line.partition("=")
+        section.setdefault(key.strip(), []).append(value.strip())
+    return out
+
+
+def service_directives() -> dict[str, list[str]]:
+    return parse_unit(SERVICE_UNIT.read_text())["Service"]
+
+
+def exec_start_args() -> list[str]:
+    """The arguments ExecStart= gives the broker (after its path)."""
+    argv = service_directives()["ExecStart"][-1].split()
+    assert argv[0] == UNIT_BROKER_PATH, argv
+    return argv[1:]
+
+
+def bounding_set() -> list[str]:
+    """CapabilityBoundingSet= of the service, as setpriv names (perfmon, bpf, ...)."""
+    caps = " ".join(service_directives()["CapabilityBoundingSet"]).split()
+    return [c.lower().removeprefix("cap_") for c in caps]
+
+
+def listen_path() -> str:
+    return parse_unit(SOCKET_UNIT.read_text())["Socket"]["ListenStream"][-1]
+
+
+def write_units(directory: Path, broker_path: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The shipped units, with ExecStart= pointing at broker_path (the one change:
+    systemd-analyze verify insists that the program exists)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    sock = directory / SOCKET_UNIT.name
+    service = directory / SERVICE_UNIT.name
+    shutil.copy(SOCKET_UNIT, sock)
+    service.write_text(SERVICE_UNIT.read_text().replace(UNIT_BROKER_PATH, os.fspath(broker_path)))
+    return sock, service
+
+
+# --------------------------------------------------------------------------- systemd-analyze
+
+
+@dataclass(frozen=True)
+class SecurityReport:
+    score: float
+    label: str
+    rows: list[dict[str, Any]]
+    text: str
+
+    def exposures(self) -> dict[str, float]:
+        """json_field -> exposure of every check the unit does not pass."""
+        return {r["json_field"]: float(r["exposure"]) for r in self.rows if r["exposure"]}
+
+
+_OVERALL = re.compile(r"Overall exposure level for \S+: (\d+\.\d+) (\w+)")
+
+
+def parse_overall(text: str) -> tuple[float, str]:
+    match = _OVERALL.search(text)
+    if match is None:
+        raise ValueError(f"no overall exposure level in:\n{text}")
+    return float(match.group(1)), match.group(2)
+
+
+def security_report(service: Path) -> SecurityReport:
+    def analyze(*extra: str) -> str:
+        res = subprocess.run(
+            ["systemd-analyze", "security", "--offline=yes", "--no-pager", *extra, service.name],
+            cwd=service.parent, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+        )
+        assert res.returncode == 0, res.stderr
+        return res.stdout
+
+    text = analyze()
+    score, label = parse_overall(text)
+    return SecurityReport(score, label, json.loads(analyze("--json=short")), text)
+
+
+def verify(*units: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["systemd-analyze", "verify", *[u.name for u in units]],
+        cwd=units[0].parent, capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60,
+    )
+
+
+# --------------------------------------------------------------------------- clients
+
+
+def run_client(user: str | helpers.UnixUser, socket_path: str | os.PathLike[str], kind: str,
+               timeout: float = 120.0) -> dict[str, Any]:
+    """pkg_client.py as `user`: the broker's final message as a dict."""
+    argv = helpers.as_user_argv(user, [helpers.VENV_PYTHON, CLIENT, os.fspath(socket_path), kind])
+    res = subprocess.run(argv, env=helpers.user_env(user), cwd="/", capture_output=True, text=True,
+                         stdin=subprocess.DEVNULL, timeout=timeout)
+    assert res.returncode == 0, f"client exit {res.returncode}: {res.stderr}"
+    return json.loads(res.stdout)
+
+
+# --------------------------------------------------------------------------- brokers
+
+
+def mdwe_supported() -> bool:
+    res = subprocess.run([sys.executable, "-c", MDWE_LAUNCHER, "true"], capture_output=True, stdin=subprocess.DEVNULL)
+    return res.returncode == 0
+
+
+def sandbox_prefix(caps: Sequence[str], mdwe: bool) -> list[str]:
+    """The part of the unit we can apply without systemd: MemoryDenyWriteExecute
+    (PR_SET_MDWE), CapabilityBoundingSet and NoNewPrivileges (setpriv)."""
+    prefix = [sys.executable, "-c", MDWE_LAUNCHER] if mdwe else []
+    return prefix + [helpers.SETPRIV, f"--bounding-set=-all,{','.join('+' + c for c in caps)}",
+                     "--no-new-privs", "--"]
+
+
+@dataclass
+class Spawned:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> int | None:
+        return helpers.stop_process(self.proc, 10.0)
+
+
+def spawn_logged(argv: Sequence[str | os.PathLike[str]], log_path: Path, *, env: Mapping[str, str],
+                 umask: int = -1, pass_fds: Sequence[int] = ()) -> Spawned:
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen([os.fspath(a) for a in argv], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                cwd="/", env=dict(env), umask=umask, pass_fds=tuple(pass_fds),
+                                start_new_session=True)
+    return Spawned(proc, log_path)
+
+
+def base_env(runtime_dir: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What systemd gives a system service (plus RUNTIME_DIRECTORY=)."""
+    env = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8",
+           "RUNTIME_DIRECTORY": os.fspath(runtime_dir)}
+    env.update(extra or {})
+    return env
+
+
+def start_socket_activated(broker_argv: Sequence[str | os.PathLike[str]], socket_path: Path, runtime_dir: Path,
+                           log_path: Path, *, mdwe: bool, env_extra: Mapping[str, str] | None = None) -> Spawned:
+    """systemd-socket-activate listening on socket_path (mode 0666 like SocketMode=0666)
+    that execs the broker, in place, on the first connection, inside the unit's sandbox
+    as far as it can be applied here. The returned PID becomes the broker's."""
+    env = base_env(runtime_dir, env_extra)
+    activate = ["systemd-socket-activate", "-l", os.fspath(socket_path)]
+    activate += [f"--setenv={k}={v}" for k, v in env.items() if k != "PATH"]
+    spawned = spawn_logged(sandbox_prefix(bounding_set(), mdwe) + activate + list(broker_argv), log_path,
+                           env=env, umask=0o111)
+    if not helpers.wait_until(lambda: socket_path.exists() or spawned.proc.poll() is not None, 10.0):
+        spawned.stop()
+        raise RuntimeError(f"systemd-socket-activate did not create {socket_path}:\n{spawned.log_text()}")
+    return spawned
+
+
+# The LISTEN_FDS protocol by hand: dup the inherited socket to fd 3, set LISTEN_PID
+# to our own pid (kept across exec) and exec the broker.
+LISTEN_FDS_LAUNCHER = """
+import os, sys
+os.dup2(int(sys.argv[1]), 3)
+os.environ.update(LISTEN_PID=str(os.getpid()), LISTEN_FDS="1", LISTEN_FDNAMES="perf-mcp-broker.socket")
+os.execv(sys.argv[2], sys.argv[2:])
+"""
+
+
+@dataclass
+class SocketHolder:
+    """Plays systemd's part for a socket unit: holds the listening socket for as long
+    as the test runs and starts a broker with it whenever a client is waiting and no
+    broker runs (as systemd does after an idle exit)."""
+
+    path: Path
+    runtime_dir: Path
+    log_path: Path
+    broker_argv: list[str]
+    env_extra: dict[str, str] = field(default_factory=dict)
+    sock: socket.socket | None = None
+    current: Spawned | None = None
+    started: list[Spawned] = field(default_factory=list)
+
+    def listen(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o111)
+        try:
+            sock.bind(os.fspath(self.path))
+        finally:
+            os.umask(old)
+        sock.listen(64)
+        self.sock = sock
+
+    def client_waiting(self) -> bool:
+        assert self.sock is not None
+        return bool(select.select([self.sock], [], [], 0)[0])
+
+    def running(self) -> bool:
+        return self.current is not None and self.current.proc.poll() is None
+
+    def activate(self) -> Spawned:
+        assert self.sock is not None
+        fd = self.sock.fileno()
+        argv = [sys.executable, "-c", LISTEN_FDS_LAUNCHER, str(fd), *self.broker_argv]
+        self.current = spawn_logged(argv, self.log_path, env=base_env(self.runtime_dir, self.env_extra),
+                                    pass_fds=[fd])
+        self.started.append(self.current)
+        return self.current
+
+    def serve_once(self, timeout: float = 10.0) -> Spawned | None:
+        """Start a broker if a client waits and none runs (what systemd does)."""
+        if not self.running() and helpers.wait_until(self.client_waiting, timeout):
+            return self.activate()
+        return None
+
+    def close(self) -> None:
+        for spawned in self.started:
+            spawned.stop()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+
+# --------------------------------------------------------------------------- machine state
+
+
+@contextlib.contextmanager
+def packaging_lock() -> Iterator[None]:
+    """One packaging test run at a time on this machine (dpkg and /usr are shared)."""
+    with open(PACKAGING_LOCK, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def polkit_files_preserved() -> Iterator[None]:
+    """The development set-up installs the same polkit files an install or the package
+    does (packaging/dev-setup.sh); put back whatever was there before, byte for byte."""
+    saved = {p: (p.read_bytes(), p.stat()) if p.exists() else None for p in (POLICY, RULES)}
+    try:
+        yield
+    finally:
+        for path, before in saved.items():
+            if before is None:
+                path.unlink(missing_ok=True)
+                continue
+            data, st = before
+            if not path.exists() or path.read_bytes() != data:
+                tmp = path.with_name(f".{path.name}.test-restore")
+                tmp.write_bytes(data)
+                os.chown(tmp, st.st_uid, st.st_gid)
+                tmp.chmod(st.st_mode & 0o7777)
+                os.replace(tmp, path)
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        out[key] = value.strip()
+    return out
+
+
+def cap_mask(names: Sequence[str]) -> int:
+    """Capability names (perfmon, sys_admin, ...) as a CapBnd-style bit mask."""
+    import prctl
+
+    return sum(1 << getattr(prctl, f"CAP_{n.upper()}") for n in names)
+
+
+def mapped_files(pid: int) -> set[str]:
+    from perf_mcp_broker.integrity import parse_mapped_files
+
+    return set(parse_mapped_files(Path(f"/proc/{pid}/maps").read_text()))
+
+
+def kill_by_pid(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
