@@ -266,6 +266,7 @@ class Broker:
         started = time.monotonic()
         workdir = tempfile.mkdtemp(prefix=f"job{job_id}-", dir=self.workroot)
         results, outcome, detail = [], "error", ""
+        ran: list[str] = []  # every step started, for the audit even when cancelled mid-step
         try:
             try:
                 steps = BUILDERS[type(request)](request, self.programs, workdir)
@@ -283,6 +284,7 @@ class Broker:
                 budget = self.output_cap
                 for step in steps:
                     current["step"] = step.name
+                    ran.append(" ".join(step.argv))
                     result = await run_step(step, stdout_cap=max(budget, 0))
                     budget -= len(result.stdout)
                     results.append(result)
@@ -297,8 +299,7 @@ class Broker:
             await self._send(stream, JobResult(job_id=job_id, steps=results, wall_s=round(time.monotonic() - started, 3)))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
-            argv = [" ".join(r.argv) for r in results]
-            self._audit(peer, request, job_id, argv, outcome, time.monotonic() - started, detail)
+            self._audit(peer, request, job_id, ran, outcome, time.monotonic() - started, detail)
 
     async def _watch_client(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
         """After the request the client only listens: EOF or any byte cancels the job."""
