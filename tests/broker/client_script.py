@@ -8,12 +8,16 @@ SPEC_JSON: {"requests": [dict, ...],       one connection per request; each dict
             "hello": dict,                  optional: the hello to send instead of the
                                             normal one
             "concurrent": bool,             all connections at once (default: one by one)
-            "exit_after_send": bool}        os._exit(0) right after sending the request
+            "exit_after_send": bool,        os._exit(0) right after sending the request
+            "unreaped_child": bool}         run the connections in a forked child and do
+                                            not reap it for 3 s: with exit_after_send,
+                                            the peer is a zombie while the broker decides
 
 Prints one JSON line per event, flushed at once so the parent can follow:
   {"i": N, "msg": {...}}     a message from the broker (bytes as base64)
   {"i": N, "closed": true}   the broker closed connection N
   {"i": N, "sent": true}     the request of connection N was sent
+  {"child_pid": P}           (unreaped_child) the pid of the child that connected
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 import msgspec
 import trio
@@ -79,5 +84,18 @@ async def main(path: str, spec: dict) -> None:
             await one(path, i, hello, req, exit_after_send)
 
 
+def run(path: str, spec: dict) -> None:
+    if not spec.get("unreaped_child"):
+        trio.run(main, path, spec)
+        return
+    child = os.fork()
+    if child == 0:
+        trio.run(main, path, spec)
+        os._exit(0)
+    emit({"child_pid": child})
+    time.sleep(3.0)  # the child exits (exit_after_send) and stays a zombie meanwhile
+    os.waitpid(child, 0)
+
+
 if __name__ == "__main__":
-    trio.run(main, sys.argv[1], json.loads(sys.argv[2]))
+    run(sys.argv[1], json.loads(sys.argv[2]))

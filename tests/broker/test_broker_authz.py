@@ -121,11 +121,36 @@ async def test_client_gone_before_the_job_starts_gets_nothing_run(
         perf_processes_seen=len(set(perf_seen)),
     )
     assert not perf_seen, f"perf started for a client that had exited: {perf_seen}"
-    # Depending on when the exit lands: polkit cannot read the gone process (denied),
-    # the pidfd shows it exited after polkit said yes (denied), or the job slot was
-    # taken and sending Accepted failed (no step ran). Never a step run for it.
-    assert all(not r["argv"] and r["outcome"] != "ok" for r in mine), mine
-    assert any(r["outcome"] == "denied" for r in mine), mine
+    # Where the exit lands decides the path: polkit cannot read the gone process
+    # (denied), or the pidfd shows it exited once polkit said yes (denied). If it
+    # exits just after that check, the job slot is taken and either sending
+    # Accepted fails (audit outcome "error", no step started) or the job starts
+    # and the client's EOF cancels it at once (cancelled, perf killed). No job of
+    # a gone client ever runs to its end.
+    outcomes = [r["outcome"] for r in mine]
+    assert all(o in ("denied", "error", "cancelled") for o in outcomes), mine
+    assert all(not r["argv"] for r in mine if r["outcome"] in ("denied", "error")), mine
+    assert "denied" in outcomes, outcomes
+    if perf_seen:
+        assert "cancelled" in outcomes, "perf ran but the audit does not say so"
+    assert not broker_perf_processes(broker.pid)
+
+
+async def test_client_exited_but_not_reaped_is_denied(
+    broker_alive: helpers.RunningBroker, system_bus: None, test_users: helpers.TestUsers
+) -> None:
+    """The client is a zombie (exited, its parent has not reaped it) when polkit
+    answers: polkit still reads its /proc entry and says yes for the granted user,
+    so only the broker's liveness check on the pidfd can refuse the job."""
+    broker = broker_alive
+    spec = {"requests": [profile_spec(5.0)], "exit_after_send": True, "unreaped_child": True}
+    runs = [await run_client(test_users.granted.name, broker.socket_path, spec) for _ in range(3)]
+    children = [pid for r in runs for pid in r.child_pids]
+    assert len(children) == 3, [r.stderr for r in runs]
+    mine = [r for r in audit_records(broker.log_text()) if r["pid"] in children]
+    report("zombie client", audit=[f"{r['outcome']}: {r['detail']}" for r in mine])
+    assert [(r["outcome"], r["argv"]) for r in mine] == [("denied", [])] * 3, mine
+    assert all("exited before authorisation" in r["detail"] for r in mine), mine
 
 
 async def test_a_message_cannot_carry_a_uid(

@@ -71,7 +71,8 @@ async def test_client_killed_mid_job_leaves_no_perf_behind(broker_alive: helpers
     took = time.monotonic() - killed_at
     left = [(p.pid, cmdline(p.pid)) for p in broker_perf_processes(broker.pid)]
     await helpers.await_until(lambda: any(r["outcome"] == "cancelled" for r in audit_records(broker.log_text())), 5.0)
-    outcomes = [r["outcome"] for r in audit_records(broker.log_text()) if r["kind"] == "cpu_profile"]
+    audit = [r for r in audit_records(broker.log_text()) if r["kind"] == "cpu_profile"]
+    outcomes = [r["outcome"] for r in audit]
     report(
         "client killed mid-job",
         perf_processes_before=len(perfs),
@@ -82,6 +83,8 @@ async def test_client_killed_mid_job_leaves_no_perf_behind(broker_alive: helpers
     )
     assert cleaned, f"5 s after the client was killed: perf left {left}, dirs {[d for d in job_dirs if os.path.exists(d)]}"
     assert outcomes == ["cancelled"]
+    # The audit says what ran, also for a job cancelled in the middle of a step.
+    assert len(audit[0]["argv"]) == 1 and " record " in audit[0]["argv"][0], audit[0]
     assert not helpers.zombie_children(broker.pid)
 
 

@@ -63,6 +63,7 @@ class ClientRun:
     returncode: int | None
     conns: dict[int, ConnView]
     stderr: str
+    child_pids: list[int] = field(default_factory=list)
 
 
 def fold_events(lines: list[str]) -> dict[int, ConnView]:
@@ -71,6 +72,8 @@ def fold_events(lines: list[str]) -> dict[int, ConnView]:
         if not line.strip():
             continue
         ev = json.loads(line)
+        if "i" not in ev:
+            continue
         view = conns.setdefault(ev["i"], ConnView())
         if "msg" in ev:
             view.messages.append(ev["msg"])
@@ -108,7 +111,9 @@ async def run_client(user: str, socket_path: str | os.PathLike[str], spec: dict[
             proc.kill()
             with trio.CancelScope(shield=True):
                 await proc.wait()
-    return ClientRun(proc.pid, proc.returncode, fold_events(out.decode().splitlines()), err.decode(errors="replace"))
+    lines = out.decode().splitlines()
+    children = [json.loads(ln)["child_pid"] for ln in lines if ln.startswith('{"child_pid"')]
+    return ClientRun(proc.pid, proc.returncode, fold_events(lines), err.decode(errors="replace"), children)
 
 
 class StreamingClient:
