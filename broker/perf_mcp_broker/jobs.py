@@ -13,7 +13,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from perf_mcp_protocol import CpuProfile, ToolFeatures, limits
+import time
+
+from perf_mcp_protocol import CpuProfile, FdTable, StepResult, ToolFeatures, limits
 
 # Where each program may live; the first existing, root-owned path wins at start-up.
 PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
@@ -97,4 +99,47 @@ def build_tool_features(req: ToolFeatures, programs: dict[str, str], workdir: st
 BUILDERS = {
     CpuProfile: build_cpu_profile,
     ToolFeatures: build_tool_features,
+}
+
+
+def read_fd_table(req: FdTable, cap: int) -> StepResult:
+    """Read (never open) another process's fd links and its limits file.
+
+    Only readlink() and a read of /proc/PID/limits: no descriptor of the target
+    is opened, no path comes from the client (the pid is a ranged integer).
+    """
+    started = time.monotonic()
+    base = f"/proc/{int(req.pid)}"
+    out = bytearray(b"limits\n")
+    with open(f"{base}/limits", "rb") as f:
+        out += f.read(64 * 1024)
+    out += b"fds\n"
+    truncated = False
+    for name in sorted(os.listdir(f"{base}/fd"), key=lambda n: int(n) if n.isdigit() else -1):
+        try:
+            target = os.readlink(f"{base}/fd/{name}")
+        except FileNotFoundError:
+            continue  # closed between listdir and readlink
+        line = f"{name}\t{target}\n".encode("utf-8", "surrogateescape")
+        if len(out) + len(line) > cap:
+            truncated = True
+            break
+        out += line
+    return StepResult(
+        name="fd_table",
+        argv=["readlink", f"{base}/fd/*", f"{base}/limits"],
+        exit_status=0,
+        signal=None,
+        stdout=bytes(out),
+        stderr=b"",
+        stdout_truncated=truncated,
+        stderr_truncated=False,
+        timed_out=False,
+        wall_s=round(time.monotonic() - started, 3),
+    )
+
+
+# Jobs the broker answers by reading procfs itself instead of running a program.
+READERS = {
+    FdTable: read_fd_table,
 }

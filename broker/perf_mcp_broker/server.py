@@ -49,7 +49,7 @@ from perf_mcp_protocol import (
 
 from . import __version__
 from .authz import ACTION_IDS, Authorizer
-from .jobs import BUILDERS, ProgramMissing
+from .jobs import BUILDERS, READERS, ProgramMissing
 from .peer import Peer, PeerGone, identify
 from .runner import pid_exists, run_step
 
@@ -113,7 +113,7 @@ class Broker:
             broker_version=__version__,
             programs=dict(self.programs),
             missing=list(self.missing),
-            job_kinds=sorted(b.__struct_config__.tag for b in BUILDERS) + ["access_query"],
+            job_kinds=sorted(k.__struct_config__.tag for k in [*BUILDERS, *READERS]) + ["access_query"],
             kernel=kernel_features(),
             output_cap=self.output_cap,
             max_jobs_per_uid=self.max_jobs_per_uid,
@@ -227,7 +227,10 @@ class Broker:
             await self._send(stream, ErrorReply(ErrorCode.BUSY, self._busy_message()))
             return
         try:
-            await self._run_job(peer, stream, request, job_class)
+            if type(request) in READERS:
+                await self._run_reader(peer, stream, request, job_class)
+            else:
+                await self._run_job(peer, stream, request, job_class)
         finally:
             self._release(peer.uid, job_class)
 
@@ -300,6 +303,23 @@ class Broker:
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             self._audit(peer, request, job_id, ran, outcome, time.monotonic() - started, detail)
+
+    async def _run_reader(self, peer: Peer, stream: trio.SocketStream, request, job_class) -> None:
+        job_id = next(self._ids)
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            await self._send(stream, Accepted(job_id=job_id, job_class=job_class))
+            try:
+                result = await trio.to_thread.run_sync(READERS[type(request)], request, self.output_cap)
+            except (FileNotFoundError, ProcessLookupError):
+                outcome = "pid-not-found"
+                await self._send(stream, ErrorReply(ErrorCode.PID_NOT_FOUND, f"process {request.pid} has exited"))
+                return
+            outcome = "ok"
+            await self._send(stream, JobResult(job_id=job_id, steps=[result], wall_s=round(time.monotonic() - started, 3)))
+        finally:
+            self._audit(peer, request, job_id, [type(request).__struct_config__.tag], outcome, time.monotonic() - started, "")
 
     async def _watch_client(self, stream: trio.SocketStream, scope: trio.CancelScope) -> None:
         """After the request the client only listens: EOF or any byte cancels the job."""

@@ -76,14 +76,27 @@ class ToolFeatures(_Message, tag="tool_features"):
     """`bpftrace --info`: which probe types and helpers this kernel offers."""
 
 
-Request = Union[CpuProfile, AccessQuery, ToolFeatures]
-ClientMessage = Union[Hello, CpuProfile, AccessQuery, ToolFeatures]
+class FdTable(_Message, tag="fd_table"):
+    """The fd table and limits of one process, for a peer who may not read them.
+
+    The broker reads /proc/PID/fd and /proc/PID/limits itself (no program runs)
+    and returns the raw text in one step named "fd_table": a header line
+    "limits", the limits file verbatim, then "fds" and one "FD\tTARGET" line per
+    open descriptor (targets are readlink results, e.g. socket:[123]).
+    """
+
+    pid: Pid
+
+
+Request = Union[CpuProfile, AccessQuery, ToolFeatures, FdTable]
+ClientMessage = Union[Hello, CpuProfile, AccessQuery, ToolFeatures, FdTable]
 
 # Which class of authorisation each request needs; None means any local user.
 REQUEST_CLASS: dict[type, JobClass | None] = {
     CpuProfile: JobClass.PROFILE,
     AccessQuery: None,
     ToolFeatures: None,
+    FdTable: JobClass.INSPECT,
 }
 
 # ---------------------------------------------------------------- broker -> client
