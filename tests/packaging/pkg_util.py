@@ -224,17 +224,19 @@ def base_env(runtime_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
 
 def start_socket_activated(broker_argv: Sequence[str | os.PathLike[str]], socket_path: Path, runtime_dir: Path,
                            log_path: Path, *, mdwe: bool, env_extra: Mapping[str, str] | None = None) -> Spawned:
-    """systemd-socket-activate listening on socket_path (mode 0666 like SocketMode=0666)
+    """systemd-socket-activate listening on socket_path (with the unit's SocketMode=)
     that execs the broker, in place, on the first connection, inside the unit's sandbox
     as far as it can be applied here. The returned PID becomes the broker's."""
     env = base_env(runtime_dir, env_extra)
     activate = ["systemd-socket-activate", "-l", os.fspath(socket_path)]
     activate += [f"--setenv={k}={v}" for k, v in env.items() if k != "PATH"]
-    spawned = spawn_logged(sandbox_prefix(bounding_set(), mdwe) + activate + list(broker_argv), log_path,
-                           env=env, umask=0o111)
+    spawned = spawn_logged(sandbox_prefix(bounding_set(), mdwe) + activate + list(broker_argv), log_path, env=env)
     if not helpers.wait_until(lambda: socket_path.exists() or spawned.proc.poll() is not None, 10.0):
         spawned.stop()
         raise RuntimeError(f"systemd-socket-activate did not create {socket_path}:\n{spawned.log_text()}")
+    # systemd-socket-activate creates the socket 0644 whatever the umask; systemd
+    # applies SocketMode= from the unit.
+    socket_path.chmod(int(parse_unit(SOCKET_UNIT.read_text())["Socket"]["SocketMode"][-1], 8))
     return spawned
 
 
