@@ -36,6 +36,7 @@ from perf_mcp_protocol import (
     Progress,
     ProtocolError,
     StepResult,
+    FdTable,
     ToolFeatures,
     decode_broker_message,
     decode_client_message,
@@ -61,6 +62,7 @@ cpu_profile = st.builds(
 )
 access_query = st.just(AccessQuery())
 tool_features = st.just(ToolFeatures())
+fd_table = st.builds(FdTable, pid=st.integers(limits.PID_MIN, limits.PID_MAX))
 
 kernel = st.builds(
     KernelFeatures,
@@ -108,7 +110,7 @@ access_reply = st.builds(
 )
 error_reply = st.builds(ErrorReply, code=st.sampled_from(list(ErrorCode)), message=small_text)
 
-CLIENT_STRATEGIES = {Hello: hello, CpuProfile: cpu_profile, AccessQuery: access_query, ToolFeatures: tool_features}
+CLIENT_STRATEGIES = {Hello: hello, CpuProfile: cpu_profile, AccessQuery: access_query, ToolFeatures: tool_features, FdTable: fd_table}
 BROKER_STRATEGIES = {
     BrokerHello: broker_hello,
     Accepted: accepted,
