@@ -25,8 +25,8 @@ def denied(test_users: helpers.TestUsers) -> str:
 
 
 @pytest.fixture
-def broker_alive(broker: helpers.RunningBroker) -> helpers.RunningBroker:
-    """The default broker; the test's end checks it is still alive (pidfd-free: by PID)."""
+def broker_alive(broker: helpers.RunningBroker) -> Iterator[helpers.RunningBroker]:
+    """The default broker; at the end of the test it must still be alive."""
     yield broker
     assert broker.alive(), f"the broker died during the test:\n{broker.log_text()[-4000:]}"
 
