@@ -150,8 +150,21 @@ def as_user(sock: str, kind: str, n: int) -> list[float] | None:
         pw = pwd.getpwnam(GRANTED_USER)
     except KeyError:
         return None
-    argv = ["setpriv", f"--reuid={pw.pw_uid}", f"--regid={pw.pw_gid}", "--init-groups", "--",
-            str(VENV_BIN / "python"), str(Path(__file__).resolve()), "--client", sock, "--kind", kind, "--n", str(n)]
+    argv = [
+        "setpriv",
+        f"--reuid={pw.pw_uid}",
+        f"--regid={pw.pw_gid}",
+        "--init-groups",
+        "--",
+        str(VENV_BIN / "python"),
+        str(Path(__file__).resolve()),
+        "--client",
+        sock,
+        "--kind",
+        kind,
+        "--n",
+        str(n),
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, cwd="/", stdin=subprocess.DEVNULL, timeout=600)
     if out.returncode != 0:
         print(f"  (client as {GRANTED_USER} failed: {out.stderr.strip()[-500:]})")

@@ -55,7 +55,21 @@ def record(workdir: Path, seconds: int) -> Path:
     try:
         time.sleep(0.5)
         subprocess.run(
-            [perf(), "record", "-e", "cpu-clock", "-F", "499", "-a", "-g", "-o", str(data), "--", "sleep", str(seconds)],
+            [
+                perf(),
+                "record",
+                "-e",
+                "cpu-clock",
+                "-F",
+                "499",
+                "-a",
+                "-g",
+                "-o",
+                str(data),
+                "--",
+                "sleep",
+                str(seconds),
+            ],
             check=True,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -86,8 +100,12 @@ def ours(data: Path) -> tuple[dict[str, int], float, float]:
 def floor(data: Path) -> float:
     """perf script reading the file with no callchains or symbols: the cost both sides pay."""
     t0 = time.perf_counter()
-    subprocess.run([perf(), "script", "-i", str(data), "-F", "comm,tid,period"], check=True,
-                   stdin=subprocess.DEVNULL, capture_output=True)
+    subprocess.run(
+        [perf(), "script", "-i", str(data), "-F", "comm,tid,period"],
+        check=True,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+    )
     return time.perf_counter() - t0
 
 
@@ -108,7 +126,9 @@ def normalise(stacks: dict[str, int]) -> dict[str, int]:
     out: dict[str, int] = {}
     for stack, count in stacks.items():
         comm, _, rest = stack.partition(";")
-        frames = [comm.replace(" ", "_")] + ["[unknown]" if _BRACKETED.match(f) else f for f in rest.split(";") if rest]
+        frames = [comm.replace(" ", "_")] + [
+            "[unknown]" if _BRACKETED.match(f) else f for f in rest.split(";") if rest
+        ]
         key = ";".join(frames)
         out[key] = out.get(key, 0) + count
     return out
@@ -130,7 +150,9 @@ def main() -> int:
     workdir = Path(tempfile.mkdtemp(prefix="pmcp-bench-fold-"))
     try:
         data = args.data or record(workdir, args.seconds)
-        print(f"perf.data: {data} ({data.stat().st_size / 1e6:.1f} MB); {args.reps} repetitions each, alternating")
+        print(
+            f"perf.data: {data} ({data.stat().st_size / 1e6:.1f} MB); {args.reps} repetitions each, alternating"
+        )
         ours_total, ours_script, ours_fold, ref_total, floors = [], [], [], [], []
         our_stacks: dict[str, int] = {}
         ref_stacks: dict[str, int] = {}
@@ -143,20 +165,28 @@ def main() -> int:
             ref_total.append(t_ref)
             floors.append(floor(data))
         med = statistics.median
-        print(f"ours: perf script -F ... + fold   median {med(ours_total) * 1000:8.1f} ms  "
-              f"(perf script {med(ours_script) * 1000:.1f} ms, decode + fold {med(ours_fold) * 1000:.1f} ms)")
+        print(
+            f"ours: perf script -F ... + fold   median {med(ours_total) * 1000:8.1f} ms  "
+            f"(perf script {med(ours_script) * 1000:.1f} ms, decode + fold {med(ours_fold) * 1000:.1f} ms)"
+        )
         print(f"perf script report stackcollapse  median {med(ref_total) * 1000:8.1f} ms")
         print(f"ratio reference / ours: {med(ref_total) / med(ours_total):.2f}x  (goal >= 2x)")
-        print(f"floor: perf script -F comm,tid,period (no stacks, no symbols) median {med(floors) * 1000:.1f} ms; "
-              f"above it: ours {(med(ours_total) - med(floors)) * 1000:.1f} ms, "
-              f"reference {(med(ref_total) - med(floors)) * 1000:.1f} ms")
+        print(
+            f"floor: perf script -F comm,tid,period (no stacks, no symbols) median {med(floors) * 1000:.1f} ms; "
+            f"above it: ours {(med(ours_total) - med(floors)) * 1000:.1f} ms, "
+            f"reference {(med(ref_total) - med(floors)) * 1000:.1f} ms"
+        )
 
         our_n, ref_n = sum(our_stacks.values()), sum(ref_stacks.values())
-        print(f"samples: ours {our_n}, reference {ref_n} ({'same' if our_n == ref_n else 'DIFFERENT'}); "
-              f"distinct stacks: ours {len(our_stacks)}, reference {len(ref_stacks)}")
+        print(
+            f"samples: ours {our_n}, reference {ref_n} ({'same' if our_n == ref_n else 'DIFFERENT'}); "
+            f"distinct stacks: ours {len(our_stacks)}, reference {len(ref_stacks)}"
+        )
         a, b = normalise(our_stacks), normalise(ref_stacks)
         same_counts = sum(1 for k, v in a.items() if b.get(k) == v)
-        print(f"after normalising names: {same_counts}/{len(a)} of our stacks have the reference's exact count")
+        print(
+            f"after normalising names: {same_counts}/{len(a)} of our stacks have the reference's exact count"
+        )
         ta, tb = top(a, TOP), top(b, TOP)
         print(f"top-{TOP} stacks in common: {len(set(ta) & set(tb))}/{TOP}")
         for stack in ta[:5]:
