@@ -28,6 +28,7 @@ broker's own interpreter so that compiled modules match it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import grp
 import hashlib
 import json
@@ -293,12 +294,13 @@ def disable_socket() -> None:
         run(["systemctl", "disable", SOCKET_UNIT], check=False, stderr=subprocess.DEVNULL)
 
 
-def _copy_into_system(staged: Path, path: str) -> None:
+def _copy_into_system(staged: Path, path: str, created_dirs: list[str]) -> None:
     src = _dest(staged, path)
     dst = Path(path)
     for parent in reversed(dst.parents):
         if not parent.exists():
             parent.mkdir(mode=0o755)
+            created_dirs.append(str(parent))
     tmp = dst.with_name(f".{dst.name}.perf-mcp-new")
     shutil.copy2(src, tmp)
     os.chown(tmp, 0, 0)
@@ -311,7 +313,9 @@ def install(layout: Layout, python: str = PYTHON) -> None:
     owner = owned_by_dpkg(UNIT_BROKER_PATH) or owned_by_dpkg(layout.broker_bin)
     if owner:
         raise InstallError(f"the broker is installed by the Debian package {owner}; remove it first (apt remove {owner})")
+    os.umask(0o022)
     old = read_manifest(layout)
+    created_dirs: list[str] = list(old.get("created_dirs", [])) if old else []
     with tempfile.TemporaryDirectory(prefix="perf-mcp-stage-") as tmp:
         staged = Path(tmp) / "root"
         stage(staged, layout, python)
@@ -324,11 +328,13 @@ def install(layout: Layout, python: str = PYTHON) -> None:
                 if not old or old.get("files", {}).get(RULES) != sha256(RULES):
                     kept.append(path)  # the administrator's own rules file
                     continue
-            _copy_into_system(staged, path)
+            _copy_into_system(staged, path, created_dirs)
     manifest = {
         "version": read_version(),
         "prefix": layout.prefix,
         "files": {p: sha256(p) for p in files if p not in kept},
+        # Removed again by uninstall when empty (the site dir's own are removed with it).
+        "created_dirs": sorted(d for d in set(created_dirs) if not d.startswith(layout.site_dir + "/")),
         "group_created": ensure_group(layout) or bool(old and old.get("group_created")),
     }
     write_manifest(layout, manifest)
@@ -352,25 +358,6 @@ def write_manifest(layout: Layout, manifest: dict) -> None:
     path.chmod(0o644)
 
 
-def _remove_empty_parents(path: Path, stop: set[str]) -> None:
-    for parent in path.parents:
-        if str(parent) in stop or parent == Path("/"):
-            return
-        try:
-            parent.rmdir()
-        except OSError:
-            return
-
-
-# Directories that belong to the system, never removed even when empty.
-SYSTEM_DIRS = {
-    "/usr", "/usr/lib", "/usr/local", "/usr/local/lib", "/usr/local/sbin", "/usr/sbin", "/usr/share",
-    "/usr/share/doc", "/usr/local/share", "/usr/local/share/doc", "/etc", "/etc/systemd", "/etc/systemd/system",
-    "/usr/lib/systemd", "/usr/lib/systemd/system", "/etc/sysusers.d", "/usr/lib/sysusers.d",
-    "/etc/polkit-1", "/etc/polkit-1/rules.d", "/usr/share/polkit-1", "/usr/share/polkit-1/actions",
-}
-
-
 def uninstall(layout: Layout) -> None:
     if os.geteuid() != 0:
         raise InstallError("run as root: sudo make uninstall")
@@ -385,10 +372,12 @@ def uninstall(layout: Layout) -> None:
             log(f"kept {path}: it was changed after installation")
             continue
         os.unlink(path)
-        _remove_empty_parents(Path(path), SYSTEM_DIRS)
     shutil.rmtree(layout.site_dir, ignore_errors=True)
     os.unlink(layout.manifest)
-    _remove_empty_parents(Path(layout.manifest), SYSTEM_DIRS)
+    # Directories the install made, deepest first, if nothing else lives in them now.
+    for directory in sorted(manifest.get("created_dirs", []), key=lambda d: d.count("/"), reverse=True):
+        with contextlib.suppress(OSError):
+            os.rmdir(directory)
     if manifest.get("group_created"):
         if group_is_empty(GROUP):
             run(["groupdel", GROUP])

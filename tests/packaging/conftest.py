@@ -14,11 +14,11 @@ import helpers  # noqa: E402
 import pkg_util  # noqa: E402
 
 @pytest.fixture
-def machine_state(root_required: None) -> Iterator[None]:
+def machine_state(root_required: None) -> Iterator[pkg_util.SavedFiles]:
     """For tests that install into this machine: one such test at a time, and the
     polkit files of the development set-up put back afterwards."""
-    with pkg_util.packaging_lock(), pkg_util.polkit_files_preserved():
-        yield
+    with pkg_util.packaging_lock(), pkg_util.polkit_files_preserved() as saved:
+        yield saved
 
 
 @pytest.fixture

@@ -82,8 +82,8 @@ def parse_unit(text: str) -> dict[str, dict[str, list[str]]]:
     return out
 
 
-def service_directives() -> dict[str, list[str]]:
-    return parse_unit(SERVICE_UNIT.read_text())["Service"]
+def service_directives(service: Path = SERVICE_UNIT) -> dict[str, list[str]]:
+    return parse_unit(service.read_text())["Service"]
 
 
 def exec_start_args() -> list[str]:
@@ -93,9 +93,13 @@ def exec_start_args() -> list[str]:
     return argv[1:]
 
 
-def bounding_set() -> list[str]:
+def exec_start(service: Path) -> list[str]:
+    return service_directives(service)["ExecStart"][-1].split()
+
+
+def bounding_set(service: Path = SERVICE_UNIT) -> list[str]:
     """CapabilityBoundingSet= of the service, as setpriv names (perfmon, bpf, ...)."""
-    caps = " ".join(service_directives()["CapabilityBoundingSet"]).split()
+    caps = " ".join(service_directives(service)["CapabilityBoundingSet"]).split()
     return [c.lower().removeprefix("cap_") for c in caps]
 
 
@@ -223,14 +227,16 @@ def base_env(runtime_dir: Path, extra: Mapping[str, str] | None = None) -> dict[
 
 
 def start_socket_activated(broker_argv: Sequence[str | os.PathLike[str]], socket_path: Path, runtime_dir: Path,
-                           log_path: Path, *, mdwe: bool, env_extra: Mapping[str, str] | None = None) -> Spawned:
+                           log_path: Path, *, mdwe: bool, env_extra: Mapping[str, str] | None = None,
+                           service: Path = SERVICE_UNIT) -> Spawned:
     """systemd-socket-activate listening on socket_path (with the unit's SocketMode=)
     that execs the broker, in place, on the first connection, inside the unit's sandbox
     as far as it can be applied here. The returned PID becomes the broker's."""
     env = base_env(runtime_dir, env_extra)
     activate = ["systemd-socket-activate", "-l", os.fspath(socket_path)]
     activate += [f"--setenv={k}={v}" for k, v in env.items() if k != "PATH"]
-    spawned = spawn_logged(sandbox_prefix(bounding_set(), mdwe) + activate + list(broker_argv), log_path, env=env)
+    spawned = spawn_logged(sandbox_prefix(bounding_set(service), mdwe) + activate + list(broker_argv), log_path,
+                           env=env)
     if not helpers.wait_until(lambda: socket_path.exists() or spawned.proc.poll() is not None, 10.0):
         spawned.stop()
         raise RuntimeError(f"systemd-socket-activate did not create {socket_path}:\n{spawned.log_text()}")
@@ -238,6 +244,48 @@ def start_socket_activated(broker_argv: Sequence[str | os.PathLike[str]], socket
     # applies SocketMode= from the unit.
     socket_path.chmod(int(parse_unit(SOCKET_UNIT.read_text())["Socket"]["SocketMode"][-1], 8))
     return spawned
+
+
+def serve_installed(service: Path, site_dir: str, workdir: Path, users: helpers.TestUsers) -> dict[str, Any]:
+    """Start an installed broker as its installed unit says (socket activation, the
+    unit's ExecStart, bounding set, no_new_privs, MDWE) and talk to it as the test
+    users. Returns figures; raises AssertionError on a wrong answer."""
+    sock = workdir / "installed.sock"
+    runtime = workdir / "installed-runtime"
+    runtime.mkdir(mode=0o700)
+    activated = start_socket_activated(exec_start(service), sock, runtime, workdir / "installed.log",
+                                       mdwe=mdwe_supported(), service=service)
+    try:
+        granted = run_client(users.granted, sock, "access")
+        assert granted["granted"] == ["profile", "trace", "inspect"], granted
+        denied = run_client(users.denied, sock, "access")
+        assert denied["granted"] == [], denied
+        profile = run_client(users.granted, sock, "profile")
+        assert profile["type"] == "result", profile
+        assert all(not s["timed_out"] for s in profile["steps"]) and profile["steps"][-1]["stdout"] > 0, profile
+        # The broker that answered runs the installed code, not the development tree.
+        mapped = mapped_files(activated.pid)
+        assert any(p.startswith(site_dir + "/") for p in mapped), sorted(mapped)
+        assert not any(p.startswith(os.fspath(REPO) + "/") for p in mapped), sorted(mapped)
+        cmdline = Path(f"/proc/{activated.pid}/cmdline").read_text().split("\0")
+        assert activated.proc.poll() is None
+    finally:
+        activated.stop()
+    log = activated.log_text()
+    assert "Traceback" not in log and "refusing" not in log, log
+    return {"cmdline": " ".join(cmdline).strip(), "profile_stdout_bytes": profile["steps"][-1]["stdout"]}
+
+
+def tree_problems(paths: Sequence[str]) -> list[str]:
+    """Installed paths that are not root-owned or are writable by group or others."""
+    out = []
+    for path in paths:
+        st = os.lstat(path)
+        if os.path.islink(path):
+            continue
+        if st.st_uid != 0 or st.st_mode & 0o022:
+            out.append(f"{path}: uid {st.st_uid} mode {st.st_mode & 0o7777:04o}")
+    return out
 
 
 # The LISTEN_FDS protocol by hand: dup the inherited socket to fd 3, set LISTEN_PID
@@ -321,25 +369,43 @@ def packaging_lock() -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-@contextlib.contextmanager
-def polkit_files_preserved() -> Iterator[None]:
-    """The development set-up installs the same polkit files an install or the package
-    does (packaging/dev-setup.sh); put back whatever was there before, byte for byte."""
-    saved = {p: (p.read_bytes(), p.stat()) if p.exists() else None for p in (POLICY, RULES)}
-    try:
-        yield
-    finally:
-        for path, before in saved.items():
+@dataclass
+class SavedFiles:
+    """Files as they were, to be put back byte for byte (mode and owner too)."""
+
+    saved: dict[Path, tuple[bytes, os.stat_result] | None]
+
+    @classmethod
+    def take(cls, *paths: Path) -> SavedFiles:
+        return cls({p: (p.read_bytes(), p.stat()) if p.exists() else None for p in paths})
+
+    def restore(self, *only: Path) -> None:
+        for path, before in self.saved.items():
+            if only and path not in only:
+                continue
             if before is None:
                 path.unlink(missing_ok=True)
                 continue
             data, st = before
-            if not path.exists() or path.read_bytes() != data:
-                tmp = path.with_name(f".{path.name}.test-restore")
-                tmp.write_bytes(data)
-                os.chown(tmp, st.st_uid, st.st_gid)
-                tmp.chmod(st.st_mode & 0o7777)
-                os.replace(tmp, path)
+            if path.exists() and path.read_bytes() == data:
+                continue
+            tmp = path.with_name(f".{path.name}.test-restore")
+            tmp.write_bytes(data)
+            os.chown(tmp, st.st_uid, st.st_gid)
+            tmp.chmod(st.st_mode & 0o7777)
+            os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def polkit_files_preserved() -> Iterator[SavedFiles]:
+    """The development set-up installs the same polkit files an install or the package
+    does (packaging/dev-setup.sh); put back whatever was there before. A test may
+    restore earlier (other test runs on this machine rely on the action file)."""
+    saved = SavedFiles.take(POLICY, RULES)
+    try:
+        yield saved
+    finally:
+        saved.restore()
 
 
 def proc_status(pid: int) -> dict[str, str]:
