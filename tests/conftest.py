@@ -75,7 +75,7 @@ def broker_factory(root_required: None, test_users: helpers.TestUsers) -> Iterat
     started: list[helpers.RunningBroker] = []
 
     def start(*extra_args: str, output_cap: int | None = None) -> helpers.RunningBroker:
-        workdir = helpers.make_shared_tmpdir("perf-mcp-broker-")
+        workdir = helpers.make_shared_tmpdir("pmcp-broker-")
         try:
             broker = helpers.start_broker(workdir, *extra_args, output_cap=output_cap)
         except BaseException:
@@ -106,7 +106,7 @@ def broker(broker_factory: BrokerFactory) -> helpers.RunningBroker:
 
 @pytest.fixture(scope="session")
 def busy_exe() -> Iterator[Path]:
-    directory = helpers.make_shared_tmpdir("perf-mcp-busy-")
+    directory = helpers.make_shared_tmpdir("pmcp-busy-")
     try:
         yield helpers.build_busy_binary(directory)
     except RuntimeError as exc:

@@ -409,9 +409,10 @@ def broker_missing_reason() -> str | None:
     return None
 
 
-def make_shared_tmpdir(prefix: str = "perf-mcp-test-") -> Path:
+def make_shared_tmpdir(prefix: str = "pmcp-test-") -> Path:
     """A temp dir under /tmp that the test users can traverse (mode 0755), short
-    enough for a Unix socket path. pytest's tmp_path is under a 0700 dir of root."""
+    enough for a Unix socket path. pytest's tmp_path is under a 0700 dir of root.
+    Never "/tmp/perf-...": perf takes binaries under /tmp/perf-* for JIT maps."""
     path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     path.chmod(0o755)
     return path

@@ -40,20 +40,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         for line in FIGURES:
             terminalreporter.write_line(line)
 
-
-@pytest.fixture(scope="session")
-def busy_exe() -> Iterator[Path]:
-    """The busy binary, built where perf resolves its symbols.
-
-    perf treats any DSO whose path starts with "/tmp/perf-" as a JIT map
-    (/tmp/perf-PID.map) and never reads its ELF symbols, so a binary under
-    helpers.make_shared_tmpdir()'s default prefix "/tmp/perf-mcp-..." profiles as
-    [unknown]. This override uses a prefix perf does not special-case.
-    """
-    directory = helpers.make_shared_tmpdir("pmcp-busy-")
-    try:
-        yield helpers.build_busy_binary(directory)
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    finally:
-        helpers.remove_tree(directory)

@@ -9,18 +9,6 @@ import pytest
 import helpers
 
 
-@pytest.fixture(scope="session")
-def busy_exe() -> Iterator[Path]:
-    """The busy binary, built where perf resolves its symbols: perf treats DSOs under
-    /tmp/perf-* as JIT maps, so the shared /tmp/perf-mcp-... prefix would profile as [unknown]."""
-    directory = helpers.make_shared_tmpdir("pmcp-fe-busy-")
-    try:
-        yield helpers.build_busy_binary(directory)
-    except RuntimeError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    finally:
-        helpers.remove_tree(directory)
-
 
 @pytest.fixture
 def no_broker_socket(shared_tmp: Path) -> Path:
