@@ -342,7 +342,7 @@ def install(layout: Layout, python: str = PYTHON) -> None:
         log(f"kept your {path}; the shipped one is in {layout.doc_dir} (README-install.md) and polkit/ of the source")
     enable_socket()
     log(f"installed perf-mcp-broker {manifest['version']} in {layout.lib_dir}")
-    log(f"grant a user with: usermod -aG {GROUP} USER (then log in again)")
+    log(f"grant a user with: usermod -aG {GROUP} USER (polkit sees it at once, no new login needed)")
 
 
 def read_manifest(layout: Layout) -> dict | None:
