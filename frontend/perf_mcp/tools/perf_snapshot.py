@@ -1,0 +1,561 @@
+"""perf_snapshot: the whole machine at a glance, from the background sampler.
+
+count = 1: answers at once from the sampler's ring with rates over 1 s, 10 s
+and 60 s (and over interval_s when that is another length); each window says
+its actual length, which is shorter than asked while the server is younger
+than the window. interval_s below the sampler's 1 s is measured directly
+(two reads interval_s apart). Right after start-up it waits for the ring's
+second sample (one interval).
+
+count > 1: a series of count intervals of interval_s each, read directly
+from procfs on its own schedule (the ring keeps its fixed 1 Hz), with a
+progress notification per interval; cancelling the call stops it.
+
+Figures are computed as sysstat computes them (procfs.derive): CPU split as
+mpstat, per-device rows as iostat -x, interfaces as sar -n DEV (kB = 1024
+bytes), TCP retransmit % as nstat (RetransSegs / OutSegs). Point-in-time
+values (load, memory, PSI averages, runnable tasks) are the gauges of the
+window's last sample.
+
+Devices shown: every device that did I/O in the window, and every whole disk
+(/sys/block) except idle loop, ram and nbd devices; idle partitions are left
+out (their disk is there). data.windows[].devices_omitted counts what was left
+out. This module registers the background sampler service
+(tools/_sampler_service.py), which other tools use too.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import math
+import os
+from typing import Annotated, Literal
+
+import msgspec
+import trio
+from msgspec import Meta
+
+from ..procfs import SYSTEM_FILES, Sampler, SnapshotLike, SystemRates, system_rates
+from ..procfs.derive import CpuSplit, DiskRates, NetDevRates
+from ..registry import ToolContext, ToolOutput, ToolSpec
+from ._sampler_service import SAMPLER_SERVICE, system_sampler
+
+NAME = "perf_snapshot"
+STANDARD_WINDOWS_S = (1.0, 10.0, 60.0)
+KB = 1024.0
+VIRTUAL_DISK_PREFIXES = ("loop", "ram", "nbd")
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    include_per_cpu: Annotated[bool, Meta(description="Add the CPU split of every CPU.")] = False
+    include_per_device: Annotated[bool, Meta(
+        description="Add one iostat -x row per block device (otherwise only the totals).")] = True
+    include_psi: Annotated[bool, Meta(description="Add pressure stall information (cpu, memory, io).")] = True
+    interval_s: Annotated[float, Meta(ge=0.1, le=60, description=(
+        "count=1: an extra rate window of this length besides 1/10/60 s (below 1 s it is measured directly). "
+        "count>1: the length of each interval of the series."))] = 1.0
+    count: Annotated[int, Meta(ge=1, le=60, description=(
+        "1: answer at once from the background sampler; >1: a series of count intervals of interval_s."))] = 1
+
+
+# ---------------------------------------------------------------- output
+
+
+class CpuPct(msgspec.Struct, kw_only=True):
+    """Percent of CPU time, as mpstat (they add up to 100); busy = 100 - idle - iowait."""
+
+    busy: float
+    user: float
+    nice: float
+    system: float
+    iowait: float
+    irq: float
+    softirq: float
+    steal: float
+    guest: float
+    idle: float
+
+
+class PerCpuPct(CpuPct, kw_only=True):
+    cpu: int
+
+
+class MemoryActivity(msgspec.Struct, kw_only=True):
+    """From /proc/vmstat, per second (sar -B units)."""
+
+    faults_s: float | None
+    major_faults_s: float | None
+    pgpgin_kb_s: float | None
+    pgpgout_kb_s: float | None
+    swap_in_pages_s: float | None
+    swap_out_pages_s: float | None
+    pgscan_kswapd_s: float | None
+    pgscan_direct_s: float | None
+    pgsteal_s: float | None
+    allocstall_s: float | None
+    oom_kills: int | None
+
+
+class DiskRow(msgspec.Struct, kw_only=True):
+    """One block device, named after the iostat -x columns."""
+
+    device: str
+    r_s: float | None
+    w_s: float | None
+    d_s: float | None
+    f_s: float | None
+    rkb_s: float | None
+    wkb_s: float | None
+    dkb_s: float | None
+    rrqm_s: float | None
+    wrqm_s: float | None
+    r_await_ms: float | None
+    w_await_ms: float | None
+    d_await_ms: float | None
+    f_await_ms: float | None
+    rareq_sz_kb: float | None
+    wareq_sz_kb: float | None
+    aqu_sz: float | None
+    util_pct: float | None
+    in_flight: int
+
+
+class DiskTotals(msgspec.Struct, kw_only=True):
+    devices: int  # shown (whole disks and devices with I/O)
+    r_s: float
+    w_s: float
+    rkb_s: float
+    wkb_s: float
+    busiest_device: str | None
+    busiest_util_pct: float | None
+
+
+class InterfaceRow(msgspec.Struct, kw_only=True):
+    """One interface, as sar -n DEV and sar -n EDEV (kB = 1024 bytes)."""
+
+    interface: str
+    rxpck_s: float | None
+    txpck_s: float | None
+    rxkb_s: float | None
+    txkb_s: float | None
+    rx_errors_s: float | None
+    tx_errors_s: float | None
+    rx_drops_s: float | None
+    tx_drops_s: float | None
+
+
+class TcpActivity(msgspec.Struct, kw_only=True):
+    active_opens_s: float | None
+    passive_opens_s: float | None
+    attempt_fails_s: float | None
+    estab_resets_s: float | None
+    out_rsts_s: float | None
+    in_segs_s: float | None
+    out_segs_s: float | None
+    retrans_segs_s: float | None
+    retransmit_pct: float | None
+    curr_estab: int | None
+    listen_overflows_s: float | None
+    listen_drops_s: float | None
+    timeouts_s: float | None
+
+
+class SoftnetActivity(msgspec.Struct, kw_only=True):
+    processed_s: float | None
+    dropped_s: float | None
+    time_squeeze_s: float | None
+
+
+class PsiShare(msgspec.Struct, kw_only=True):
+    """Percent of the window in which some / all non-idle tasks stalled (from
+    the PSI totals; exact for the window)."""
+
+    some_pct: float | None
+    full_pct: float | None
+
+
+class PsiNow(msgspec.Struct, kw_only=True):
+    """The kernel's decaying averages at the window's end (percent)."""
+
+    some_avg10: float
+    some_avg60: float
+    some_avg300: float
+    full_avg10: float | None
+    full_avg60: float | None
+    full_avg300: float | None
+
+
+class MemoryNow(msgspec.Struct, kw_only=True):
+    total_bytes: int | None
+    available_bytes: int | None
+    available_pct: float | None
+    free_bytes: int | None
+    buffers_bytes: int | None
+    cached_bytes: int | None
+    dirty_bytes: int | None
+    writeback_bytes: int | None
+    anon_bytes: int | None
+    slab_bytes: int | None
+    swap_total_bytes: int | None
+    swap_used_bytes: int | None
+    swap_used_pct: float | None
+
+
+class Gauges(msgspec.Struct, kw_only=True):
+    time: str  # the sample's wall time, UTC ISO 8601
+    load1: float | None
+    load5: float | None
+    load15: float | None
+    procs_running: int | None  # /proc/stat, includes the reader itself
+    procs_blocked: int | None  # in uninterruptible sleep (usually I/O)
+    run_queue: int | None  # procs_running - 1: runnable tasks besides the sampler (as sar -q)
+    threads: int | None
+    memory: MemoryNow | None
+    psi: dict[str, PsiNow] | None
+
+
+class Window(msgspec.Struct, kw_only=True):
+    requested_s: float
+    interval_s: float  # actual length
+    start: str
+    end: str
+    source: Literal["ring", "direct"]
+    cpu: CpuPct | None
+    per_cpu: list[PerCpuPct] | None
+    context_switches_s: float | None
+    interrupts_s: float | None
+    forks_s: float | None
+    memory: MemoryActivity | None
+    disk_totals: DiskTotals
+    disks: list[DiskRow] | None
+    devices_omitted: int
+    interfaces: list[InterfaceRow]
+    tcp: TcpActivity | None
+    softnet: SoftnetActivity | None
+    psi: dict[str, PsiShare] | None
+    gauges: Gauges
+
+
+class SamplerInfo(msgspec.Struct, kw_only=True):
+    interval_s: float
+    samples: int
+    history_s: float
+
+
+class SnapshotData(msgspec.Struct, kw_only=True):
+    mode: Literal["windows", "series"]
+    method: str
+    cpus: int
+    sampler: SamplerInfo | None
+    windows: list[Window]
+
+
+# ---------------------------------------------------------------- building (pure)
+
+
+def _r(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None or not math.isfinite(value) else round(value, digits)
+
+
+def iso(t_wall: float) -> str:
+    return _dt.datetime.fromtimestamp(t_wall, _dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+def cpu_pct(split: CpuSplit) -> CpuPct:
+    return CpuPct(busy=round(split.busy, 2), user=round(split.user, 2), nice=round(split.nice, 2),
+                  system=round(split.system, 2), iowait=round(split.iowait, 2), irq=round(split.irq, 2),
+                  softirq=round(split.softirq, 2), steal=round(split.steal, 2),
+                  guest=round(split.guest + split.guest_nice, 2), idle=round(split.idle, 2))
+
+
+def disk_row(d: DiskRates) -> DiskRow:
+    return DiskRow(
+        device=d.name, r_s=_r(d.r_s), w_s=_r(d.w_s), d_s=_r(d.d_s), f_s=_r(d.f_s), rkb_s=_r(d.rkb_s),
+        wkb_s=_r(d.wkb_s), dkb_s=_r(d.dkb_s), rrqm_s=_r(d.rrqm_s), wrqm_s=_r(d.wrqm_s),
+        r_await_ms=_r(d.r_await_ms, 3), w_await_ms=_r(d.w_await_ms, 3), d_await_ms=_r(d.d_await_ms, 3),
+        f_await_ms=_r(d.f_await_ms, 3), rareq_sz_kb=_r(d.rareq_sz_kb), wareq_sz_kb=_r(d.wareq_sz_kb),
+        aqu_sz=_r(d.aqu_sz, 3), util_pct=_r(d.util_pct), in_flight=d.in_flight,
+    )
+
+
+def did_io(d: DiskRates) -> bool:
+    return any((v or 0) > 0 for v in (d.r_s, d.w_s, d.d_s, d.f_s, d.util_pct)) or d.in_flight > 0
+
+
+def shown_devices(disks: dict[str, DiskRates], whole_disks: frozenset[str]) -> list[DiskRates]:
+    """Devices with I/O in the window, plus whole disks that are not idle loop/ram/nbd devices."""
+    out = []
+    for name in sorted(disks):
+        d = disks[name]
+        if did_io(d) or (name in whole_disks and not name.startswith(VIRTUAL_DISK_PREFIXES)):
+            out.append(d)
+    return out
+
+
+def disk_totals(rows: list[DiskRates], whole_disks: frozenset[str]) -> DiskTotals:
+    """Totals over whole disks only (a partition's I/O is inside its disk's)."""
+    disks = [d for d in rows if d.name in whole_disks] or rows
+    busiest = max(disks, key=lambda d: d.util_pct or 0.0, default=None)
+    return DiskTotals(
+        devices=len(rows),
+        r_s=round(sum(d.r_s or 0 for d in disks), 2), w_s=round(sum(d.w_s or 0 for d in disks), 2),
+        rkb_s=round(sum(d.rkb_s or 0 for d in disks), 2), wkb_s=round(sum(d.wkb_s or 0 for d in disks), 2),
+        busiest_device=busiest.name if busiest else None,
+        busiest_util_pct=_r(busiest.util_pct) if busiest else None,
+    )
+
+
+def interface_row(n: NetDevRates) -> InterfaceRow:
+    def kb(v: float | None) -> float | None:
+        return None if v is None else round(v / KB, 2)
+
+    return InterfaceRow(interface=n.name, rxpck_s=_r(n.rx_packets_s), txpck_s=_r(n.tx_packets_s),
+                        rxkb_s=kb(n.rx_bytes_s), txkb_s=kb(n.tx_bytes_s), rx_errors_s=_r(n.rx_errors_s),
+                        tx_errors_s=_r(n.tx_errors_s), rx_drops_s=_r(n.rx_dropped_s),
+                        tx_drops_s=_r(n.tx_dropped_s))
+
+
+def gauges(s: SnapshotLike, include_psi: bool) -> Gauges:
+    stat, load, m = s.stat, s.loadavg, s.meminfo
+    memory = None
+    if m is not None:
+        swap_used = None if m.swap_total is None or m.swap_free is None else max(0, m.swap_total - m.swap_free)
+        memory = MemoryNow(
+            total_bytes=m.mem_total, available_bytes=m.mem_available,
+            available_pct=_r(m.mem_available / m.mem_total * 100) if m.mem_total and m.mem_available is not None
+            else None,
+            free_bytes=m.mem_free, buffers_bytes=m.buffers, cached_bytes=m.cached, dirty_bytes=m.dirty,
+            writeback_bytes=m.writeback, anon_bytes=m.anon_pages, slab_bytes=m.slab,
+            swap_total_bytes=m.swap_total, swap_used_bytes=swap_used,
+            swap_used_pct=_r(swap_used / m.swap_total * 100) if swap_used is not None and m.swap_total else None,
+        )
+    psi: dict[str, PsiNow] | None = None
+    if include_psi:
+        psi = {}
+        for resource in ("cpu", "memory", "io"):
+            p = getattr(s, f"psi_{resource}")
+            if p is None:
+                continue
+            full = p.full if resource != "cpu" else None  # system-wide cpu "full" is undefined (zeros)
+            psi[resource] = PsiNow(some_avg10=p.some.avg10, some_avg60=p.some.avg60, some_avg300=p.some.avg300,
+                                   full_avg10=full.avg10 if full else None, full_avg60=full.avg60 if full else None,
+                                   full_avg300=full.avg300 if full else None)
+    running = stat.procs_running if stat else None
+    return Gauges(
+        time=iso(s.t_wall), load1=load.load1 if load else None, load5=load.load5 if load else None,
+        load15=load.load15 if load else None, procs_running=running,
+        procs_blocked=stat.procs_blocked if stat else None,
+        run_queue=max(0, running - 1) if running is not None else None,
+        threads=load.threads if load else None, memory=memory, psi=psi,
+    )
+
+
+def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s: float, source: str,
+                 whole_disks: frozenset[str]) -> Window:
+    mem = rates.memory
+    memory = None if mem is None else MemoryActivity(
+        faults_s=_r(mem.faults_s), major_faults_s=_r(mem.major_faults_s), pgpgin_kb_s=_r(mem.pgpgin_kb_s),
+        pgpgout_kb_s=_r(mem.pgpgout_kb_s), swap_in_pages_s=_r(mem.pswpin_s), swap_out_pages_s=_r(mem.pswpout_s),
+        pgscan_kswapd_s=_r(mem.pgscan_kswapd_s), pgscan_direct_s=_r(mem.pgscan_direct_s),
+        pgsteal_s=_r(mem.pgsteal_s), allocstall_s=_r(mem.allocstall_s), oom_kills=mem.oom_kills,
+    )
+    shown = shown_devices(rates.disks, whole_disks)
+    t = rates.tcp
+    tcp = None if t is None else TcpActivity(
+        active_opens_s=_r(t.active_opens_s), passive_opens_s=_r(t.passive_opens_s),
+        attempt_fails_s=_r(t.attempt_fails_s), estab_resets_s=_r(t.estab_resets_s), out_rsts_s=_r(t.out_rsts_s),
+        in_segs_s=_r(t.in_segs_s), out_segs_s=_r(t.out_segs_s), retrans_segs_s=_r(t.retrans_segs_s),
+        retransmit_pct=_r(t.retransmit_pct, 3), curr_estab=t.curr_estab,
+        listen_overflows_s=_r(t.listen_overflows_s), listen_drops_s=_r(t.listen_drops_s),
+        timeouts_s=_r(t.timeouts_s),
+    )
+    sn = rates.softnet
+    softnet = None if sn is None else SoftnetActivity(processed_s=_r(sn.processed_s), dropped_s=_r(sn.dropped_s),
+                                                      time_squeeze_s=_r(sn.time_squeeze_s))
+    psi = None
+    if p.include_psi:
+        psi = {k: PsiShare(some_pct=_r(v.some_pct), full_pct=None if k == "cpu" else _r(v.full_pct))
+               for k, v in rates.pressure.items()}
+    per_cpu = None
+    if p.include_per_cpu:
+        per_cpu = [PerCpuPct(cpu=n, **msgspec.structs.asdict(cpu_pct(s))) for n, s in sorted(rates.per_cpu.items())]
+    return Window(
+        requested_s=requested_s, interval_s=round(rates.interval_s, 3), start=iso(rates.start_wall),
+        end=iso(rates.end_wall), source=source,  # type: ignore[arg-type]
+        cpu=cpu_pct(rates.cpu) if rates.cpu else None, per_cpu=per_cpu,
+        context_switches_s=_r(rates.context_switches_s), interrupts_s=_r(rates.interrupts_s),
+        forks_s=_r(rates.forks_s), memory=memory, disk_totals=disk_totals(shown, whole_disks),
+        disks=[disk_row(d) for d in shown] if p.include_per_device else None,
+        devices_omitted=len(rates.disks) - len(shown),
+        interfaces=[interface_row(n) for _, n in sorted(rates.interfaces.items())],
+        tcp=tcp, softnet=softnet, psi=psi, gauges=gauges(newer, p.include_psi),
+    )
+
+
+# ---------------------------------------------------------------- collection
+
+
+def whole_disk_names() -> frozenset[str]:
+    """Whole disks (not partitions): the entries of /sys/block. sysfs spells
+    a "/" in a device name as "!", /proc/diskstats as "/"."""
+    try:
+        return frozenset(name.replace("!", "/") for name in os.listdir("/sys/block"))
+    except OSError:
+        return frozenset()
+
+
+def _windows_wanted(interval_s: float) -> list[float]:
+    wanted = list(STANDARD_WINDOWS_S)
+    if interval_s not in wanted:
+        wanted.insert(0, interval_s)
+    return wanted
+
+
+async def direct_series(ctx: ToolContext, files: dict[str, str], interval_s: float, count: int,
+                        ) -> list[tuple[SystemRates, SnapshotLike]]:
+    """count intervals of interval_s, read on their own fixed schedule."""
+    probe = Sampler(interval_s, capacity=count + 1, files=files)
+    out: list[tuple[SystemRates, SnapshotLike]] = []
+    start = trio.current_time()
+    previous = probe.tick()
+    for i in range(1, count + 1):
+        await trio.sleep_until(start + i * interval_s)
+        sample = probe.tick()
+        older, newer = probe.view(previous), probe.view(sample)
+        rates = system_rates(older, newer)
+        if rates is not None:
+            warnings = tuple(dict.fromkeys(older.warnings + newer.warnings))
+            out.append((msgspec.structs.replace(rates, warnings=rates.warnings + warnings), newer))
+        previous = sample
+        if count > 1:
+            await ctx.report_progress(i, count, f"interval {i}/{count} of {interval_s:g} s")
+    return out
+
+
+async def run(ctx: ToolContext, p: Params) -> ToolOutput:
+    sampler = await system_sampler(ctx)
+    whole = await trio.to_thread.run_sync(whole_disk_names)
+    files = {name: path for name, path in sampler.watched.items() if name in SYSTEM_FILES}
+    warnings: list[str] = []
+    windows: list[Window] = []
+    if p.count > 1:
+        for rates, newer in await direct_series(ctx, files, p.interval_s, p.count):
+            windows.append(build_window(rates, newer, p, p.interval_s, "direct", whole))
+            warnings += rates.warnings
+        mode, method = "series", f"procfs read every {p.interval_s:g} s, {p.count} intervals"
+    else:
+        for requested in _windows_wanted(p.interval_s):
+            if requested < sampler.interval_s:
+                measured = await direct_series(ctx, files, requested, 1)
+                if measured:
+                    rates, newer = measured[0]
+                    windows.append(build_window(rates, newer, p, requested, "direct", whole))
+                    warnings += rates.warnings
+                continue
+            ring_rates = sampler.rates(requested)
+            latest = sampler.latest()
+            if ring_rates is None or latest is None:
+                continue
+            windows.append(build_window(ring_rates, sampler.view(latest), p, requested, "ring", whole))
+            warnings += ring_rates.warnings
+            if ring_rates.interval_s < requested * 0.9:
+                warnings.append(f"the {requested:g} s window covers only {ring_rates.interval_s:.1f} s: the sampler "
+                                "has no older sample yet (it started with the server)")
+        mode, method = "windows", f"background sampler ring ({sampler.interval_s:g} s ticks), rates between samples"
+    samples = sampler.samples()
+    info = SamplerInfo(interval_s=sampler.interval_s, samples=len(samples),
+                       history_s=round(samples[-1].t_mono - samples[0].t_mono, 1) if samples else 0.0)
+    data = SnapshotData(mode=mode, method=method, cpus=os.cpu_count() or 1, sampler=info,  # type: ignore[arg-type]
+                        windows=windows)
+    return ToolOutput(data=data, summary=summarise(data), warnings=list(dict.fromkeys(warnings)))
+
+
+# ---------------------------------------------------------------- summary
+
+
+def _f(value: float | None, digits: int = 1, unit: str = "") -> str:
+    return "?" if value is None else f"{value:.{digits}f}{unit}"
+
+
+def _cpu_line(w: Window) -> str:
+    c = w.cpu
+    if c is None:
+        return "CPU: unknown"
+    return (f"CPU {c.busy:.0f}% busy (usr {c.user:.0f} sys {c.system:.0f} iowait {c.iowait:.0f} "
+            f"steal {c.steal:.0f} idle {c.idle:.0f})")
+
+
+def _window_headline(w: Window, cpus: int) -> str:
+    g = w.gauges
+    parts = [_cpu_line(w), f"run queue {_f(g.run_queue, 0)} on {cpus} CPUs", f"load {_f(g.load1, 2)}"]
+    if g.memory is not None:
+        parts.append(f"mem {_f(g.memory.available_pct, 0)}% available")
+    t = w.disk_totals
+    if t.busiest_device:
+        parts.append(f"busiest disk {t.busiest_device} {_f(t.busiest_util_pct, 0)}% util")
+    return ", ".join(parts)
+
+
+def summarise(d: SnapshotData) -> str:
+    if not d.windows:
+        return "Snapshot: no data (the sampler has fewer than two samples)"
+    if d.mode == "series":
+        lines = [f"Snapshot series: {len(d.windows)} intervals of {d.windows[0].requested_s:g} s; last: "
+                 + _window_headline(d.windows[-1], d.cpus)]
+        for i, w in enumerate(d.windows, 1):
+            lines.append(f"  {i:2d} {w.end[11:23]} " + _window_headline(w, d.cpus))
+        return "\n".join(lines)
+    w = d.windows[0]
+    lines = [f"Snapshot over {w.interval_s:g} s: " + _window_headline(w, d.cpus)]
+    trend = [f"{x.interval_s:g} s: {x.cpu.busy:.0f}%" for x in d.windows[1:] if x.cpu is not None]
+    if trend:
+        lines.append("CPU busy over longer windows: " + ", ".join(trend))
+    g = w.gauges
+    lines.append(f"Tasks: {_f(g.procs_running, 0)} running, {_f(g.procs_blocked, 0)} blocked, "
+                 f"{_f(w.context_switches_s, 0)} ctx switches/s, {_f(w.interrupts_s, 0)} interrupts/s, "
+                 f"load {_f(g.load1, 2)}/{_f(g.load5, 2)}/{_f(g.load15, 2)}")
+    if g.memory is not None and w.memory is not None:
+        m = g.memory
+        swap = "no swap" if not m.swap_total_bytes else f"swap {_f(m.swap_used_pct, 1)}% used"
+        lines.append(f"Memory: {_f((m.available_bytes or 0) / 2**30, 1)} GiB available of "
+                     f"{_f((m.total_bytes or 0) / 2**30, 1)} GiB ({_f(m.available_pct, 0)}%), {swap}, "
+                     f"{_f(w.memory.faults_s, 0)} faults/s, {_f(w.memory.major_faults_s, 1)} major/s")
+    for row in sorted(w.disks or [], key=lambda r: -(r.util_pct or 0))[:6]:
+        lines.append(f"Disk {row.device}: r/s {_f(row.r_s)} w/s {_f(row.w_s)} rkB/s {_f(row.rkb_s)} "
+                     f"wkB/s {_f(row.wkb_s)} r_await {_f(row.r_await_ms, 2)} w_await {_f(row.w_await_ms, 2)} ms "
+                     f"aqu-sz {_f(row.aqu_sz, 2)} util {_f(row.util_pct)}%")
+    for n in w.interfaces:
+        if (n.rxpck_s or 0) + (n.txpck_s or 0) == 0 and not (n.rx_drops_s or n.tx_drops_s):
+            continue
+        lines.append(f"Net {n.interface}: rx {_f(n.rxkb_s)} kB/s {_f(n.rxpck_s, 0)} pkt/s, tx {_f(n.txkb_s)} kB/s "
+                     f"{_f(n.txpck_s, 0)} pkt/s, drops {_f((n.rx_drops_s or 0) + (n.tx_drops_s or 0))}/s, "
+                     f"errors {_f((n.rx_errors_s or 0) + (n.tx_errors_s or 0))}/s")
+    if w.tcp is not None:
+        lines.append(f"TCP: retransmits {_f(w.tcp.retransmit_pct, 2)}% of {_f(w.tcp.out_segs_s, 0)} segs/s, "
+                     f"{_f(w.tcp.active_opens_s, 1)} active / {_f(w.tcp.passive_opens_s, 1)} passive opens/s, "
+                     f"{_f(w.tcp.estab_resets_s, 1)} resets/s, {w.tcp.curr_estab} established")
+    if w.psi:
+        lines.append("PSI (share of the window stalled): " + ", ".join(
+            f"{k} some {_f(v.some_pct)}%" + (f" full {_f(v.full_pct)}%" if v.full_pct is not None else "")
+            for k, v in w.psi.items()))
+    return "\n".join(lines)
+
+
+TOOL = ToolSpec(
+    name=NAME,
+    title="System snapshot (CPU, memory, disks, network, PSI)",
+    description=(
+        "Whole-machine counters at once, from a 1 Hz background sampler: CPU split (as mpstat), load, run queue, "
+        "context switches and interrupts; memory available, swap, page faults; per-device IOPS, throughput, "
+        "await, aqu-sz and %util (as iostat -x); per-interface packets, kB/s, errors and drops (as sar -n DEV); "
+        "TCP retransmit %, opens and resets; pressure stall information. count=1 answers immediately with rates "
+        "over 1 s, 10 s and 60 s windows; count>1 returns a series of count intervals of interval_s. No privileges "
+        "needed."
+    ),
+    params=Params,
+    data=SnapshotData,
+    handler=run,
+)
+
+SERVICES = [SAMPLER_SERVICE]

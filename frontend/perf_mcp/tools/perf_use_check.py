@@ -1,0 +1,213 @@
+"""perf_use_check: the USE method (utilisation, saturation, errors) for CPU,
+memory, disks, network and this server's cgroup, over a window of the
+background sampler's ring, with findings and since when each resource has
+been in its state.
+
+Collection here (the ring, /sys/block, the server's cgroup files); the rules
+and the threshold table are in perf_mcp.use (pure). The window is the ring's
+sample closest to window_s before the latest one; "since" walks the ring back
+in steps of SINCE_STEP samples (about 5 s), so one quiet second inside a
+saturated minute does not end the state.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Annotated
+
+import msgspec
+import trio
+from msgspec import Meta
+
+from ..contract import Finding
+from ..procfs import Sample, Sampler, Since
+from ..registry import ToolContext, ToolOutput, ToolSpec
+from ..use import rules
+from ..use.config import load_thresholds
+from ..use.thresholds import Threshold
+from . import _sampler_service as svc
+from .perf_snapshot import iso, whole_disk_names
+
+NAME = "perf_use_check"
+SINCE_STEP_MAX = 5
+
+
+class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    window_s: Annotated[float, Meta(ge=1, le=600, description=(
+        "Judge the last window_s seconds of the background sampler's ring (it holds 10 minutes)."))] = 10.0
+
+
+class UseCheckData(msgspec.Struct, kw_only=True):
+    window_s: float  # actual
+    requested_window_s: float
+    window_start: str
+    window_end: str
+    cpus: int
+    status: str  # worst row status
+    table: list[rules.UseRow]
+    findings: list[Finding]  # top suspicions, most severe first
+    thresholds: list[Threshold]
+    thresholds_source: str
+
+
+def since_step(window_s: float, samples: int) -> int:
+    return max(1, min(SINCE_STEP_MAX, int(window_s // 2), samples - 1))
+
+
+def _since(sampler: Sampler, row: rules.UseRow, signals: list[rules.Signal], step: int) -> rules.StateSince | None:
+    condition = rules.row_condition(signals, row.status)
+    if condition is None:
+        return None
+    found: Since | None = sampler.since_when(condition, step=step)
+    if found is None:
+        return None
+    return rules.StateSince(status=row.status, since=found.start_wall, duration_s=round(found.duration_s, 1),
+                            at_least=found.at_least)
+
+
+def _cgroup_state(sampler: Sampler, older: Sample | None, newer: Sample | None,
+                  window: float) -> rules.CgroupState | None:
+    """The server's own cgroup where it has a limit (None otherwise)."""
+    cg = svc.own_cgroup()
+    if cg is None:
+        return None
+    limits = svc.cgroup_limits(cg)
+    if not limits.any:
+        return None
+    now = svc.read_cgroup_now(cg)
+    ws = None
+    if now.memory_usage_bytes is not None:
+        ws = max(0, now.memory_usage_bytes - (now.memory_inactive_file_bytes or 0))
+    state = rules.CgroupState(
+        path=cg.memory_path if limits.memory_limit_bytes else cg.cpu_path, version="v1" if cg.v1_memory else "v2",
+        memory_limit_bytes=limits.memory_limit_bytes, memory_usage_bytes=now.memory_usage_bytes,
+        memory_working_set_bytes=ws, memory_failcnt=now.memory_failcnt, oom_kills=now.oom_kills,
+        cpu_quota_cores=limits.cpu_quota_cores,
+    )
+    if older is None or newer is None or window <= 0:
+        return state
+    return msgspec.structs.replace(state, **_cgroup_rates(older, newer, window))
+
+
+def _cgroup_rates(older: Sample, newer: Sample, window: float) -> dict[str, float | int | None]:
+    out: dict[str, float | int | None] = {}
+
+    def pair(name: str):  # type: ignore[no-untyped-def]
+        return svc.cgroup_counter_deltas(older.file(name), newer.file(name), name)
+
+    if (fc := pair(svc.CG_V1_MEMORY_FAILCNT)) is not None:
+        out["memory_failcnt_delta"] = max(0, fc[1] - fc[0])
+    if (ev := pair(svc.CG_V2_MEMORY_EVENTS)) is not None and ev[0].max is not None and ev[1].max is not None:
+        out["memory_failcnt_delta"] = max(0, ev[1].max - ev[0].max)
+    if (usage := pair(svc.CG_V1_CPUACCT_USAGE)) is not None:
+        out["cpu_usage_cores"] = max(0, usage[1] - usage[0]) / 1e9 / window
+    stat = pair(svc.CG_V1_CPU_STAT) or pair(svc.CG_V2_CPU_STAT)
+    if stat is not None:
+        a, b = stat
+        if a.nr_periods is not None and b.nr_periods is not None and b.nr_periods > a.nr_periods:
+            out["throttled_pct"] = ((b.nr_throttled or 0) - (a.nr_throttled or 0)) / (b.nr_periods - a.nr_periods) * 100
+        if "cpu_usage_cores" not in out and getattr(a, "usage_usec", None) is not None:
+            out["cpu_usage_cores"] = max(0, b.usage_usec - a.usage_usec) / 1e6 / window
+    return out
+
+
+def evaluate(sampler: Sampler, p: Params, whole: frozenset[str],
+             ) -> tuple[UseCheckData, list[str]]:
+    """The USE table over the ring (runs on the trio thread: the ring is not shared with workers)."""
+    thresholds, warnings = load_thresholds()
+    pair = sampler.window(p.window_s)
+    assert pair is not None  # system_sampler waited for two samples
+    older_s, newer_s = pair
+    samples = [s for s in sampler.samples() if older_s.t_mono <= s.t_mono <= newer_s.t_mono]
+    views = [sampler.view(s) for s in samples]
+    window_s = newer_s.t_mono - older_s.t_mono
+    if window_s < p.window_s * 0.9:
+        warnings.append(f"the {p.window_s:g} s window covers only {window_s:.1f} s: the sampler started with the "
+                        "server and has no older sample yet")
+    cpus = os.cpu_count() or 1
+    w = rules.Window(older=views[0], newer=views[-1], samples=views, cpus=cpus, whole_disks=whole)
+    fc = rules.FindingContext(window_s=window_s, sample=iso(newer_s.t_wall), cpus=cpus)
+    cgroup = _cgroup_state(sampler, older_s, newer_s, window_s)
+    ev = rules.evaluate(w, thresholds, fc, cgroup)
+    step = since_step(window_s, len(sampler))
+    rows = []
+    for row in ev.rows:
+        since = _since(sampler, row, ev.signals[row.name], step)
+        rows.append(msgspec.structs.replace(row, since=since) if since else row)
+    for warning in views[0].warnings + views[-1].warnings:
+        if warning not in warnings:
+            warnings.append(warning)
+    status = min((r.status for r in rows), key=rules.STATUS_RANK.__getitem__, default="ok")
+    data = UseCheckData(
+        window_s=round(window_s, 3), requested_window_s=p.window_s, window_start=iso(older_s.t_wall),
+        window_end=iso(newer_s.t_wall), cpus=cpus, status=status, table=rows,
+        findings=_with_since(ev.findings, rows), thresholds=thresholds.as_list(),
+        thresholds_source=thresholds.source,
+    )
+    return data, warnings
+
+
+def _with_since(findings: list[Finding], rows: list[rules.UseRow]) -> list[Finding]:
+    """Add to each finding's detail since when its resource has been in its state."""
+    by_resource = {r.resource: r for r in rows}
+    out = []
+    for f in findings:
+        row = by_resource.get(f.resource)
+        if row is not None and row.since is not None and row.status != "ok":
+            out.append(msgspec.structs.replace(f, detail=f"{f.detail}. {_since_text(row.since)}"))
+        else:
+            out.append(f)
+    return out
+
+
+def _since_text(s: rules.StateSince) -> str:
+    when = iso(s.since)[11:19]
+    if s.at_least:
+        return f"{s.status} for at least {s.duration_s:.0f} s (since before {when} UTC, the oldest sample held)"
+    return f"{s.status} for {s.duration_s:.0f} s (since {when} UTC)"
+
+
+async def run(ctx: ToolContext, p: Params) -> ToolOutput:
+    sampler = await svc.system_sampler(ctx)
+    whole = await trio.to_thread.run_sync(whole_disk_names)
+    started = time.perf_counter()
+    data, warnings = evaluate(sampler, p, whole)
+    elapsed = time.perf_counter() - started
+    if elapsed > 0.5:
+        warnings.append(f"the USE evaluation took {elapsed:.2f} s")
+    return ToolOutput(data=data, summary=summarise(data), warnings=warnings)
+
+
+def summarise(d: UseCheckData) -> str:
+    bad = [f for f in d.findings if f.severity != "info"]
+    if bad:
+        head = f"USE check over {d.window_s:g} s: {d.status.upper()}: " + "; ".join(f.title for f in bad[:3])
+    else:
+        head = f"USE check over {d.window_s:g} s: all resources ok"
+    lines = [head]
+    for row in d.table:
+        since = f" [{_since_text(row.since)}]" if row.since else ""
+        lines.append(f"  {row.name:<8} {row.status:<8} {row.detail}{since}")
+    for f in d.findings:
+        lines.append(f"[{f.severity}] {f.title}: {f.detail}")
+        if f.suggestion:
+            lines.append(f"    {f.suggestion}")
+    return "\n".join(lines)
+
+
+TOOL = ToolSpec(
+    name=NAME,
+    title="USE check (utilisation, saturation, errors)",
+    description=(
+        "Brendan Gregg's USE method over the last window_s seconds of the 1 Hz background sampler: for CPU, "
+        "memory, disks, network and (where it has limits) this server's cgroup, the utilisation, saturation "
+        "and errors with an ok/warning/critical status against the thresholds of the perf-mcp design "
+        "(overridable in ~/.config/perf-mcp/thresholds.toml or $PERF_MCP_THRESHOLDS), since when each "
+        "resource has been in its state, and findings sorted by severity, each with its evidence and the "
+        "perf-mcp tool to run next. Answers at once; no privileges needed."
+    ),
+    params=Params,
+    data=UseCheckData,
+    handler=run,
+)
