@@ -1,0 +1,252 @@
+"""Fault scenarios (TESTING.md recipes): each fault is started and stopped by
+the test, bounded in time, and perf_use_check (run by the real frontend as
+perfmcp-denied, through the real MCP client) must name the right resource with
+the right evidence. A quiet control run must report no warning or critical
+finding; on this shared machine the control first measures the load itself
+(from /proc, independently of perf-mcp) over the same window and skips,
+naming that load, when the machine was not quiet.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import helpers
+from systools_util import checks, finding, load, loop_device, memory_cgroup, need, ok_data, row
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+WINDOW_S = 10
+SETTLE_S = 12  # load runs this long before the check, so the whole window is under load
+
+
+def _evidence_counters(f: dict[str, Any]) -> str:
+    return " | ".join(e["counter"] for e in f["evidence"])
+
+
+def _print_finding(label: str, f: dict[str, Any], data: dict[str, Any]) -> None:
+    print(f"\n{label}: [{f['severity']}] {f['title']}\n  {f['detail']}\n  metrics {f['metrics']}"
+          f"\n  next: {f['suggestion']}\n  window {data['window_s']} s")
+
+
+async def test_cpu_saturation_is_a_cpu_finding_with_psi_and_run_queue(
+    test_users: helpers.TestUsers, no_broker_socket: Path
+) -> None:
+    stress = need("stress-ng")
+    cpus = os.cpu_count() or 1
+    async with helpers.mcp_client(test_users.denied, no_broker_socket) as client:
+        await trio.sleep(1.0)
+        quiet_before = _read_counters()
+        await trio.sleep(6.0)  # some history before the load, for "since when"
+        loud_before = _loudness(quiet_before, _read_counters(), [])
+        with load([stress, "--cpu", str(2 * cpus), "--timeout", "45s"]):
+            load_started = time.time()
+            await trio.sleep(SETTLE_S)
+            data = ok_data(await client.call_tool("perf_use_check", {"window_s": WINDOW_S}))
+    found = finding(data, "cpu")
+    assert found, data["findings"]
+    f = found[0]
+    _print_finding("CPU saturation", f, data)
+    counters = _evidence_counters(f)
+    assert "/proc/pressure/cpu" in counters and "procs_running" in counters and "/proc/stat cpu" in counters
+    assert f["severity"] == "critical" and "saturated" in f["title"]
+    assert f["metrics"]["cpu.utilisation"] > 90
+    assert f["metrics"]["psi.cpu.some"] > 25
+    assert f["metrics"]["cpu.run_queue"] > cpus  # 2 x cores of busy loops: more runnable than CPUs
+    assert "perf_cpu_profile" in f["suggestion"] and "perf_runq_latency" in f["suggestion"]
+    assert all(e["window_s"] == data["window_s"] and e["sample"] == data["window_end"] for e in f["evidence"])
+    cpu_row = row(data, "cpu")
+    assert cpu_row["status"] == "critical"
+    since = cpu_row["since"]
+    assert since is not None and since["duration_s"] >= 5, since
+    print(f"  since {since}, load started at {load_started:.1f}; before the load: {loud_before or 'quiet'}")
+    if not any(x.startswith(("CPU", "PSI cpu")) for x in loud_before):
+        # the ring holds quiet samples from before the load: the state began with the load (5 s steps)
+        assert since["at_least"] is False, since
+        assert load_started - 5.5 <= since["since"] <= load_started + 6.0, (since, load_started)
+    assert data["findings"][0]["severity"] == "critical"  # sorted by severity
+
+
+HOG = r"""
+import mmap, os, sys, time
+cgroup, path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with open(os.path.join(cgroup, "cgroup.procs"), "w") as f:   # join the limited cgroup first
+    f.write(str(os.getpid()))
+anon = bytearray(150 * 2**20)                                  # 150 MiB anonymous, touched
+for i in range(0, len(anon), 4096):
+    anon[i] = 1
+fd = os.open(path, os.O_RDONLY)
+os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)           # start from disk, not page cache
+m = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+print("ready", flush=True)
+end, s = time.monotonic() + seconds, 0
+while time.monotonic() < end:                                  # re-read 600 MiB through ~50 MiB of room
+    for i in range(0, len(m), 4096):
+        s += m[i]
+"""
+
+
+async def test_memory_pressure_in_a_limited_cgroup_is_a_memory_finding_with_psi(
+    test_users: helpers.TestUsers, no_broker_socket: Path
+) -> None:
+    workdir = Path(helpers.make_shared_tmpdir("pmcp-mem-"))
+    try:
+        big = workdir / "file600"
+        with open(big, "wb") as f:
+            chunk = os.urandom(1 << 20)
+            for _ in range(600):
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        with memory_cgroup(200 * 2**20) as cgroup:
+            async with helpers.mcp_client(test_users.denied, no_broker_socket) as client:
+                with load([sys.executable, "-c", HOG, str(cgroup), str(big), "45"], stdout=-1) as hog:
+                    assert hog.stdout is not None
+                    line = await trio.to_thread.run_sync(hog.stdout.readline)
+                    assert line.strip() == b"ready", line
+                    await trio.sleep(SETTLE_S)
+                    data = ok_data(await client.call_tool("perf_use_check", {"window_s": WINDOW_S}))
+                    failcnt = int((cgroup / "memory.failcnt").read_text())
+    finally:
+        helpers.remove_tree(workdir)
+    found = finding(data, "memory")
+    assert found, (data["findings"], row(data, "memory"))
+    f = found[0]
+    _print_finding("Memory pressure", f, data)
+    print(f"  test cgroup memory.failcnt {failcnt}")
+    assert failcnt > 0, "the cgroup never hit its limit: the recipe did not run"
+    assert "/proc/pressure/memory" in _evidence_counters(f)
+    psi = {k: v for k, v in f["metrics"].items() if k.startswith("psi.memory")}
+    assert psi.get("psi.memory.some", 0) > 10 or psi.get("psi.memory.full", 0) > 5, psi
+    # the machine has plenty of memory: the finding must point at the cgroup limit, not at RAM
+    mem = checks(row(data, "memory"))
+    assert mem["memory.available"]["status"] == "ok"
+    assert "cgroup" in f["title"] and "perf_cgroup_summary" in f["suggestion"]
+
+
+async def test_disk_saturation_with_fio_is_a_disk_finding(
+    test_users: helpers.TestUsers, no_broker_socket: Path
+) -> None:
+    fio = need("fio")
+    with loop_device() as device:
+        name = os.path.basename(device)
+        async with helpers.mcp_client(test_users.denied, no_broker_socket) as client:
+            with load([fio, "--name=saturate", f"--filename={device}", "--ioengine=psync", "--direct=1",
+                       "--rw=randrw", "--bs=4k", "--numjobs=8", "--time_based", "--runtime=40",
+                       "--output=/dev/null"]):
+                await trio.sleep(SETTLE_S)
+                data = ok_data(await client.call_tool("perf_use_check", {"window_s": WINDOW_S}))
+                io = ok_data(await client.call_tool("perf_io_latency", {"device": name, "duration_s": 2}))
+    found = [f for f in finding(data, "disk") if name in f["id"]]
+    assert found, (data["findings"], row(data, "disk"))
+    f = found[0]
+    _print_finding(f"Disk saturation on {name}", f, data)
+    counters = _evidence_counters(f)
+    assert f"[{name}]" in counters and "io_ticks" in counters and "time_in_queue" in counters
+    assert f["metrics"][f"disk.{name}.utilisation"] > 80 and f["severity"] == "critical"
+    assert f["metrics"][f"disk.{name}.saturation"] > 2  # aqu-sz: 8 jobs keep requests queued
+    assert "/proc/pressure/io" in counters  # PSI io, breaching or as context
+    assert f"perf_io_latency device={name}" in f["suggestion"] and "perf_bio_latency" in f["suggestion"]
+    disk = checks(row(data, "disk"))
+    assert disk[f"disk.{name}.utilisation"]["status"] == "critical"
+    # perf_io_latency on the same device: the same verdict, and no self-referring next step
+    dev = io["devices"][0]
+    print(f"  perf_io_latency {name}: util {dev['util_pct']}% aqu-sz {dev['aqu_sz']} r_await {dev['r_await_ms']} ms "
+          f"w_await {dev['w_await_ms']} ms, PSI io some {io['psi_io']['some_pct']}%")
+    assert dev["device"] == name and dev["status"] == "critical" and dev["util_pct"] > 80
+    assert dev["r_s"] > 100 and dev["w_s"] > 100
+    assert io["findings"] and io["findings"][0]["resource"] == "disk"
+    assert io["findings"][0]["evidence"][0]["tool"] == "perf_io_latency"
+    assert "perf_io_latency" not in io["findings"][0]["suggestion"]
+
+
+# ---------------------------------------------------------------- quiet control
+
+
+def _read_counters() -> dict[str, Any]:
+    """Raw /proc counters for an independent measurement of the window."""
+    stat = Path("/proc/stat").read_text().splitlines()
+    psi = {}
+    for res in ("cpu", "memory", "io"):
+        for line in Path(f"/proc/pressure/{res}").read_text().splitlines():
+            kind, *fields = line.split()
+            psi[f"{res}.{kind}"] = int(fields[-1].split("=")[1])
+    whole = set(os.listdir("/sys/block"))
+    disks = {p[2]: int(p[12]) for p in (line.split() for line in Path("/proc/diskstats").read_text().splitlines())
+             if p[2] in whole}
+    drops = {}
+    for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
+        name, _, rest = line.partition(":")
+        f = rest.split()
+        drops[name.strip()] = int(f[3]) + int(f[11])
+    snmp = Path("/proc/net/snmp").read_text().splitlines()
+    tcp = dict(zip(*(line.split()[1:] for line in snmp if line.startswith("Tcp:")), strict=True))
+    mem = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()}
+    return {"t": time.monotonic(), "cpu": [int(x) for x in stat[0].split()[1:]], "psi": psi, "disks": disks,
+            "drops": drops, "retrans": int(tcp["RetransSegs"]), "out": int(tcp["OutSegs"]), "mem": mem}
+
+
+def _loudness(a: dict[str, Any], b: dict[str, Any], runq: list[int]) -> list[str]:
+    """What was not quiet between a and b, against margins below the warning thresholds."""
+    secs = b["t"] - a["t"]
+    d = [y - x for x, y in zip(a["cpu"], b["cpu"], strict=False)]
+    busy = 100.0 * (sum(d[:8]) - d[3] - d[4]) / max(1, sum(d[:8]))
+    loud = []
+    if busy > 50:
+        loud.append(f"CPU {busy:.0f}% busy")
+    cpus = os.cpu_count() or 1
+    if runq and sum(runq) / len(runq) > 0.75 * cpus:
+        loud.append(f"run queue {sum(runq) / len(runq):.1f}")
+    for key, total in b["psi"].items():
+        share = (total - a["psi"][key]) / (secs * 1e6) * 100
+        limit = 7.0 if key.endswith("some") else 3.0
+        if share > limit and key != "cpu.full":
+            loud.append(f"PSI {key} {share:.1f}%")
+    for disk, ticks in b["disks"].items():
+        util = (ticks - a["disks"].get(disk, ticks)) / (secs * 10)
+        if util > 40:
+            loud.append(f"disk {disk} {util:.0f}% util")
+    for name, drops in b["drops"].items():
+        if drops > a["drops"].get(name, drops):
+            loud.append(f"{drops - a['drops'][name]} drops on {name}")
+    out = b["out"] - a["out"]
+    if out >= 100 and (b["retrans"] - a["retrans"]) / out > 0.005:
+        loud.append(f"TCP retransmits {(b['retrans'] - a['retrans']) / out:.1%}")
+    m = b["mem"]
+    if m["MemAvailable"] / m["MemTotal"] < 0.3:
+        loud.append(f"memory {m['MemAvailable'] / m['MemTotal']:.0%} available")
+    if m.get("SwapTotal") and m["SwapTotal"] - m["SwapFree"] > 0:
+        loud.append(f"{(m['SwapTotal'] - m['SwapFree']) // 1024} MiB of swap used")
+    return loud
+
+
+async def test_quiet_control_has_no_warning_or_critical_finding(
+    test_users: helpers.TestUsers, no_broker_socket: Path
+) -> None:
+    async with helpers.mcp_client(test_users.denied, no_broker_socket) as client:
+        await trio.sleep(1.5)
+        before = _read_counters()
+        runq: list[int] = []
+        deadline = trio.current_time() + WINDOW_S + 0.5
+        while trio.current_time() < deadline:
+            for line in Path("/proc/stat").read_text().splitlines():
+                if line.startswith("procs_running"):
+                    runq.append(max(0, int(line.split()[1]) - 1))
+            await trio.sleep(0.5)
+        data = ok_data(await client.call_tool("perf_use_check", {"window_s": WINDOW_S}))
+        after = _read_counters()
+    loud = _loudness(before, after, runq)
+    if loud:
+        pytest.skip("the machine was not quiet during the control window (measured from /proc): " + "; ".join(loud))
+    bad = [f for f in data["findings"] if f["severity"] in ("warning", "critical")]
+    print(f"\nquiet control: {[(r['name'], r['status'], r['detail']) for r in data['table']]}")
+    assert not bad, bad
+    assert all(r["status"] == "ok" for r in data["table"]), data["table"]
+    assert data["status"] == "ok"
