@@ -1,0 +1,176 @@
+"""cgroup v1 helpers for the perf_cgroup_summary tests (root), and a fake
+cgroup v2 tree.
+
+v1 (real): cgroups named pmcp-test-<pid>-<random> are made at the root of the
+controller hierarchies this machine mounts at /sys/fs/cgroup/<controller>,
+processes are started straight into them (the child joins before it execs),
+and teardown kills the processes it started by PID, then removes the
+directories (rmdir succeeds once no task is left).
+
+v2 (FAKE): a cgroup2 hierarchy with controllers cannot exist on this machine
+(its v2 mount has none), so FakeV2 writes a directory tree in the files'
+documented formats (Documentation/admin-guide/cgroup-v2.rst, the procfs
+fixtures' cgv2_* files), plus a mountinfo and a /proc/PID/cgroup pointing at
+it; the collector is pointed at that tree by its test-only arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import helpers
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+PROCFS_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "procfs"
+
+
+@dataclass
+class V1Cgroup:
+    name: str  # the path from the hierarchy root, without the leading /
+    dirs: dict[str, Path]
+    procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
+
+    @property
+    def path(self) -> str:
+        return "/" + self.name
+
+    def write(self, controller: str, file: str, value: str) -> None:
+        (self.dirs[controller] / file).write_text(value)
+
+    def read(self, controller: str, file: str) -> str:
+        return (self.dirs[controller] / file).read_text()
+
+    def stat(self, controller: str, file: str) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for line in self.read(controller, file).splitlines():
+            key, _, value = line.partition(" ")
+            out[key] = int(value)
+        return out
+
+    def start(self, user: str | helpers.UnixUser, argv: Sequence[str | os.PathLike[str]],
+              **kwargs: Any) -> subprocess.Popen[bytes]:
+        """Start argv as user, inside every controller of this cgroup from its first instruction."""
+        procs_files = [str(d / "cgroup.procs") for d in self.dirs.values()]
+
+        def join() -> None:
+            me = str(os.getpid())
+            for f in procs_files:
+                with open(f, "w") as fh:
+                    fh.write(me)
+
+        kwargs.setdefault("stdin", subprocess.DEVNULL)
+        kwargs.setdefault("stdout", subprocess.DEVNULL)
+        kwargs.setdefault("stderr", subprocess.DEVNULL)
+        proc = subprocess.Popen(helpers.as_user_argv(user, argv), preexec_fn=join, start_new_session=True,
+                                env=helpers.user_env(user), cwd="/", **kwargs)
+        self.procs.append(proc)
+        return proc
+
+    def tasks(self) -> list[int]:
+        found: set[int] = set()
+        for d in self.dirs.values():
+            try:
+                found |= {int(t) for t in (d / "cgroup.procs").read_text().split()}
+            except FileNotFoundError:
+                pass
+        return sorted(found)
+
+
+@contextmanager
+def v1_cgroup(*controllers: str) -> Iterator[V1Cgroup]:
+    name = f"pmcp-test-{os.getpid()}-{secrets.token_hex(3)}"
+    cg = V1Cgroup(name=name, dirs={})
+    try:
+        for c in controllers:
+            d = CGROUP_ROOT / c / name
+            d.mkdir()
+            cg.dirs[c] = d
+        yield cg
+    finally:
+        for proc in cg.procs:
+            helpers.stop_process(proc)
+        for d in cg.dirs.values():
+            for _ in range(50):
+                try:
+                    d.rmdir()
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError:
+                    time.sleep(0.1)  # a killed task is still leaving the cgroup
+            else:
+                raise RuntimeError(f"could not remove {d}: tasks {cg.tasks()}")
+
+
+# ---------------------------------------------------------------- fake v2
+
+V2_CGROUP = "/app.slice/web.service"
+
+
+class FakeV2:
+    """A FAKE cgroup2 tree (documented formats) under `base`, with the cpu,
+    memory, io and pids controllers enabled for V2_CGROUP."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.mount = base / "sys" / "fs" / "cgroup"
+        self.cgroup = self.mount / V2_CGROUP.lstrip("/")
+        self.proc = base / "proc"
+        self.mountinfo = base / "mountinfo"
+        self.pid = 4242
+        self.cgroup.mkdir(parents=True)
+        (self.proc / str(self.pid)).mkdir(parents=True)
+        (self.proc / str(self.pid) / "cgroup").write_text(f"0::{V2_CGROUP}\n")
+        self.mountinfo.write_text(
+            "22 1 259:2 / / rw,relatime shared:1 - ext4 /dev/nvme0n1p2 rw\n"
+            f"30 22 0:26 / {self.mount} rw,nosuid,nodev,noexec,relatime shared:4 - cgroup2 cgroup2 "
+            "rw,nsdelegate,memory_recursiveprot\n"
+        )
+        fixture = {name: (PROCFS_FIXTURES / f"cgv2_{name}.txt").read_text() for name in (
+            "cpu.pressure", "memory.stat", "io.pressure", "memory.pressure")}
+        for name in ("cpu.pressure", "memory.pressure", "io.pressure"):
+            (self.mount / name).write_text(fixture[name])  # the root has PSI too
+        self.files: dict[str, str] = {
+            "cgroup.controllers": "cpu io memory pids\n",
+            "cpu.max": "20000 100000\n",
+            "cpu.weight": "100\n",
+            "memory.max": "536870912\n",
+            "memory.high": "max\n",
+            "memory.swap.current": "0\n",
+            "memory.swap.max": "max\n",
+            "memory.stat": fixture["memory.stat"],
+            "pids.max": "100\n",
+            "cpu.pressure": fixture["cpu.pressure"],
+            "memory.pressure": fixture["memory.pressure"],
+            "io.pressure": fixture["io.pressure"],
+        }
+        self.set_counters(usage_usec=5_000_000, nr_periods=1200, nr_throttled=340, throttled_usec=8_123_456,
+                          current=268_435_456, events_max=1543, oom=12, oom_kill=3, pids=17, pids_events_max=0,
+                          rbytes=90_430_464, wbytes=299_008_000)
+
+    def set_counters(self, *, usage_usec: int, nr_periods: int, nr_throttled: int, throttled_usec: int,
+                     current: int, events_max: int, oom: int, oom_kill: int, pids: int, pids_events_max: int,
+                     rbytes: int, wbytes: int) -> None:
+        self.files.update({
+            "cpu.stat": (f"usage_usec {usage_usec}\nuser_usec {usage_usec * 4 // 5}\nsystem_usec {usage_usec // 5}\n"
+                         f"nr_periods {nr_periods}\nnr_throttled {nr_throttled}\nthrottled_usec {throttled_usec}\n"
+                         "nr_bursts 0\nburst_usec 0\n"),
+            "memory.current": f"{current}\n",
+            "memory.events": f"low 0\nhigh 0\nmax {events_max}\noom {oom}\noom_kill {oom_kill}\noom_group_kill 0\n",
+            "pids.current": f"{pids}\n",
+            "pids.events": f"max {pids_events_max}\n",
+            "io.stat": f"8:0 rbytes={rbytes} wbytes={wbytes} rios=8950 wios=1252 dbytes=0 dios=0\n",
+        })
+        self.write()
+
+    def write(self) -> None:
+        for name, text in self.files.items():
+            (self.cgroup / name).write_text(text)

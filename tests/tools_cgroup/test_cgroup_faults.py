@@ -1,0 +1,177 @@
+"""perf_cgroup_summary on real v1 cgroups under real faults, through the real
+MCP client with the frontend as perfmcp-denied (cgroup files are world-readable;
+no broker needed):
+
+- CPU throttling: cpu.cfs_quota_us 20000 per 100000 us period, a busy loop.
+- Memory limit hits: a 64 MiB memory cgroup, a process re-reading a 256 MiB file
+  (page cache charged to the cgroup and reclaimed at the limit: failcnt grows).
+- OOM kill: a 32 MiB memory cgroup, a process touching 128 MiB (no swap here:
+  the OOM killer ends it; that is the point).
+- Quiet control: the same quota with a sleeping process: no warning or critical.
+
+The tool's counters are checked against the cgroup files read by the test
+around the call (the lifetime figures must lie between those two readings).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import helpers
+from cg_util import v1_cgroup
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+
+def envelope(result: Any) -> dict[str, Any]:
+    sc = result.structured_content
+    assert isinstance(sc, dict), result
+    return sc
+
+
+def ok_data(result: Any) -> dict[str, Any]:
+    env = envelope(result)
+    assert result.is_error is False and env["success"] is True, env.get("error")
+    return env["data"]  # type: ignore[no-any-return]
+
+
+def by_id(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {f["id"]: f for f in data["findings"]}
+
+
+def loud(data: dict[str, Any]) -> list[tuple[str, str]]:
+    return [(f["id"], f["severity"]) for f in data["findings"] if f["severity"] in ("warning", "critical")]
+
+
+async def test_cpu_quota_throttles_a_busy_loop(
+    test_users: helpers.TestUsers, shared_tmp: Path, busy_exe: Path
+) -> None:
+    with v1_cgroup("cpu", "cpuacct") as cg:
+        cg.write("cpu", "cpu.cfs_period_us", "100000")
+        cg.write("cpu", "cpu.cfs_quota_us", "20000")
+        busy = cg.start(test_users.granted, [busy_exe, "120"])
+        assert await helpers.await_until(lambda: cg.stat("cpu", "cpu.stat")["nr_throttled"] >= 3, 10)
+        async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
+            before = cg.stat("cpu", "cpu.stat")
+            by_pid = ok_data(await client.call_tool("perf_cgroup_summary", {"pid": busy.pid}))
+            after = cg.stat("cpu", "cpu.stat")
+            by_path = ok_data(await client.call_tool("perf_cgroup_summary", {"cgroup_path": cg.path}))
+    for data in (by_pid, by_path):
+        found = by_id(data)
+        assert "cgroup.cpu_throttling" in found, data["findings"]
+        f = found["cgroup.cpu_throttling"]
+        assert f["severity"] == "critical" and f["resource"] == "cgroup"
+        counters = {e["counter"] for e in f["evidence"]}
+        assert {"cpu.stat (v1) nr_throttled", "cpu.stat (v1) throttled_time (s)"} <= counters
+        cpu = data["cpu"]
+        assert (cpu["quota_us"], cpu["period_us"], cpu["quota_cores"]) == (20000, 100000, 0.2)
+        assert cpu["window_periods"] >= 5 and cpu["window_throttled_pct"] > 50
+        assert 0.1 <= cpu["usage_cores"] <= 0.3  # the quota holds it near 0.2 CPU
+        assert cpu["window_throttled_s"] > 0.5  # ~0.8 s of every second waiting, on 1 CPU
+    cpu = by_pid["cpu"]
+    assert before["nr_throttled"] <= cpu["nr_throttled"] <= after["nr_throttled"]
+    assert before["throttled_time"] / 1e9 <= cpu["throttled_s"] <= after["throttled_time"] / 1e9
+    assert by_pid["pid"] == busy.pid and by_pid["comm"] == "perfmcp-busy"
+    dirs = {h["directory"] for h in by_pid["hierarchies"]}
+    assert str(cg.dirs["cpu"]) in dirs and str(cg.dirs["cpuacct"]) in dirs
+    print(f"\nthrottling: {cpu['window_throttled']}/{cpu['window_periods']} periods "
+          f"({cpu['window_throttled_pct']:.0f}%), {cpu['window_throttled_s']:.2f} s throttled in "
+          f"{by_pid['interval_s']} s, usage {cpu['usage_cores']} CPUs of a 0.2 quota")
+
+
+async def test_quiet_control_idle_cgroup_has_no_warning(
+    test_users: helpers.TestUsers, shared_tmp: Path
+) -> None:
+    with v1_cgroup("cpu", "cpuacct", "memory") as cg:
+        cg.write("cpu", "cpu.cfs_quota_us", "20000")
+        cg.write("memory", "memory.limit_in_bytes", str(256 << 20))
+        idle = cg.start(test_users.granted, ["/bin/sleep", "120"])
+        async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
+            data = ok_data(await client.call_tool("perf_cgroup_summary", {"pid": idle.pid}))
+    assert loud(data) == [], data["findings"]
+    assert data["cpu"]["window_throttled"] == 0 and data["cpu"]["quota_cores"] == 0.2
+    assert data["memory"]["limit_bytes"] == 256 << 20 and data["memory"]["failcnt_in_window"] == 0
+    print(f"\nidle control: findings {[(f['id'], f['severity']) for f in data['findings']]}")
+
+
+READER = """
+import sys
+path = sys.argv[1]
+while True:
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 20):
+            pass
+"""
+
+
+async def test_memory_limit_hits_grow_failcnt(test_users: helpers.TestUsers, shared_tmp: Path) -> None:
+    big = shared_tmp / "big.bin"
+    with open(big, "wb") as f:
+        for _ in range(256):
+            f.write(b"\xa5" * (1 << 20))
+        f.flush()
+        os.fsync(f.fileno())
+        # out of the page cache, or its pages stay charged to this test's cgroup and the reader never charges any
+        os.posix_fadvise(f.fileno(), 0, 0, os.POSIX_FADV_DONTNEED)
+    big.chmod(0o644)
+    script = shared_tmp / "reader.py"
+    script.write_text(READER)
+    script.chmod(0o644)
+    with v1_cgroup("memory") as cg:
+        cg.write("memory", "memory.limit_in_bytes", str(64 << 20))
+        reader = cg.start(test_users.granted, ["/usr/bin/python3", script, big])
+        assert await helpers.await_until(lambda: int(cg.read("memory", "memory.failcnt")) > 100, 20)
+        async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
+            before = int(cg.read("memory", "memory.failcnt"))
+            data = ok_data(await client.call_tool("perf_cgroup_summary", {"pid": reader.pid}))
+            after = int(cg.read("memory", "memory.failcnt"))
+        assert reader.poll() is None  # page cache is reclaimed, nobody is killed
+    mem = data["memory"]
+    f = by_id(data)["cgroup.memory_limit_hits"]
+    assert f["severity"] == "warning" and mem["failcnt_in_window"] > 0
+    assert before <= mem["failcnt"] <= after
+    assert f["evidence"][0]["counter"] == "memory (v1) failcnt"
+    assert mem["limit_bytes"] == 64 << 20 and mem["usage_bytes"] <= 64 << 20
+    assert "cgroup.memory_near_limit" not in by_id(data)  # page cache, not a working set
+    assert mem["stat"]["total_cache"] > mem["stat"]["total_rss"]
+    print(f"\nmemory limit hits: failcnt +{mem['failcnt_in_window']} in {data['interval_s']} s "
+          f"(now {mem['failcnt']}), usage {mem['usage_bytes'] >> 20} MiB of 64 MiB, "
+          f"working set {mem['working_set_bytes'] >> 20} MiB")
+
+
+HOG = """
+import sys
+block = bytearray(128 << 20)  # zero-filled: every page touched
+print(len(block))
+"""
+
+
+async def test_oom_kill_in_a_small_cgroup(test_users: helpers.TestUsers, shared_tmp: Path) -> None:
+    script = shared_tmp / "hog.py"
+    script.write_text(HOG)
+    script.chmod(0o644)
+    with v1_cgroup("memory") as cg:
+        cg.write("memory", "memory.limit_in_bytes", str(32 << 20))
+        hog = cg.start(test_users.granted, ["/usr/bin/python3", script])
+        with trio.fail_after(30):
+            while hog.poll() is None:
+                await trio.sleep(0.1)
+        assert hog.returncode == -9  # SIGKILL from the OOM killer
+        oom_control = cg.stat("memory", "memory.oom_control")
+        async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
+            data = ok_data(await client.call_tool("perf_cgroup_summary", {"cgroup_path": cg.path}))
+            gone = envelope(await client.call_tool("perf_cgroup_summary", {"pid": hog.pid}))
+    mem = data["memory"]
+    assert mem["oom_kill"] == oom_control["oom_kill"] >= 1
+    f = by_id(data)["cgroup.oom_kills"]
+    assert f["severity"] == "warning"  # before the window; "critical" is for kills during it
+    assert f["evidence"][0]["counter"] == "memory (v1) oom_kill" and f["evidence"][0]["value"] == mem["oom_kill"]
+    assert mem["failcnt"] > 0
+    assert [h["controllers"] for h in data["hierarchies"] if h["version"] == "v1"] == [["memory"]]
+    assert gone["error"]["code"] == "PID_NOT_FOUND"
+    print(f"\nOOM: oom_kill {mem['oom_kill']}, failcnt {mem['failcnt']}, finding {f['severity']}")

@@ -1,0 +1,90 @@
+"""perf_cgroup_summary through the real MCP client (frontend as perfmcp-denied,
+no broker): schema, another user's process by pid, the root cgroup by path,
+and typed errors for bad parameters with the server still serving."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import helpers
+
+pytestmark = pytest.mark.root
+
+
+def envelope(result: Any) -> dict[str, Any]:
+    sc = result.structured_content
+    assert isinstance(sc, dict), result
+    return sc
+
+
+def dead_pid() -> int:
+    proc = subprocess.Popen(["/bin/true"], stdin=subprocess.DEVNULL)
+    proc.wait()
+    assert not Path(f"/proc/{proc.pid}").exists()
+    return proc.pid
+
+
+async def test_schema_by_pid_and_by_path(test_users: helpers.TestUsers, shared_tmp: Path) -> None:
+    async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
+        tool = next(t for t in (await client.list_tools()).tools if t.name == "perf_cgroup_summary")
+        props = tool.input_schema["properties"]
+        assert set(props) == {"pid", "cgroup_path"}
+        assert tool.annotations is not None and tool.annotations.read_only_hint is True
+
+        # root's process (this test), read by perfmcp-denied: /proc/PID/cgroup and cgroupfs are world-readable
+        result = await client.call_tool("perf_cgroup_summary", {"pid": os.getpid()})
+        env = envelope(result)
+        assert result.is_error is False, env
+        data = env["data"]
+        assert data["pid"] == os.getpid() and data["cgroup_version"] == "hybrid"
+        mine = Path(f"/proc/{os.getpid()}/cgroup").read_text().splitlines()
+        memory_path = next(line.split(":", 2)[2] for line in mine if ":memory:" in line)
+        mem = next(h for h in data["hierarchies"] if h["controllers"] == ["memory"])
+        assert mem["cgroup_path"] == memory_path
+        assert mem["directory"] == "/sys/fs/cgroup/memory" + ("" if memory_path == "/" else memory_path)
+        assert data["cpu"] is not None and data["memory"] is not None and data["psi_cgroup"] == "/"
+        assert result.content[0].text.startswith(f"cgroup summary of pid {os.getpid()}")
+
+        root = envelope(await client.call_tool("perf_cgroup_summary", {"cgroup_path": "/"}))["data"]
+        assert root["target"] == "cgroup /" and root["not_found_in"] == []
+        assert {h["version"] for h in root["hierarchies"]} == {"v1", "v2"}
+        assert set(root["psi"]) == {"cpu", "memory", "io"}  # the v2 root has PSI even without controllers
+
+
+async def test_bad_params_are_typed_errors_and_the_server_keeps_serving(
+    test_users: helpers.TestUsers, shared_tmp: Path
+) -> None:
+    hostile: list[tuple[dict[str, Any], str]] = [
+        ({}, "INVALID_PARAMS"),
+        ({"pid": 1, "cgroup_path": "/"}, "INVALID_PARAMS"),
+        ({"pid": 0}, "INVALID_PARAMS"),
+        ({"pid": -1}, "INVALID_PARAMS"),
+        ({"pid": 2**31}, "INVALID_PARAMS"),
+        ({"pid": 4194305}, "INVALID_PARAMS"),
+        ({"pid": "1; id"}, "INVALID_PARAMS"),
+        ({"cgroup_path": ""}, "INVALID_PARAMS"),
+        ({"cgroup_path": "../../etc"}, "INVALID_PARAMS"),
+        ({"cgroup_path": "/system.slice/../../../etc"}, "INVALID_PARAMS"),
+        ({"cgroup_path": "/a\x00b"}, "INVALID_PARAMS"),
+        ({"cgroup_path": "x" * 5000}, "INVALID_PARAMS"),
+        ({"cgroup_path": ["/"]}, "INVALID_PARAMS"),
+        ({"pid": dead_pid()}, "PID_NOT_FOUND"),
+        ({"cgroup_path": "/no-such-cgroup-pmcp"}, "CGROUP_NOT_FOUND"),
+        ({"cgroup_path": "/;id"}, "CGROUP_NOT_FOUND"),
+        ({"cgroup_path": "$(id)}"}, "CGROUP_NOT_FOUND"),
+        ({"cgroup_path": "/etc/passwd"}, "CGROUP_NOT_FOUND"),
+    ]
+    async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
+        for args, code in hostile:
+            result = await client.call_tool("perf_cgroup_summary", args)
+            env = envelope(result)
+            assert result.is_error is True and env["error"]["code"] == code, (args, env)
+            assert env["error"]["suggestion"], env
+        ok = await client.call_tool("perf_cgroup_summary", {"pid": 1})
+        assert ok.is_error is False
+    print(f"\nhostile parameter sets tried: {len(hostile)}, all typed errors; server kept serving")
