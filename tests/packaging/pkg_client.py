@@ -3,7 +3,7 @@
     python pkg_client.py SOCKET access|profile|features
 
 Sends Hello and one request, prints the final message as one JSON line (job stdout
-replaced by its length, stderr by its first 300 bytes) and exits 0; exits 3 when
+replaced by its length and a count of its kernel frames, stderr by its first 300 bytes) and exits 0; exits 3 when
 the broker closed the connection without a final message.
 """
 
@@ -39,6 +39,9 @@ def summary(message: object) -> dict:
     for step, raw in zip(data.get("steps", []), getattr(message, "steps", [])):
         step["stdout"] = len(raw.stdout)
         step["stderr"] = raw.stderr[:300].decode(errors="replace")
+        kernel = [line for line in raw.stdout.splitlines() if b"[kernel.kallsyms]" in line]
+        step["kernel_frames"] = len(kernel)
+        step["kernel_frames_named"] = sum(b"[unknown]" not in line for line in kernel)
     return data
 
 

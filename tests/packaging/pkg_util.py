@@ -408,9 +408,9 @@ def polkit_files_preserved() -> Iterator[SavedFiles]:
         saved.restore()
 
 
-def proc_status(pid: int) -> dict[str, str]:
+def proc_status(pid: int, proc: str | os.PathLike[str] = "/proc") -> dict[str, str]:
     out = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+    for line in (Path(proc) / str(pid) / "status").read_text().splitlines():
         key, _, value = line.partition(":")
         out[key] = value.strip()
     return out
@@ -432,3 +432,108 @@ def mapped_files(pid: int) -> set[str]:
 def kill_by_pid(pid: int) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
+
+
+# --------------------------------------------------------------------------- systemd in a container
+#
+# systemd is not PID 1 on these machines, but systemd-nspawn can boot one in a
+# container: the host's own /usr (read-only, with the package's /usr laid over it),
+# the host's /etc (read-only), a fresh tmpfs for the rest, a private network, and
+# only the units a small target pulls in (D-Bus and perf-mcp-broker.socket). The
+# units, the sandbox, socket activation, polkit on D-Bus and perf are then all real.
+
+PMTEST_TARGET = """[Unit]
+Description=perf-mcp packaging test boot
+Requires=basic.target
+Wants=dbus.socket perf-mcp-broker.socket
+After=basic.target
+"""
+CONTAINER_CAPS = "CAP_PERFMON,CAP_BPF,CAP_SYSLOG,CAP_IPC_LOCK"  # on top of nspawn's default set
+
+
+@dataclass
+class Container:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    unit_dir: Path
+    init_pid: int = 0
+
+    def path(self, inside: str) -> Path:
+        """A path inside the container, seen from the host."""
+        return Path(f"/proc/{self.init_pid}/root{inside}")
+
+    def argv(self, argv: Sequence[str | os.PathLike[str]], user: str | helpers.UnixUser | None = None) -> list[str]:
+        inner = [os.fspath(a) for a in argv]
+        if user is not None:
+            inner = helpers.as_user_argv(user, inner)
+        return ["nsenter", "-t", str(self.init_pid), "-a", *inner]
+
+    def run(self, argv: Sequence[str | os.PathLike[str]], user: str | helpers.UnixUser | None = None,
+            timeout: float = 120.0, stdin_text: str | None = None) -> subprocess.CompletedProcess[str]:
+        env = helpers.user_env(user) if user is not None else {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+        return subprocess.run(self.argv(argv, user), capture_output=True, text=True, timeout=timeout, env=env,
+                              input=stdin_text, stdin=None if stdin_text is not None else subprocess.DEVNULL)
+
+    def mount_ns_is_private(self) -> bool:
+        return os.readlink(f"/proc/{self.init_pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
+
+    def mount_tracefs(self) -> None:
+        """tracefs inside the container only (nspawn's /sys has none)."""
+        assert self.mount_ns_is_private(), "refusing to mount: not the container's own mount namespace"
+        res = subprocess.run(["nsenter", "-t", str(self.init_pid), "-m", "--", "mount", "-t", "tracefs", "tracefs",
+                              "/sys/kernel/tracing"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        assert res.returncode == 0, res.stderr
+
+    def systemctl_show(self, unit: str, *props: str) -> dict[str, str]:
+        res = self.run(["systemctl", "show", unit, *[f"--property={p}" for p in props]])
+        assert res.returncode == 0, res.stderr
+        return dict(line.split("=", 1) for line in res.stdout.splitlines() if "=" in line)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)  # nspawn asks the container's systemd to power off
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def boot_container(usr_overlay: Path, unit_dir: Path, log_path: Path, timeout: float = 60.0) -> Container:
+    """Boot systemd in a container; returns once perf-mcp-broker.socket listens."""
+    argv = [
+        "systemd-nspawn", "--quiet", "--directory=/", "--volatile=yes", "--register=no", "--keep-unit",
+        "--link-journal=no", "--private-network", f"--capability={CONTAINER_CAPS}",
+        "--system-call-filter=bpf perf_event_open",
+        "--bind-ro=/etc", f"--bind-ro={unit_dir}:/etc/systemd/system",
+        f"--overlay-ro=/usr:{usr_overlay}:/usr", f"--bind-ro={REPO}",
+        "--boot", "--", "systemd.unit=pmtest.target",
+    ]
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+    container = Container(proc, log_path, unit_dir)
+
+    def booted() -> bool:
+        if proc.poll() is not None:
+            return True
+        children = [p for p in helpers.children(proc.pid) if helpers.read_proc_stat(p) is not None]
+        if children:
+            container.init_pid = children[0]
+            return container.path("/run/perf-mcp/broker.sock").exists()
+        return False
+
+    if not helpers.wait_until(booted, timeout, 0.2) or proc.poll() is not None:
+        container.stop()
+        raise RuntimeError(f"the container did not boot:\n{log_path.read_text(errors='replace')[-3000:]}")
+    return container
+
+
+def sandbox_properties(service: Path) -> list[str]:
+    """The unit's sandbox as systemd-run --property= arguments (what a job inherits)."""
+    skip = {"ExecStart", "Type", "User", "Restart", "RuntimeDirectory", "RuntimeDirectoryMode", "OOMPolicy",
+            "KillSignal", "TimeoutStopSec"}
+    out = []
+    for key, values in service_directives(service).items():
+        if key not in skip:
+            out += [f"--property={key}={v}" for v in values]
+    return out

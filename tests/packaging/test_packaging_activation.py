@@ -74,6 +74,7 @@ async def test_systemd_socket_activate_serves_non_root_users(
         assert profile["type"] == "result", profile
         record, script = profile["steps"]
         assert ok_steps(profile) and script["stdout"] > 0, profile
+        assert script["kernel_frames_named"] > 0, script  # kernel symbols (/proc/kallsyms, CAP_SYSLOG)
         # perf wrote into RUNTIME_DIRECTORY/jobs, as it will under systemd
         assert record["argv"][-1].startswith(f"{runtime}/jobs/job"), record["argv"]
         refused = pkg_util.run_client(test_users.denied, sock, "profile")

@@ -56,23 +56,6 @@ def systemd_state_mentions() -> list[str]:
     return sorted(out)
 
 
-@pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if os.geteuid() != 0:
-        pytest.skip("needs root")
-    out = tmp_path_factory.mktemp("deb")
-    res = subprocess.run(["make", "-C", os.fspath(helpers.REPO), "deb", f"DEB_OUT={out}"], capture_output=True,
-                         text=True, stdin=subprocess.DEVNULL, timeout=1200)
-    assert res.returncode == 0, res.stdout + res.stderr
-    debs = sorted(out.glob(f"{PACKAGE}_*.deb"))
-    assert len(debs) == 1, debs
-    fields = subprocess.run(["dpkg-deb", "-f", os.fspath(debs[0]), "Version", "Installed-Size"], capture_output=True,
-                            text=True, check=True).stdout.split()
-    pkg_util.report("make deb", file=debs[0].name, size_kib=debs[0].stat().st_size // 1024,
-                    installed_size_kib=fields[-1])
-    return debs[0]
-
-
 def test_package_contents(deb: Path) -> None:
     listing = subprocess.run(["dpkg-deb", "-c", os.fspath(deb)], capture_output=True, text=True, check=True).stdout
     entries = [line.split(None, 5) for line in listing.splitlines()]

@@ -37,6 +37,8 @@ JUSTIFIED = {
     "CapabilityBoundingSet_CAP_KILL": "stopping a job's process group",
     "CapabilityBoundingSet_CAP_SET_UID_GID_PCAP": "CAP_SETPCAP only, which the broker needs to cut its bounding set and then drops",
     "ProtectKernelLogs": "would remove CAP_SYSLOG",
+    "ProtectKernelTunables": "it hides /proc/kallsyms and perf then records no kernel frames; the unit makes "
+                             "the same paths read-only with ReadOnlyPaths= instead",
     "ProtectProc": "the broker profiles and inspects other users' processes",
     "ProcSubset": "perf needs /proc/kallsyms and /proc/sys/kernel/perf_event_*",
     "ProtectHome": "read-only, not hidden: symbols of binaries that live in /home",
@@ -88,19 +90,22 @@ def test_security_exposure_score(units: tuple[Path, Path]) -> None:
     "directive",
     [
         "NoNewPrivileges", "ProtectSystem", "PrivateTmp", "PrivateDevices", "PrivateNetwork",
-        "ProtectKernelTunables", "ProtectKernelModules", "ProtectControlGroups", "ProtectClock",
+        "ProtectKernelModules", "ProtectControlGroups", "ProtectClock",
         "ProtectHostname", "RestrictNamespaces", "RestrictRealtime", "RestrictSUIDSGID",
         "LockPersonality", "MemoryDenyWriteExecute", "SystemCallArchitectures", "PrivateMounts",
         "IPAddressDeny", "UMask",
     ],
 )
-def test_dropping_a_protection_raises_the_score(units: tuple[Path, Path], tmp_path: Path, directive: str) -> None:
-    """Each protection counts: without it the score goes up (so the score test can fail)."""
-    base = pkg_util.security_report(units[1]).score
+def test_dropping_a_protection_is_an_exposure(units: tuple[Path, Path], tmp_path: Path, directive: str) -> None:
+    """Each protection counts: without it systemd-analyze reports a new exposure (so the
+    tests above can fail)."""
+    base = pkg_util.security_report(units[1])
     sock, service = pkg_util.write_units(tmp_path, helpers.BROKER_BIN)
     lines = [ln for ln in service.read_text().splitlines() if not ln.startswith(f"{directive}=")]
+    assert len(lines) < len(service.read_text().splitlines()), f"{directive} is not in the unit"
     service.write_text("\n".join(lines) + "\n")
-    assert pkg_util.security_report(service).score > base
+    dropped = pkg_util.security_report(service)
+    assert set(dropped.exposures()) - set(base.exposures()) and dropped.score >= base.score
 
 
 def test_unit_keeps_what_perf_and_bpf_need() -> None:
@@ -111,6 +116,9 @@ def test_unit_keeps_what_perf_and_bpf_need() -> None:
     assert set(pkg_util.bounding_set()) == set(KEEP) | {"setpcap"}
     assert s["ProtectHome"] == ["read-only"]  # not "yes": perf reads binaries in /home
     assert "ProtectKernelLogs" not in s  # it would remove CAP_SYSLOG
+    assert "ProtectKernelTunables" not in s  # it hides /proc/kallsyms
+    read_only = " ".join(s["ReadOnlyPaths"]).split()
+    assert {"/run", "/sys", "/proc/sys"} <= set(read_only)
     assert "ProtectProc" not in s and "ProcSubset" not in s  # /proc/PID of everyone, /proc/kallsyms
     assert "SecureBits" not in s  # noroot would strip the jobs' capabilities at exec
     assert s["KillMode"] == ["control-group"] and s["OOMPolicy"] == ["continue"]
