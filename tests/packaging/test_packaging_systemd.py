@@ -141,6 +141,27 @@ def test_idle_exit_and_activation_by_systemd(container: pkg_util.Container, test
         c.run(["systemctl", "daemon-reload"])
 
 
+def test_polkitd_stopped_means_denied(container: pkg_util.Container, test_users: helpers.TestUsers) -> None:
+    """The container's own polkitd, stopped and masked (so D-Bus cannot start it again):
+    the user the rules grant is denied everything; unmasked, granted again."""
+    c = container
+    assert client(c, test_users.granted, "access")["granted"] == ALL_CLASSES  # polkitd runs
+    try:
+        for cmd in (["systemctl", "mask", "--runtime", "polkit.service"], ["systemctl", "stop", "polkit.service"]):
+            res = c.run(cmd)
+            assert res.returncode == 0, res.stderr
+        assert c.systemctl_show("polkit.service", "ActiveState")["ActiveState"] in ("inactive", "failed")
+        reply = client(c, test_users.granted, "access")
+        assert reply["granted"] == [] and reply["denied"] == ALL_CLASSES, reply
+        assert "polkit error" in reply["detail"], reply
+        refused = client(c, test_users.granted, "profile")
+        assert refused["type"] == "error" and refused["code"] == "PERMISSION_DENIED", refused
+        pkg_util.report("polkitd stopped (systemd in a container)", detail=reply["detail"][:100])
+    finally:
+        c.run(["systemctl", "unmask", "--runtime", "polkit.service"])
+    assert client(c, test_users.granted, "access")["granted"] == ALL_CLASSES  # activated again
+
+
 # What each program of the broker's table must do under the unit's sandbox. Tools that
 # run until interrupted are stopped by `timeout -s INT` after 3 s: status 124 means the
 # tool was still running then (it attached); a tool that fails to attach exits at once.
