@@ -94,18 +94,21 @@ def loop_device(size_mib: int = 256) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-V1_MEMORY = Path("/sys/fs/cgroup/memory")
+V1_ROOT = Path("/sys/fs/cgroup")
 
 
 @contextmanager
-def memory_cgroup(limit_bytes: int) -> Iterator[Path]:
-    """A v1 memory cgroup with a limit, removed afterwards (its tasks must be gone)."""
-    if not (V1_MEMORY / "memory.limit_in_bytes").exists():
-        pytest.skip("no v1 memory controller at /sys/fs/cgroup/memory (TESTING.md: this machine has v1)")
-    path = V1_MEMORY / f"pmcp-test-{os.getpid()}-{time.monotonic_ns()}"
+def v1_cgroup(controller: str, settings: dict[str, str]) -> Iterator[Path]:
+    """A v1 cgroup of one controller with its settings written, removed
+    afterwards (waiting up to 10 s for its tasks to be gone)."""
+    base = V1_ROOT / controller
+    if not (base / "cgroup.procs").exists():
+        pytest.skip(f"no v1 {controller} controller at {base} (TESTING.md: this machine has v1)")
+    path = base / f"pmcp-test-{os.getpid()}-{time.monotonic_ns()}"
     path.mkdir()
     try:
-        (path / "memory.limit_in_bytes").write_text(str(limit_bytes))
+        for name, value in settings.items():
+            (path / name).write_text(value)
         yield path
     finally:
         deadline = time.monotonic() + 10
@@ -115,6 +118,11 @@ def memory_cgroup(limit_bytes: int) -> Iterator[Path]:
                 break
             except OSError:
                 time.sleep(0.2)
+
+
+def memory_cgroup(limit_bytes: int):  # type: ignore[no-untyped-def]
+    """A v1 memory cgroup with a limit."""
+    return v1_cgroup("memory", {"memory.limit_in_bytes": str(limit_bytes)})
 
 
 def read_stat_cpu() -> list[int]:

@@ -162,10 +162,9 @@ def _with_since(findings: list[Finding], rows: list[rules.UseRow]) -> list[Findi
 
 
 def _since_text(s: rules.StateSince) -> str:
-    when = iso(s.since)[11:19]
     if s.at_least:
-        return f"{s.status} for at least {s.duration_s:.0f} s (since before {when} UTC, the oldest sample held)"
-    return f"{s.status} for {s.duration_s:.0f} s (since {when} UTC)"
+        return f"{s.status} for at least {s.duration_s:.0f} s (all the sampler's history)"
+    return f"{s.status} for {s.duration_s:.0f} s (since {iso(s.since)[11:19]} UTC)"
 
 
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:

@@ -42,6 +42,8 @@ def load_thresholds() -> tuple[Thresholds, list[str]]:
             return default_thresholds(), [f"{ENV_VAR}={path}: no such file; the default thresholds are used"]
         return default_thresholds(), []
     except OSError as exc:
+        if not explicit and not os.path.exists(path):
+            return default_thresholds(), []  # a home directory we cannot look into: no file of ours there
         return default_thresholds(), [f"{path}: cannot be read ({exc.strerror}); the default thresholds are used"]
     if len(raw) > MAX_BYTES:
         return default_thresholds(), [f"{path}: larger than {MAX_BYTES} bytes; the default thresholds are used"]

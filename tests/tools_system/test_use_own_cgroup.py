@@ -1,0 +1,96 @@
+"""The USE check's cgroup row: the frontend is started inside a v1 memory
+cgroup with a limit and a v1 cpu cgroup with a quota (a small wrapper joins
+the cgroups, then execs the usual setpriv command line, so the server runs as
+perfmcp-denied from its first instruction inside them); a memory hog and a
+busy loop in the same cgroups bring it near both limits."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+import trio
+
+import helpers
+from systools_util import checks, load, ok_data, row, v1_cgroup
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+JOIN_AND_EXEC = r"""
+import os, sys
+n = int(sys.argv[1])
+for procs in sys.argv[2:2 + n]:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+argv = sys.argv[2 + n:]
+os.execv(argv[0], argv)
+"""
+
+HOG = r"""
+import os, sys, time
+with open(sys.argv[1], "w") as f:
+    f.write(str(os.getpid()))
+anon = bytearray(int(sys.argv[2]) * 2**20)
+for i in range(0, len(anon), 4096):
+    anon[i] = 1
+print("ready", flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+BUSY = r"""
+import os, sys, time
+for procs in sys.argv[1:3]:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+end = time.monotonic() + float(sys.argv[3])
+while time.monotonic() < end:
+    pass
+"""
+
+
+@asynccontextmanager
+async def client_in_cgroups(user: helpers.UnixUser, sock: Path, procs: list[Path]) -> AsyncIterator[Any]:
+    from mcp import Client
+    from mcp.client.stdio import StdioServerParameters, stdio_client
+
+    argv = [sys.executable, "-c", JOIN_AND_EXEC, str(len(procs)), *map(str, procs),
+            *helpers.frontend_argv(user, sock)]
+    params = StdioServerParameters(command=argv[0], args=argv[1:], env=helpers.user_env(user), cwd="/")
+    async with Client(stdio_client(params, errlog=sys.stderr)) as client:
+        yield client
+
+
+async def test_own_cgroup_near_its_memory_limit_and_cpu_quota(
+    test_users: helpers.TestUsers, no_broker_socket: Path
+) -> None:
+    limit_mib, hog_mib = 400, 330
+    with v1_cgroup("memory", {"memory.limit_in_bytes": str(limit_mib * 2**20)}) as mem, \
+            v1_cgroup("cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}) as cpu, \
+            v1_cgroup("cpuacct", {}) as acct:
+        procs = [mem / "cgroup.procs", cpu / "cgroup.procs", acct / "cgroup.procs"]
+        async with client_in_cgroups(test_users.denied, no_broker_socket, procs) as client:
+            before = ok_data(await client.call_tool("perf_use_check", {"window_s": 1}))
+            with load([sys.executable, "-c", HOG, str(procs[0]), str(hog_mib), "40"], stdout=-1) as hog, \
+                    load([sys.executable, "-c", BUSY, str(procs[1]), str(procs[2]), "40"]):
+                assert hog.stdout is not None
+                assert (await trio.to_thread.run_sync(hog.stdout.readline)).strip() == b"ready"
+                await trio.sleep(6)
+                data = ok_data(await client.call_tool("perf_use_check", {"window_s": 5}))
+    name = f"cgroup memory:/{mem.name}"
+    assert [r["name"] for r in before["table"]][-1] == name  # the row exists as soon as there are limits
+    cg = row(data, name)
+    c = checks(cg)
+    print(f"\n{name}: {cg['status']}: {cg['detail']}\n  {[(k, v['value'], v['status']) for k, v in c.items()]}")
+    avail = c["cgroup.memory.available"]
+    assert avail["status"] in ("warning", "critical") and avail["value"] < 20
+    assert c["cgroup.cpu.utilisation"]["status"] == "critical"  # the busy loop fills its 0.5 CPU quota
+    assert 90 < c["cgroup.cpu.utilisation"]["value"] <= 105
+    assert c["cgroup.cpu.throttled"]["value"] > 50  # most periods throttled
+    assert "cgroup.memory.failcnt" in c
+    f = next(f for f in data["findings"] if f["resource"] == "cgroup")
+    assert f["severity"] == "critical" and "perf_cgroup_summary" in f["suggestion"]
+    assert mem.name in f["title"]
