@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import trio
 
@@ -45,6 +47,7 @@ from ..procfs.errors import ParseError
 from ..registry import Services, ServiceSpec, ToolContext
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SAMPLER_INTERVAL_S = 1.0
 SAMPLER_CAPACITY = 600  # 10 minutes at 1 Hz
@@ -110,7 +113,7 @@ class CgroupLimits:
         return bool(self.memory_limit_bytes or self.cpu_quota_cores)
 
 
-def _parse(fn, data: bytes | None):  # type: ignore[no-untyped-def]
+def _parse(fn: Callable[[bytes], T], data: bytes | None) -> T | None:
     if data is None:
         return None
     try:
@@ -200,7 +203,7 @@ SAMPLER_SERVICE = ServiceSpec(name="sampler", run=run_sampler)
 async def system_sampler(ctx: ToolContext, min_samples: int = 2) -> Sampler:
     """The running sampler, once it holds min_samples (right after start-up
     that is about one interval away)."""
-    sampler = ctx.services.get(Sampler)
+    sampler = ctx.services.get(Sampler)  # type: ignore[type-var]  # Services.get is typed for Structs
     if sampler is None:
         raise ToolError(ErrorCode.EXECUTION_FAILED, "the background sampler is not running in this server",
                         suggestion="Restart perf-mcp; its stderr log says why the sampler did not start.")
@@ -248,14 +251,15 @@ def read_cgroup_now(cg: OwnCgroup) -> CgroupReading:
     return CgroupReading(None, None, None, None)
 
 
-def cgroup_counter_deltas(older: bytes | None, newer: bytes | None, name: str):  # type: ignore[no-untyped-def]
+def cgroup_counter_deltas(older: bytes | None, newer: bytes | None, name: str) -> tuple[Any, Any] | None:
     """Parsed (older, newer) of one watched cgroup file, or None."""
-    parser = {
+    parsers: dict[str, Callable[[bytes], Any]] = {
         CG_V1_MEMORY_FAILCNT: parse_cgroup_int,
         CG_V1_CPUACCT_USAGE: parse_cgroup_int,
         CG_V1_CPU_STAT: parse_cgroup_v1_cpu_stat,
         CG_V2_CPU_STAT: parse_cgroup_v2_cpu_stat,
         CG_V2_MEMORY_EVENTS: parse_cgroup_v2_memory_events,
-    }[name]
+    }
+    parser = parsers[name]
     a, b = _parse(parser, older), _parse(parser, newer)
     return None if a is None or b is None else (a, b)

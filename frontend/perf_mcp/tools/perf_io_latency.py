@@ -22,7 +22,7 @@ from msgspec import Meta
 
 from ..contract import Finding
 from ..errors import ErrorCode, ToolError
-from ..procfs import Sampler, parse_diskstats, read_file, system_rates
+from ..procfs import Sampler, SampleView, parse_diskstats, read_file, system_rates
 from ..procfs.errors import ParseError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..use import rules
@@ -81,7 +81,7 @@ def resolve_device(requested: str, known: list[str]) -> str:
                     suggestion=f"Pass one of: {listed}; or omit device for every disk.")
 
 
-async def measure(ctx: ToolContext, duration_s: float) -> tuple[Sampler, object, object]:
+async def measure(ctx: ToolContext, duration_s: float) -> tuple[SampleView, SampleView]:
     files = {"diskstats": DISKSTATS}
     if os.path.exists(PSI_IO):
         files["psi_io"] = PSI_IO
@@ -94,18 +94,20 @@ async def measure(ctx: ToolContext, duration_s: float) -> tuple[Sampler, object,
         await ctx.report_progress(second, duration_s, f"measuring {second}/{duration_s:g} s")
     await trio.sleep_until(start + duration_s)
     last = probe.tick()
-    return probe, probe.view(first), probe.view(last)
+    if whole < duration_s:
+        await ctx.report_progress(duration_s, duration_s, "done")
+    return probe.view(first), probe.view(last)
 
 
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     known = await trio.to_thread.run_sync(known_devices)
     device = resolve_device(p.device, known) if p.device is not None else None
     whole = await trio.to_thread.run_sync(whole_disk_names)
-    _, older, newer = await measure(ctx, p.duration_s)
-    rates = system_rates(older, newer)  # type: ignore[arg-type]
+    older, newer = await measure(ctx, p.duration_s)
+    rates = system_rates(older, newer)
     if rates is None:
         raise ToolError(ErrorCode.EXECUTION_FAILED, "the clock did not move during the measurement")
-    warnings = list(dict.fromkeys(rates.warnings + older.warnings + newer.warnings))  # type: ignore[attr-defined]
+    warnings = list(dict.fromkeys(rates.warnings + older.warnings + newer.warnings))
     if device is not None:
         if device not in rates.disks:
             raise ToolError(ErrorCode.DEVICE_NOT_FOUND, f"block device {device!r} went away during the measurement")
@@ -116,7 +118,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         judged = whole
     thresholds, th_warnings = load_thresholds()
     warnings += th_warnings
-    window = rules.Window(older=older, newer=newer, samples=[older, newer], cpus=os.cpu_count() or 1,  # type: ignore[list-item]
+    window = rules.Window(older=older, newer=newer, samples=[older, newer], cpus=os.cpu_count() or 1,
                           whole_disks=judged)
     fc = rules.FindingContext(window_s=rates.interval_s, sample=iso(rates.end_wall), cpus=window.cpus, tool=NAME)
     signals, _ = rules.disk_signals(window, thresholds)

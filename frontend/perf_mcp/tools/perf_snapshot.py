@@ -219,7 +219,7 @@ class Window(msgspec.Struct, kw_only=True):
     interval_s: float  # actual length
     start: str
     end: str
-    source: Literal["ring", "direct"]
+    source: Literal["ring", "direct"]  # the sampler's ring, or reads on the call's own schedule
     cpu: CpuPct | None
     per_cpu: list[PerCpuPct] | None
     context_switches_s: float | None
@@ -351,7 +351,10 @@ def gauges(s: SnapshotLike, include_psi: bool) -> Gauges:
     )
 
 
-def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s: float, source: str,
+Source = Literal["ring", "direct"]
+
+
+def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s: float, source: Source,
                  whole_disks: frozenset[str]) -> Window:
     mem = rates.memory
     memory = None if mem is None else MemoryActivity(
@@ -382,7 +385,7 @@ def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s
         per_cpu = [PerCpuPct(cpu=n, **msgspec.structs.asdict(cpu_pct(s))) for n, s in sorted(rates.per_cpu.items())]
     return Window(
         requested_s=requested_s, interval_s=round(rates.interval_s, 3), start=iso(rates.start_wall),
-        end=iso(rates.end_wall), source=source,  # type: ignore[arg-type]
+        end=iso(rates.end_wall), source=source,
         cpu=cpu_pct(rates.cpu) if rates.cpu else None, per_cpu=per_cpu,
         context_switches_s=_r(rates.context_switches_s), interrupts_s=_r(rates.interrupts_s),
         forks_s=_r(rates.forks_s), memory=memory, disk_totals=disk_totals(shown, whole_disks),
@@ -439,6 +442,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     files = {name: path for name, path in sampler.watched.items() if name in SYSTEM_FILES}
     warnings: list[str] = []
     windows: list[Window] = []
+    mode: Literal["windows", "series"]
     if p.count > 1:
         for rates, newer in await direct_series(ctx, files, p.interval_s, p.count):
             windows.append(build_window(rates, newer, p, p.interval_s, "direct", whole))
@@ -466,8 +470,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     samples = sampler.samples()
     info = SamplerInfo(interval_s=sampler.interval_s, samples=len(samples),
                        history_s=round(samples[-1].t_mono - samples[0].t_mono, 1) if samples else 0.0)
-    data = SnapshotData(mode=mode, method=method, cpus=os.cpu_count() or 1, sampler=info,  # type: ignore[arg-type]
-                        windows=windows)
+    data = SnapshotData(mode=mode, method=method, cpus=os.cpu_count() or 1, sampler=info, windows=windows)
     return ToolOutput(data=data, summary=summarise(data), warnings=list(dict.fromkeys(warnings)))
 
 

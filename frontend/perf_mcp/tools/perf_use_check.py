@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
 import trio
@@ -93,7 +93,7 @@ def _cgroup_state(sampler: Sampler, older: Sample | None, newer: Sample | None,
 def _cgroup_rates(older: Sample, newer: Sample, window: float) -> dict[str, float | int | None]:
     out: dict[str, float | int | None] = {}
 
-    def pair(name: str):  # type: ignore[no-untyped-def]
+    def pair(name: str) -> tuple[Any, Any] | None:
         return svc.cgroup_counter_deltas(older.file(name), newer.file(name), name)
 
     if (fc := pair(svc.CG_V1_MEMORY_FAILCNT)) is not None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from ..procfs.derive import Deltas, cpu_split, disk_rates, netdev_rates, pressure_rates
+from ..procfs.derive import Deltas, DiskRates, cpu_split, disk_rates, netdev_rates, pressure_rates
 from ..procfs.snapshot import SnapshotLike
 
 PSI_RESOURCES = ("cpu", "memory", "io")
@@ -75,7 +75,7 @@ def swap_used_pct(sample: SnapshotLike) -> float | None:
     return max(0, m.swap_total - m.swap_free) / m.swap_total * 100.0
 
 
-def _disk_pair(older: SnapshotLike, newer: SnapshotLike, device: str):  # type: ignore[no-untyped-def]
+def _disk_pair(older: SnapshotLike, newer: SnapshotLike, device: str) -> DiskRates | None:
     interval = _interval(older, newer)
     if interval is None or older.diskstats is None or newer.diskstats is None:
         return None

@@ -131,7 +131,10 @@ def _r(value: float | None, digits: int = 2) -> float | None:
 
 
 def _status(th: Threshold, value: float | None) -> Status:
-    return th.severity(value) or "ok"
+    severity = th.severity(value)
+    if severity == "critical":
+        return "critical"
+    return "warning" if severity == "warning" else "ok"
 
 
 def _at_least(th: Threshold, status: Status, value: float | None) -> bool | None:
@@ -315,13 +318,13 @@ def disk_signals(w: Window, th: Thresholds) -> tuple[list[Signal], str]:
             continue  # idle loop/ram/nbd devices are not worth a row
         if worst is None or util > worst[0]:
             worst = (util, dev)
-        for row, kind, value, fn, counter in (
+        cells: tuple[tuple[Threshold, Kind, float | None, Callable[..., float | None], str], ...] = (
             (util_row, "utilisation", util, metrics.disk_util_pct, "/proc/diskstats io_ticks (%util as iostat -x)"),
             (queue_row, "saturation", queue, metrics.disk_queue,
              "/proc/diskstats time_in_queue (aqu-sz as iostat -x)"),
-        ):
-            check = _check(row, id=f"disk.{dev}.{kind}", kind=kind, target=dev,  # type: ignore[arg-type]
-                           value=value, counter=counter)
+        )
+        for row, kind, value, fn, counter in cells:
+            check = _check(row, id=f"disk.{dev}.{kind}", kind=kind, target=dev, value=value, counter=counter)
 
             def cond(o: SnapshotLike, n: SnapshotLike, row: Threshold = row, st: Status = check.status,
                      dev: str = dev, fn_: Callable[..., float | None] = fn) -> bool | None:
@@ -493,7 +496,7 @@ def _finding(fid: str, resource: Resource, title: str, breaches: list[Check], co
     metrics_ = {c.id: c.value for c in breaches + context if c.value is not None}
     return Finding(
         id=fid, severity=_severity(breaches), resource=resource, title=title, detail=detail,
-        confidence=_confidence(breaches), metrics=metrics_,  # type: ignore[arg-type]
+        confidence=_confidence(breaches), metrics=metrics_,
         evidence=[_evidence(c, fc) for c in breaches + context],
         suggestion=suggestion,
     )
@@ -618,9 +621,11 @@ def evaluate(w: Window, th: Thresholds, fc: FindingContext, cgroup: CgroupState 
     mem, mem_detail = memory_signals(w, th)
     disk, disk_detail = disk_signals(w, th)
     net, net_detail = network_signals(w, th)
-    for resource, sigs, detail in (("cpu", cpu, cpu_detail), ("memory", mem, mem_detail),
-                                   ("disk", disk, disk_detail), ("network", net, net_detail)):
-        rows.append(_row(resource, resource, sigs, detail))  # type: ignore[arg-type]
+    parts: tuple[tuple[Resource, list[Signal], str], ...] = (
+        ("cpu", cpu, cpu_detail), ("memory", mem, mem_detail), ("disk", disk, disk_detail),
+        ("network", net, net_detail))
+    for resource, sigs, detail in parts:
+        rows.append(_row(resource, resource, sigs, detail))
         signals[resource] = sigs
     if (f := cpu_finding(cpu, fc)) is not None:
         findings.append(f)
