@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 import helpers
@@ -58,6 +59,9 @@ async def test_schema_and_host_answer(test_users: helpers.TestUsers, shared_tmp:
         assert "inet_diag" in data["method"]
         assert result.content[0].text.startswith("Network health (")
         assert [v for v, _, _ in progress] == [0.0, 1.0]
+        jsonschema.validate(env, tool.output_schema)  # the envelope matches the declared outputSchema
+        jsonschema.validate(envelope(await client.call_tool("perf_net_health", {"interface": "nosuch0"})),
+                            tool.output_schema)
 
         lo = ok_data(await client.call_tool("perf_net_health", {"interface": "lo", "include_tcp_details": False}))
         assert [i["name"] for i in lo["interfaces"]] == ["lo"] and lo["sockets"] is None

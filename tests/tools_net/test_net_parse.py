@@ -5,6 +5,7 @@ thresholds. No sockets, no clock."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 
 from perf_mcp.net import analysis
 from perf_mcp.net.collect import NetSample, SocketOwner
-from perf_mcp.net.parse import LINK_COUNTERS, LinkStats, TcpSocket, decode_diag, decode_link, link_stats, tcp_socket
+from perf_mcp.net.parse import LINK_COUNTERS, DiagError, LinkStats, TcpSocket, decode_link, link_stats, parse_inet_diag
 from perf_mcp.procfs import parse_net_netstat, parse_net_snmp, parse_softnet_stat
 from perf_mcp.use.thresholds import apply_overrides, default_thresholds
 
@@ -40,22 +41,96 @@ def test_links_from_captured_messages() -> None:
 
 
 def test_tcp_sockets_from_captured_messages() -> None:
-    lossy = tcp_socket(decode_diag(fixture("veth_lossy-tcp-1.bin")))
+    lossy = parse_inet_diag(fixture("veth_lossy-tcp-1.bin"))
     assert lossy is not None
     assert (lossy.state, lossy.local_addr, lossy.remote_addr, lossy.remote_port) == (
         "ESTABLISHED", "10.213.0.1", "10.213.0.2", 5201)
     assert (lossy.total_retrans, lossy.lost, lossy.unacked, lossy.cwnd, lossy.ca_state) == (801, 45, 47, 1, 3)
     assert lossy.rtt_us == 443 and lossy.snd_mss == 1448 and lossy.inode == 140570
-    listen = tcp_socket(decode_diag(fixture("netns_lo-tcp-0.bin")))
+    assert lossy.bytes_retrans == 1157704 and lossy.segs_out == 14495
+    listen = parse_inet_diag(fixture("netns_lo-tcp-0.bin"))
     assert listen is not None and listen.state == "LISTEN"
     assert (listen.rqueue, listen.wqueue) == (1, 4)  # one connection waiting in a backlog of 4
-    v6 = tcp_socket(decode_diag(fixture("netns_lo-tcp-5.bin")))
+    v6 = parse_inet_diag(fixture("netns_lo-tcp-5.bin"))
     assert v6 is not None and v6.family == 10 and v6.local_addr == "::1" and v6.rqueue == 1000
     assert v6.endpoint == "[::1]:7777 -> [::1]:54198"
 
 
+TCP_FIXTURES = sorted(p.name for p in FIXTURES.glob("*-tcp-*.bin"))
+
+
+@pytest.mark.parametrize("name", TCP_FIXTURES)
+def test_struct_decoder_agrees_with_pyroute2(name: str) -> None:
+    """Our fixed-layout decoder against pyroute2's generic one, field by field."""
+    from pyroute2.netlink.diag import inet_diag_msg
+
+    raw = fixture(name)
+    ref = inet_diag_msg(raw)
+    ref.decode()
+    info = ref.get_attr("INET_DIAG_INFO")
+    ours = parse_inet_diag(raw)
+    assert ours is not None
+    assert (ours.family, ours.local_addr, ours.local_port, ours.remote_addr, ours.remote_port) == (
+        ref["idiag_family"], ref["idiag_src"], ref["idiag_sport"], ref["idiag_dst"], ref["idiag_dport"])
+    assert (ours.uid, ours.inode, ours.cookie, ours.rqueue, ours.wqueue) == (
+        ref["idiag_uid"], ref["idiag_inode"], ref["idiag_cookie"], ref["idiag_rqueue"], ref["idiag_wqueue"])
+    pairs = {"retransmits": "tcpi_retransmits", "total_retrans": "tcpi_total_retrans", "lost": "tcpi_lost",
+             "unacked": "tcpi_unacked", "rtt_us": "tcpi_rtt", "rttvar_us": "tcpi_rttvar", "min_rtt_us": "tcpi_min_rtt",
+             "rto_us": "tcpi_rto", "cwnd": "tcpi_snd_cwnd", "ssthresh": "tcpi_snd_ssthresh",
+             "snd_mss": "tcpi_snd_mss", "segs_out": "tcpi_segs_out", "bytes_retrans": "tcpi_bytes_retrans",
+             "backoff": "tcpi_backoff", "ca_state": "tcpi_ca_state"}
+    assert {k: getattr(ours, k) for k in pairs} == {k: info[v] for k, v in pairs.items()}
+
+
+def _with_info_length(raw: bytes, info_len: int) -> bytes:
+    """The message with its tcp_info attribute cut to info_len bytes (as an older kernel sends it)."""
+    out = bytearray(raw[:88])
+    offset = 88
+    while offset + 4 <= len(raw):
+        nla_len, nla_type = struct.unpack_from("=HH", raw, offset)
+        chunk = raw[offset : offset + nla_len]
+        if nla_type == 2:
+            chunk = struct.pack("=HH", 4 + info_len, 2) + chunk[4 : 4 + info_len]
+        out += chunk + b"\0" * (-len(chunk) % 4)
+        offset += (nla_len + 3) & ~3
+    struct.pack_into("=I", out, 0, len(out))
+    return bytes(out)
+
+
+def test_older_shorter_tcp_info_and_damaged_messages() -> None:
+    raw = fixture("veth_lossy-tcp-1.bin")
+    old = parse_inet_diag(_with_info_length(raw, 104))  # tcp_info up to total_retrans (kernel 3.x)
+    assert old is not None and old.total_retrans == 801 and old.rtt_us == 443
+    assert old.segs_out is None and old.min_rtt_us is None and old.bytes_retrans is None
+    bare = bytearray(raw[:88])
+    struct.pack_into("=I", bare, 0, 88)
+    no_info = parse_inet_diag(bytes(bare))  # no attributes at all (no tcp_info asked for, TIME_WAIT)
+    assert no_info is not None and no_info.total_retrans is None and no_info.state == "ESTABLISHED"
+    with pytest.raises(DiagError):
+        parse_inet_diag(raw[:60])
+    with pytest.raises(DiagError):
+        parse_inet_diag(raw[:200])  # header says 408 bytes
+    bad_nla = bytearray(raw)
+    struct.pack_into("=H", bad_nla, 88, 2000)  # an attribute longer than the message
+    assert parse_inet_diag(bytes(bad_nla)) is not None
+    done = bytearray(raw)
+    struct.pack_into("=H", done, 4, 3)  # NLMSG_DONE
+    assert parse_inet_diag(bytes(done)) is None
+    unix = bytearray(raw)
+    unix[16] = 1  # AF_UNIX
+    assert parse_inet_diag(bytes(unix)) is None
+    mapped = bytearray(fixture("netns_lo-tcp-5.bin"))
+    mapped[16 + 8 : 16 + 24] = bytes(10) + b"\xff\xff" + bytes([10, 1, 2, 3])
+    m = parse_inet_diag(bytes(mapped))
+    assert m is not None and m.local_addr == "10.1.2.3"
+    odd = bytearray(raw)
+    odd[17] = 99
+    o = parse_inet_diag(bytes(odd))
+    assert o is not None and o.state == "STATE_99"
+
+
 class FakeMessage:
-    """What a decoded message offers, for shapes the kernel sends but we did not capture."""
+    """What a decoded RTM_NEWLINK offers, for shapes the kernel sends but we did not capture."""
 
     def __init__(self, fields: dict[str, Any], attrs: dict[str, Any]) -> None:
         self.fields = fields
@@ -68,15 +143,7 @@ class FakeMessage:
         return self.attrs.get(name, default)
 
 
-def test_socket_without_tcp_info_and_odd_messages() -> None:
-    tw = tcp_socket(FakeMessage({"idiag_family": 2, "idiag_state": 6, "idiag_src": "10.0.0.1", "idiag_sport": 80,
-                                 "idiag_dst": "10.0.0.2", "idiag_dport": 5555}, {}))
-    assert tw is not None and tw.state == "TIME_WAIT" and tw.total_retrans is None and tw.rtt_us is None
-    mapped = tcp_socket(FakeMessage({"idiag_family": 10, "idiag_state": 1, "idiag_src": "::ffff:10.1.2.3"}, {}))
-    assert mapped is not None and mapped.local_addr == "10.1.2.3"
-    assert tcp_socket(FakeMessage({"idiag_family": 1}, {})) is None  # AF_UNIX: not ours
-    strange = tcp_socket(FakeMessage({"idiag_family": 2, "idiag_state": 99}, {"INET_DIAG_INFO": {"tcpi_rtt": "x"}}))
-    assert strange is not None and strange.state == "STATE_99" and strange.rtt_us is None
+def test_links_without_a_name_or_with_32_bit_stats() -> None:
     assert link_stats(FakeMessage({"index": 3}, {})) is None  # no name
     old = link_stats(FakeMessage({"index": 3}, {"IFLA_IFNAME": "eth9", "IFLA_STATS": {"rx_bytes": 5}}))
     assert old is not None and old.stats64 is False and old.counters == {"rx_bytes": 5}

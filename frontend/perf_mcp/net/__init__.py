@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .analysis import NetHealth, analyse
 from .collect import NetSample, SocketOwner, read_addresses, read_links, socket_owners, take_sample
-from .parse import LinkStats, TcpSocket, link_stats, tcp_socket
+from .parse import LinkStats, TcpSocket, link_stats, parse_inet_diag
 
 __all__ = [
     "LinkStats",
@@ -24,5 +24,5 @@ __all__ = [
     "read_links",
     "socket_owners",
     "take_sample",
-    "tcp_socket",
+    "parse_inet_diag",
 ]

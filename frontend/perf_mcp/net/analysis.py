@@ -155,6 +155,7 @@ class SocketsHealth(msgspec.Struct, kw_only=True):
     worst_by_retransmits: list[SocketReport]
     worst_by_rtt: list[SocketReport]
     owners_complete: bool  # False: the search for owning processes stopped at its budget
+    dump_complete: bool  # False: more sockets than collect.MAX_SOCKETS; the lists cover the first ones
     filtered_by_addresses: list[str] | None  # the interface's addresses, when `interface` was given
 
 
@@ -366,7 +367,7 @@ def worst_sockets(prev: list[TcpSocket], cur: list[TcpSocket], top_n: int = TOP_
 
 
 def sockets_health(prev: list[TcpSocket], cur: list[TcpSocket], owners: dict[int, SocketOwner],
-                   owners_complete: bool, addresses: list[str] | None) -> SocketsHealth:
+                   owners_complete: bool, addresses: list[str] | None, dump_complete: bool = True) -> SocketsHealth:
     by_retrans, by_rtt, before = worst_sockets(prev, cur)
     by_state: dict[str, int] = {}
     in_window_total = 0
@@ -390,6 +391,7 @@ def sockets_health(prev: list[TcpSocket], cur: list[TcpSocket], owners: dict[int
         worst_by_retransmits=[report(s) for s in by_retrans],
         worst_by_rtt=[report(s) for s in by_rtt],
         owners_complete=owners_complete,
+        dump_complete=dump_complete,
         filtered_by_addresses=addresses,
     )
 
@@ -590,7 +592,8 @@ def analyse(prev: NetSample, cur: NetSample, thresholds: Thresholds, *, interfac
         loopback = interface == "lo"
         a = filter_sockets(prev.sockets, addresses, loopback) if interface else prev.sockets
         b = filter_sockets(cur.sockets, addresses, loopback) if interface else cur.sockets
-        sockets = sockets_health(a, b, owners or {}, owners_complete, addresses if interface else None)
+        sockets = sockets_health(a, b, owners or {}, owners_complete, addresses if interface else None,
+                                 prev.sockets_complete and cur.sockets_complete)
     drops = thresholds["network.drops_per_s"]
     retrans = thresholds["network.retransmit_pct"]
     findings: list[Finding] = []

@@ -15,14 +15,16 @@ from __future__ import annotations
 import errno
 import os
 import socket
+import struct
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 
 from ..procfs import NetSnmp, ParseError, SoftnetStat, parse_net_netstat, parse_net_snmp, parse_softnet_stat
 from ..procfs.sampler import read_file
-from .parse import LinkStats, TcpSocket, link_stats, tcp_socket
+from .parse import SOCK_DIAG_BY_FAMILY, LinkStats, TcpSocket, link_stats, parse_inet_diag
 
 INET_DIAG_INFO_EXT = 1 << (2 - 1)  # request INET_DIAG_INFO (tcp_info): bit (INET_DIAG_INFO - 1)
 # Every state but TIME_WAIT and SYN_RECV request sockets: those carry no
@@ -30,6 +32,11 @@ INET_DIAG_INFO_EXT = 1 << (2 - 1)  # request INET_DIAG_INFO (tcp_info): bit (INE
 _TIME_WAIT, _SYN_RECV, _NEW_SYN_RECV = 6, 3, 12
 DIAG_STATES = ((1 << 13) - 1) & ~((1 << _TIME_WAIT) | (1 << _SYN_RECV) | (1 << _NEW_SYN_RECV))
 MAX_OWNER_LINKS = 50_000  # readlinks spent at most looking for the owners of sockets
+# pyroute2 still spends ~0.15 ms per message receiving a dump: bound a call's cost
+# (two dumps) on a server with very many connections
+MAX_SOCKETS = 20_000
+NLMSG_ERROR = 2
+RAW_KEY = "perf_mcp_raw"
 
 
 class NetSample(msgspec.Struct, frozen=True, kw_only=True):
@@ -40,6 +47,7 @@ class NetSample(msgspec.Struct, frozen=True, kw_only=True):
     softnet: SoftnetStat | None
     sockets: list[TcpSocket] | None  # None: not asked for, or inet_diag failed (see warnings)
     warnings: list[str]
+    sockets_complete: bool = True  # False: the dump stopped at MAX_SOCKETS
 
 
 def read_links() -> list[LinkStats]:
@@ -65,18 +73,59 @@ def read_addresses(index: int) -> list[str]:
     return out
 
 
-def read_tcp_sockets() -> list[TcpSocket]:
+def _raw_diag_marshal() -> Any:
+    """A pyroute2 Marshal for DiagSocket that keeps each reply's bytes and
+    decodes only the netlink header (pyroute2 needs its type to see the end
+    of the dump, and errors); parse_inet_diag decodes the rest. Marshal
+    subclasses are pyroute2's own extension point (MarshalDiag is one)."""
+    from pyroute2.netlink import nlmsg
+    from pyroute2.netlink.diag import MarshalDiag
+
+    class RawDiagMarshal(MarshalDiag):  # type: ignore[misc]
+        def parse_one_message(self, key: int, flags: int, sequence_number: int, data: bytes, offset: int,
+                              length: int) -> Any:
+            msg = nlmsg()
+            mlen, mtype, mflags, seq, pid = struct.unpack_from("=IHHII", data, offset)
+            error: OSError | None = None
+            if mtype == NLMSG_ERROR and length >= 20:
+                code = -struct.unpack_from("=i", data, offset + 16)[0]
+                if code:
+                    error = OSError(code, os.strerror(code))
+            msg["header"] = {"length": mlen, "type": mtype, "flags": mflags, "sequence_number": seq,
+                             "pid": pid, "error": error}
+            dict.__setitem__(msg, RAW_KEY, bytes(data[offset : offset + length]))
+            return msg
+
+    return RawDiagMarshal()
+
+
+def read_tcp_sockets(max_sockets: int = MAX_SOCKETS) -> tuple[list[TcpSocket], bool]:
+    """Every TCP socket but TIME_WAIT / SYN_RECV with its tcp_info, IPv4 then
+    IPv6, at most max_sockets in all; (sockets, complete)."""
     from pyroute2 import DiagSocket
+    from pyroute2.netlink import NLM_F_MATCH, NLM_F_REQUEST, NLM_F_ROOT
+    from pyroute2.netlink.diag import inet_diag_req
 
     sockets: list[TcpSocket] = []
     with DiagSocket() as ds:
+        ds.set_marshal(_raw_diag_marshal())
         ds.bind()
         for family in (socket.AF_INET, socket.AF_INET6):
-            for msg in ds.get_sock_stats(family=family, states=DIAG_STATES, extensions=INET_DIAG_INFO_EXT):
-                parsed = tcp_socket(msg)
-                if parsed is not None:
-                    sockets.append(parsed)
-    return sockets
+            req = inet_diag_req()
+            req["sdiag_family"] = family
+            req["sdiag_protocol"] = socket.IPPROTO_TCP
+            req["idiag_states"] = DIAG_STATES
+            req["idiag_ext"] = INET_DIAG_INFO_EXT
+            replies = ds.nlm_request(req, SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_ROOT | NLM_F_MATCH)
+            for msg in replies:
+                raw = dict.get(msg, RAW_KEY)
+                parsed = parse_inet_diag(raw) if isinstance(raw, bytes) else None
+                if parsed is None:
+                    continue
+                if len(sockets) >= max_sockets:
+                    return sockets, False
+                sockets.append(parsed)
+    return sockets, True
 
 
 def _proc_net(path: str, parse: object, warnings: list[str]) -> NetSnmp | SoftnetStat | None:
@@ -104,11 +153,15 @@ def take_sample(include_sockets: bool) -> NetSample:
     netstat = _proc_net("/proc/net/netstat", parse_net_netstat, warnings)
     softnet = _proc_net("/proc/net/softnet_stat", parse_softnet_stat, warnings)
     sockets: list[TcpSocket] | None = None
+    complete = True
     if include_sockets:
         try:
-            sockets = read_tcp_sockets()
-        except OSError as exc:
-            warnings.append(f"inet_diag (TCP sockets with tcp_info) failed: {exc}; no per-socket details")
+            sockets, complete = read_tcp_sockets()
+            if not complete:
+                warnings.append(f"more than {MAX_SOCKETS} TCP sockets: the socket lists cover the first {MAX_SOCKETS}")
+        except Exception as exc:  # pyroute2 decodes the replies: any error there costs only the details
+            warnings.append(f"inet_diag (TCP sockets with tcp_info) failed: {type(exc).__name__}: {exc}; "
+                            "no per-socket details")
     return NetSample(
         t_mono=t_mono,
         links=links,
@@ -117,6 +170,7 @@ def take_sample(include_sockets: bool) -> NetSample:
         softnet=softnet if isinstance(softnet, SoftnetStat) else None,
         sockets=sockets,
         warnings=warnings,
+        sockets_complete=complete,
     )
 
 
