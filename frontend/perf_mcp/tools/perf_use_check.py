@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -21,7 +22,7 @@ import trio
 from msgspec import Meta
 
 from ..contract import Finding
-from ..procfs import Sample, Sampler, Since
+from ..procfs import Sample, Sampler, SampleView, Since, SnapshotLike
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..use import rules
 from ..use.config import load_thresholds
@@ -112,6 +113,17 @@ def _cgroup_rates(older: Sample, newer: Sample, window: float) -> dict[str, floa
     return out
 
 
+def _between(sampler: Sampler) -> Callable[[SnapshotLike, SnapshotLike], list[SnapshotLike]]:
+    """The ring's samples from one view to another, both included (for the since walk)."""
+    def between(older: SnapshotLike, newer: SnapshotLike) -> list[SnapshotLike]:
+        if not isinstance(older, SampleView) or not isinstance(newer, SampleView):
+            return [older, newer]
+        first, last = older.sample.seq, newer.sample.seq
+        return [sampler.view(s) for s in sampler.samples() if first <= s.seq <= last]
+
+    return between
+
+
 def evaluate(sampler: Sampler, p: Params, whole: frozenset[str],
              ) -> tuple[UseCheckData, list[str]]:
     """The USE table over the ring (runs on the trio thread: the ring is not shared with workers)."""
@@ -126,7 +138,8 @@ def evaluate(sampler: Sampler, p: Params, whole: frozenset[str],
         warnings.append(f"the {p.window_s:g} s window covers only {window_s:.1f} s: the sampler started with the "
                         "server and has no older sample yet")
     cpus = os.cpu_count() or 1
-    w = rules.Window(older=views[0], newer=views[-1], samples=views, cpus=cpus, whole_disks=whole)
+    w = rules.Window(older=views[0], newer=views[-1], samples=views, cpus=cpus, whole_disks=whole,
+                     between=_between(sampler))
     fc = rules.FindingContext(window_s=window_s, sample=iso(newer_s.t_wall), cpus=cpus)
     cgroup = _cgroup_state(sampler, older_s, newer_s, window_s)
     ev = rules.evaluate(w, thresholds, fc, cgroup)

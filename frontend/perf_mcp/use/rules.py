@@ -117,6 +117,12 @@ class Window:
     samples: Sequence[SnapshotLike]  # every sample from older to newer (for gauges such as the run queue)
     cpus: int
     whole_disks: frozenset[str]
+    # The samples from one sample to another (both included), for conditions
+    # over a gauge such as the run queue; None: just the two.
+    between: Callable[[SnapshotLike, SnapshotLike], Sequence[SnapshotLike]] | None = None
+
+    def span(self, older: SnapshotLike, newer: SnapshotLike) -> Sequence[SnapshotLike]:
+        return self.between(older, newer) if self.between is not None else (older, newer)
 
 
 @dataclass
@@ -220,8 +226,8 @@ def cpu_signals(w: Window, th: Thresholds) -> tuple[list[Signal], str]:
                        detail=f"peak {peak} runnable on {w.cpus} CPUs")
 
         def rq(o: SnapshotLike, n: SnapshotLike, row: Threshold = row, st: Status = check.status,
-               cpus: int = w.cpus) -> bool | None:
-            value = metrics.run_queue(n)
+               cpus: int = w.cpus, span: Callable[..., Sequence[SnapshotLike]] = w.span) -> bool | None:
+            value, _ = metrics.mean_run_queue(span(o, n))  # the mean over the step, as the check
             return _at_least(row, st, None if value is None else value / cpus)
 
         signals.append(Signal(check, rq))
