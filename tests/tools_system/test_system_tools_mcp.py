@@ -77,6 +77,12 @@ async def test_snapshot_answers_from_the_ring(test_users: helpers.TestUsers, no_
         per_cpu = ok_data(await client.call_tool("perf_snapshot", {"include_per_cpu": True,
                                                                     "include_per_device": False,
                                                                     "include_psi": False}))
+        two = ok_data(await client.call_tool("perf_snapshot", {"interval_s": 2}))
+        short = ok_data(await client.call_tool("perf_snapshot", {"interval_s": 0.3}))
+    assert [w["requested_s"] for w in two["windows"]] == [2, 1, 10, 60]
+    assert two["windows"][0]["source"] == "ring" and 1.8 <= two["windows"][0]["interval_s"] <= 2.3
+    assert [w["requested_s"] for w in short["windows"]] == [0.3, 1, 10, 60]
+    assert short["windows"][0]["source"] == "direct" and 0.25 <= short["windows"][0]["interval_s"] <= 0.4
     assert first["mode"] == "windows" and first["windows"][0]["interval_s"] > 0
     windows = {w["requested_s"]: w for w in data["windows"]}
     assert set(windows) == {1.0, 10.0, 60.0}

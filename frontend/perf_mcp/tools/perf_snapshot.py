@@ -553,8 +553,9 @@ TOOL = ToolSpec(
         "context switches and interrupts; memory available, swap, page faults; per-device IOPS, throughput, "
         "await, aqu-sz and %util (as iostat -x); per-interface packets, kB/s, errors and drops (as sar -n DEV); "
         "TCP retransmit %, opens and resets; pressure stall information. count=1 answers immediately with rates "
-        "over 1 s, 10 s and 60 s windows; count>1 returns a series of count intervals of interval_s. No privileges "
-        "needed."
+        "over 1 s, 10 s and 60 s windows (each with its actual length); count>1 returns a series of count "
+        "intervals of interval_s. Devices listed: those with I/O in the window and the whole disks (idle "
+        "partitions and idle loop devices are counted in devices_omitted). No privileges needed."
     ),
     params=Params,
     data=SnapshotData,
