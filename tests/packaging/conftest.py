@@ -28,7 +28,7 @@ def machine_state(root_required: None) -> Iterator[pkg_util.SavedFiles]:
 @pytest.fixture
 def workdir() -> Iterator[Path]:
     """A temp dir the test users can traverse (sockets live here)."""
-    path = helpers.make_shared_tmpdir("perf-mcp-pkg-")
+    path = helpers.make_shared_tmpdir("pmcp-pkg-")
     try:
         yield path
     finally:

@@ -39,7 +39,7 @@ def tree(base: Path, *, owner: int = 0, mode: int = 0o755) -> Path:
 
 def root_dir() -> Path:
     """A root-owned 0755 temp dir (under /tmp: root-owned and sticky, which is allowed)."""
-    return helpers.make_shared_tmpdir("perf-mcp-integrity-")
+    return helpers.make_shared_tmpdir("pmcp-integrity-")
 
 
 @pytest.fixture
