@@ -115,11 +115,14 @@ def _cgroup_rates(older: Sample, newer: Sample, window: float) -> dict[str, floa
 
 def _between(sampler: Sampler) -> Callable[[SnapshotLike, SnapshotLike], list[SnapshotLike]]:
     """The ring's samples from one view to another, both included (for the since walk)."""
+    samples = sampler.samples()  # one evaluation sees one ring (nothing ticks while it runs)
+    first_seq = samples[0].seq if samples else 0
+
     def between(older: SnapshotLike, newer: SnapshotLike) -> list[SnapshotLike]:
         if not isinstance(older, SampleView) or not isinstance(newer, SampleView):
             return [older, newer]
-        first, last = older.sample.seq, newer.sample.seq
-        return [sampler.view(s) for s in sampler.samples() if first <= s.seq <= last]
+        lo, hi = older.sample.seq - first_seq, newer.sample.seq - first_seq
+        return [sampler.view(s) for s in samples[max(0, lo):hi + 1]]
 
     return between
 
