@@ -3,8 +3,8 @@ module and stopped by its PID; each also ends on its own after MAX_LIFE_S.
 
 - leaker: opens a file every 1/rate s and never closes it (the fd leak recipe
   of TESTING.md), in a directory the test made;
-- steady: holds a fixed set of fds and churns one open/close pair per tick,
-  the quiet control.
+- steady: holds a fixed set of fds (one file name is not UTF-8) and churns
+  one open/close pair per tick, the quiet control.
 """
 
 from __future__ import annotations
@@ -33,10 +33,11 @@ while time.monotonic() < end:
     time.sleep(1.0 / rate)
 """
 
-STEADY = """
+STEADY = r"""
 import os, sys, time
 directory, life = sys.argv[1], float(sys.argv[2])
-held = [open(os.path.join(directory, f"held-{i}"), "w") for i in range(10)]
+held = [open(os.path.join(directory, f"held-{i}"), "w") for i in range(9)]
+held.append(open(os.path.join(os.fsencode(directory), b"held-\xff\xfe"), "w"))  # a name that is not UTF-8
 print("ready", flush=True)
 end = time.monotonic() + life
 while time.monotonic() < end:

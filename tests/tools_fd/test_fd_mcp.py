@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import trio
 
@@ -61,6 +62,11 @@ async def test_leak_of_the_users_own_process_read_locally(
 
     with leaker(shared_tmp, test_users.granted, LEAK_RATE) as proc:
         async with helpers.mcp_client(test_users.granted, shared_tmp / "no-broker.sock") as client:
+            tool = next(t for t in (await client.list_tools()).tools if t.name == "perf_fd_trace")
+            props = tool.input_schema["properties"]
+            assert [props[k]["default"] for k in ("duration_s", "interval_s", "include_fd_list", "max_fds_listed")] \
+                == [30.0, 5.0, False, 100]
+            assert tool.input_schema["required"] == ["pid"]
             result = await client.call_tool("perf_fd_trace", {"pid": proc.pid, "duration_s": 6, "interval_s": 2,
                                                               "include_fd_list": True, "max_fds_listed": 10},
                                             progress_callback=on_progress)
@@ -71,6 +77,7 @@ async def test_leak_of_the_users_own_process_read_locally(
     assert len(data["fd_list"]) == 10 and data["fd_list_truncated"] is True
     assert all(e["new"] and e["type"] == "file" and "/fds/leak-" in e["target"] for e in data["fd_list"])
     assert envelope(result)["truncated"] is True
+    jsonschema.validate(envelope(result), tool.output_schema)
     assert [round(v) for v, _, _ in progress] == [0, 2, 4, 6] and all(t == 6 for _, t, _ in progress)
     assert progress[-1][2].startswith("sample 4/4: ")
     print(f"\nlocal leak: {data['growth']['slope_per_s']:.2f} fds/s measured (leaker opens {LEAK_RATE:g}/s), "
@@ -118,8 +125,9 @@ async def test_quiet_control_steady_process_is_not_a_leak(
     with steady(shared_tmp, test_users.granted) as proc:
         async with helpers.mcp_client(test_users.granted, shared_tmp / "no-broker.sock") as client:
             data = ok_data(await client.call_tool("perf_fd_trace", {"pid": proc.pid, "duration_s": 6,
-                                                                    "interval_s": 2}))
+                                                                    "interval_s": 2, "include_fd_list": True}))
     assert data["verdict"] == "stable", data["verdict_reason"]
+    assert any(e["target"].endswith("/held-\\xff\\xfe") for e in data["fd_list"])  # bytes that are not UTF-8
     assert [f for f in data["findings"] if f["severity"] in ("warning", "critical")] == []
     assert all(12 <= s["total"] <= 16 for s in data["samples"]), data["samples"]
     print(f"\nsteady control: totals {[s['total'] for s in data['samples']]}, verdict {data['verdict']}")

@@ -33,7 +33,7 @@ from ..procfs import (
     parse_cgroup_v2_memory_events,
     parse_pressure,
 )
-from ..procfs._text import parse_flat_keyed, single_value_text, to_int
+from ..procfs._text import as_text, parse_flat_keyed, single_value_text, to_int
 
 Files = Mapping[str, bytes]
 T = TypeVar("T")
@@ -159,7 +159,7 @@ class _Ctx:
 
 def parse_cpu_max(data: bytes | str, what: str = "cpu.max") -> tuple[int | None, int]:
     """v2 cpu.max: "$MAX $PERIOD" with "max" for no limit -> (quota_us or None, period_us)."""
-    text = data.decode() if isinstance(data, bytes) else data
+    text = as_text(data)
     if not text.endswith("\n"):
         raise ParseError(what, "empty or truncated (no final newline)")
     tokens = text.split()

@@ -19,7 +19,7 @@ from ..broker_client import BrokerClient
 from ..errors import ErrorCode, ToolError
 from ..procfs import ParseError, PidStatus, parse_pid_limits, parse_pid_status
 from ..procfs.sampler import read_file
-from .parse import FdTable, parse_fd_table
+from .parse import FdTable, parse_fd_table, printable
 
 BROKER_TIMEOUT_S = 30.0
 
@@ -49,7 +49,7 @@ def read_local(pid: int, proc_root: str = "/proc") -> FdTable:
     fds: dict[int, str] = {}
     for name in names:
         try:
-            fds[int(name)] = os.readlink(f"{base}/fd/{name}")
+            fds[int(name)] = printable(os.readlink(f"{base}/fd/{name}"))
         except OSError as exc:
             if _gone(exc):
                 continue  # closed between listdir and readlink

@@ -44,6 +44,12 @@ FD_TYPES = ("file", "socket", "pipe", "eventfd", "epoll", "timerfd", "signalfd",
             "tty", "deleted_file", "anon_inode", "other")
 
 
+def printable(target: str) -> str:
+    """A target that JSON can carry: bytes that are not UTF-8 (which os.readlink
+    returns as surrogate escapes) become \\xNN."""
+    return target.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def classify_target(target: str) -> str:
     """The type of an fd from its readlink target."""
     if target.startswith("anon_inode:"):
@@ -99,7 +105,7 @@ def parse_fd_lines(text: str, warnings: list[str]) -> dict[int, str]:
 def parse_fd_table(stdout: bytes) -> FdTable:
     """The broker's fd_table output. ParseError when the frame is not there
     (no "limits" header or no "fds" line)."""
-    text = stdout.decode("utf-8", "surrogateescape")
+    text = stdout.decode("utf-8", "backslashreplace")
     if not text.startswith("limits\n"):
         raise ParseError("fd_table", "does not start with a 'limits' line")
     body = text[len("limits\n"):]
