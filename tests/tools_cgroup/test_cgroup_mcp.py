@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
 import helpers
@@ -49,6 +50,7 @@ async def test_schema_by_pid_and_by_path(test_users: helpers.TestUsers, shared_t
         assert mem["directory"] == "/sys/fs/cgroup/memory" + ("" if memory_path == "/" else memory_path)
         assert data["cpu"] is not None and data["memory"] is not None and data["psi_cgroup"] == "/"
         assert result.content[0].text.startswith(f"cgroup summary of pid {os.getpid()}")
+        jsonschema.validate(env, tool.output_schema)
 
         root = envelope(await client.call_tool("perf_cgroup_summary", {"cgroup_path": "/"}))["data"]
         assert root["target"] == "cgroup /" and root["not_found_in"] == []

@@ -22,7 +22,7 @@ from msgspec import Meta
 from ..contract import Finding
 from ..errors import ErrorCode, ToolError
 from ..net import analysis
-from ..net.collect import NetSample, read_addresses, socket_owners, take_sample
+from ..net.collect import NetSample, SocketOwner, read_addresses, socket_owners, take_sample
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..use.config import load_thresholds
 
@@ -85,7 +85,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     await ctx.report_progress(0.0, SAMPLE_INTERVAL_S, "first sample taken")
     await trio.sleep(SAMPLE_INTERVAL_S)
     second = await _sample(p.include_tcp_details)
-    owners: dict[int, analysis.SocketOwner] = {}
+    owners: dict[int, SocketOwner] = {}
     complete = True
     if first.sockets is not None and second.sockets is not None:
         inodes = analysis.sockets_to_attribute(first.sockets, second.sockets)
