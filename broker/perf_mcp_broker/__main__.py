@@ -23,7 +23,7 @@ from . import __version__, integrity
 from .authz import Authorizer
 from .hardening import harden
 from .jobs import resolve_programs
-from .server import MAX_CONNECTIONS, Broker
+from .server import Broker
 
 log = logging.getLogger("perf_mcp_broker")
 SD_LISTEN_FDS_START = 3
@@ -101,12 +101,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _idle(broker: Broker) -> bool:
-    # serve_listener holds one slot of the connection semaphore while it waits in
-    # accept(); every connection being served holds one more.
-    return broker._connections.value >= MAX_CONNECTIONS - 1
-
-
 async def _exit_when_idle(broker: Broker, seconds: float, scope: trio.CancelScope) -> None:
     """Cancel scope after `seconds` without a connection. A client connecting meanwhile
     waits in the listen backlog of systemd's socket, which starts the broker again."""
@@ -114,7 +108,7 @@ async def _exit_when_idle(broker: Broker, seconds: float, scope: trio.CancelScop
     idle_since = trio.current_time()
     while True:
         await trio.sleep(tick)
-        if not _idle(broker):
+        if not broker.idle:
             idle_since = trio.current_time()
         elif trio.current_time() - idle_since >= seconds:
             log.info("no connection for %.0f s: exiting (idle)", seconds)

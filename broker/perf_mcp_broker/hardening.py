@@ -32,11 +32,21 @@ KEEP = {
 }
 
 
+def _bounding_set_extras(keep: list[int]) -> list[str]:
+    """Names of capabilities still in the bounding set that we do not keep."""
+    kept_names = {name for name in prctl.ALL_CAP_NAMES if getattr(prctl, "CAP_" + name.upper()) in keep}
+    return [name for name in prctl.ALL_CAP_NAMES if name not in kept_names and getattr(prctl.capbset, name, False)]
+
+
 def harden() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     prctl.set_dumpable(False)
     keep = list(KEEP.values())
-    prctl.capbset.limit(*keep)  # needs CAP_SETPCAP, so before the sets below
+    # Dropping from the bounding set needs CAP_SETPCAP; under a unit whose
+    # CapabilityBoundingSet is already this small there is nothing left to drop,
+    # so CAP_SETPCAP need not be granted at all.
+    if _bounding_set_extras(keep):
+        prctl.capbset.limit(*keep)
     prctl.cap_effective.limit(*keep)  # effective must stay within permitted
     prctl.cap_permitted.limit(*keep)
     prctl.cap_inheritable.limit()

@@ -107,6 +107,11 @@ class Broker:
         self._ids = itertools.count(1)
         self._connections = trio.Semaphore(MAX_CONNECTIONS)
 
+    @property
+    def idle(self) -> bool:
+        """No connection is being served (serve_listener's own waiting slot aside)."""
+        return self._connections.value >= MAX_CONNECTIONS - 1
+
     def hello(self) -> BrokerHello:
         return BrokerHello(
             protocol_version=limits.PROTOCOL_VERSION,

@@ -35,7 +35,6 @@ JUSTIFIED = {
     "CapabilityBoundingSet_CAP_IPC_LOCK": "perf ring buffers above the memlock limit",
     "CapabilityBoundingSet_CAP_SYS_NICE_RESOURCE": "CAP_SYS_RESOURCE: BPF memlock and perf buffers",
     "CapabilityBoundingSet_CAP_KILL": "stopping a job's process group",
-    "CapabilityBoundingSet_CAP_SET_UID_GID_PCAP": "CAP_SETPCAP only, which the broker needs to cut its bounding set and then drops",
     "ProtectKernelLogs": "would remove CAP_SYSLOG",
     "ProtectKernelTunables": "it hides /proc/kallsyms and perf then records no kernel frames; the unit makes "
                              "the same paths read-only with ReadOnlyPaths= instead",
@@ -110,10 +109,10 @@ def test_dropping_a_protection_is_an_exposure(units: tuple[Path, Path], tmp_path
 
 def test_unit_keeps_what_perf_and_bpf_need() -> None:
     s = pkg_util.service_directives()
-    # The bounding set is hardening.py's list plus CAP_SETPCAP (needed once, to drop the rest).
+    # The bounding set is exactly hardening.py's list: no CAP_SETPCAP, nothing left to drop.
     from perf_mcp_broker.hardening import KEEP
 
-    assert set(pkg_util.bounding_set()) == set(KEEP) | {"setpcap"}
+    assert set(pkg_util.bounding_set()) == set(KEEP)
     assert s["ProtectHome"] == ["read-only"]  # not "yes": perf reads binaries in /home
     assert "ProtectKernelLogs" not in s  # it would remove CAP_SYSLOG
     assert "ProtectKernelTunables" not in s  # it hides /proc/kallsyms
