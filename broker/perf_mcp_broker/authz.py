@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass
 
 import trio
-from jeepney import DBusAddress, MessageType, new_method_call
+from jeepney import DBusAddress, HeaderFields, MessageType, new_method_call
 from jeepney.io.trio import open_dbus_router
 
 from perf_mcp_protocol import JobClass, limits
@@ -59,7 +59,9 @@ async def polkit_check(peer: Peer, action_id: str, interactive: bool) -> Decisio
     except (OSError, ConnectionError, ValueError) as exc:
         return Decision(False, f"polkit unavailable ({exc.__class__.__name__}: {exc})")
     if reply.header.message_type == MessageType.error:
-        return Decision(False, f"polkit error: {reply.header.fields} {reply.body!r}"[:300])
+        name = reply.header.fields.get(HeaderFields.error_name, "unknown error")
+        text = reply.body[0] if reply.body and isinstance(reply.body[0], str) else ""
+        return Decision(False, f"polkit error {name}: {text}"[:300])
     is_authorized, is_challenge, _details = reply.body[0]
     if is_authorized:
         return Decision(True, "granted by polkit")
