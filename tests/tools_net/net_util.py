@@ -104,9 +104,11 @@ def add_loss(pair: NsPair, percent: int) -> None:
 
 
 @contextmanager
-def iperf3(pair: NsPair, seconds: int) -> Iterator[subprocess.Popen[bytes]]:
-    """iperf3 server in the receiver, client in the sender for `seconds`;
-    both stopped by PID afterwards. Yields the client."""
+def iperf3(pair: NsPair, seconds: int, bitrate: str = "1G") -> Iterator[subprocess.Popen[bytes]]:
+    """iperf3 server in the receiver, client in the sender for `seconds` at
+    most `bitrate` (so that the lossless control does not fill the veth
+    backlog and count drops of its own); both stopped by PID afterwards.
+    Yields the client."""
     iperf = need("iperf3")
     server = subprocess.Popen(in_ns(pair.receiver, [iperf, "-s", "-1", "-B", RECEIVER_IP, "-p", str(IPERF_PORT)]),
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -116,7 +118,7 @@ def iperf3(pair: NsPair, seconds: int) -> Iterator[subprocess.Popen[bytes]]:
         listening = helpers.wait_until(lambda: _listening(pair.receiver), 10.0)
         assert listening, "iperf3 server did not listen"
         client = subprocess.Popen(
-            in_ns(pair.sender, [iperf, "-c", RECEIVER_IP, "-p", str(IPERF_PORT), "-t", str(seconds)]),
+            in_ns(pair.sender, [iperf, "-c", RECEIVER_IP, "-p", str(IPERF_PORT), "-t", str(seconds), "-b", bitrate]),
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
             start_new_session=True)
         yield client
