@@ -1,11 +1,13 @@
 """perf_snapshot: the whole machine at a glance, from the background sampler.
 
-count = 1: answers at once from the sampler's ring with rates over 1 s, 10 s
-and 60 s (and over interval_s when that is another length); each window says
-its actual length, which is shorter than asked while the server is younger
-than the window. interval_s below the sampler's 1 s is measured directly
-(two reads interval_s apart). Right after start-up it waits for the ring's
-second sample (one interval).
+count = 1: answers at once from the sampler's ring: one fully detailed window
+of interval_s (per device, per interface, TCP, PSI, gauges), and compact trends
+over 1 s, 10 s and 60 s (CPU, run queue, faults, disk and network totals,
+retransmits, PSI), so a client sees direction without three full copies. Each
+window says its actual length, which is shorter than asked while the server
+is younger than the window. interval_s below the sampler's 1 s is measured
+directly (two reads interval_s apart). Right after start-up it waits for the
+ring's second sample (one interval).
 
 count > 1: a series of count intervals of interval_s each, read directly
 from procfs on its own schedule (the ring keeps its fixed 1 Hz), with a
@@ -35,9 +37,10 @@ import msgspec
 import trio
 from msgspec import Meta
 
-from ..procfs import SYSTEM_FILES, Sampler, SnapshotLike, SystemRates, system_rates
+from ..procfs import SYSTEM_FILES, Sampler, SampleView, SnapshotLike, SystemRates, system_rates
 from ..procfs.derive import CpuSplit, DiskRates, NetDevRates
 from ..registry import ToolContext, ToolOutput, ToolSpec
+from ..use.metrics import mean_run_queue
 from ._sampler_service import SAMPLER_SERVICE, system_sampler
 
 NAME = "perf_snapshot"
@@ -236,6 +239,37 @@ class Window(msgspec.Struct, kw_only=True):
     gauges: Gauges
 
 
+class Trend(msgspec.Struct, kw_only=True):
+    """The headline figures over one window of the ring."""
+
+    requested_s: float
+    interval_s: float  # actual length
+    cpu_busy: float | None
+    cpu_user: float | None
+    cpu_system: float | None
+    cpu_iowait: float | None
+    cpu_steal: float | None
+    run_queue_mean: float | None  # mean of procs_running - 1 over the window's samples
+    context_switches_s: float | None
+    interrupts_s: float | None
+    faults_s: float | None
+    major_faults_s: float | None
+    swap_pages_s: float | None  # in + out
+    disk_r_s: float
+    disk_w_s: float
+    disk_rkb_s: float
+    disk_wkb_s: float
+    busiest_disk: str | None
+    busiest_disk_util_pct: float | None
+    busiest_disk_aqu_sz: float | None
+    net_rxkb_s: float  # every interface but lo
+    net_txkb_s: float
+    net_drops_s: float  # every interface, rx + tx
+    tcp_retransmit_pct: float | None
+    psi_some_pct: dict[str, float | None] | None  # cpu, memory, io
+    psi_full_pct: dict[str, float | None] | None  # memory, io
+
+
 class SamplerInfo(msgspec.Struct, kw_only=True):
     interval_s: float
     samples: int
@@ -247,7 +281,8 @@ class SnapshotData(msgspec.Struct, kw_only=True):
     method: str
     cpus: int
     sampler: SamplerInfo | None
-    windows: list[Window]
+    windows: list[Window]  # count=1: the one detailed window of interval_s; count>1: the series
+    trends: list[Trend]  # count=1: over 1 s, 10 s and 60 s of the ring; count>1: empty
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -396,6 +431,38 @@ def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s
     )
 
 
+def build_trend(rates: SystemRates, requested_s: float, run_queue_mean: float | None, include_psi: bool,
+                whole_disks: frozenset[str]) -> Trend:
+    cpu, mem = rates.cpu, rates.memory
+    shown = shown_devices(rates.disks, whole_disks)
+    totals = disk_totals(shown, whole_disks)
+    busiest = rates.disks.get(totals.busiest_device) if totals.busiest_device else None
+    nets = [n for name, n in rates.interfaces.items() if name != "lo"]
+    drops = sum((n.rx_dropped_s or 0) + (n.tx_dropped_s or 0) for n in rates.interfaces.values())
+    swap = None
+    if mem is not None and mem.pswpin_s is not None and mem.pswpout_s is not None:
+        swap = mem.pswpin_s + mem.pswpout_s
+    some = full = None
+    if include_psi:
+        some = {k: _r(v.some_pct) for k, v in rates.pressure.items()}
+        full = {k: _r(v.full_pct) for k, v in rates.pressure.items() if k != "cpu"}
+    return Trend(
+        requested_s=requested_s, interval_s=round(rates.interval_s, 3),
+        cpu_busy=_r(cpu.busy) if cpu else None, cpu_user=_r(cpu.user) if cpu else None,
+        cpu_system=_r(cpu.system) if cpu else None, cpu_iowait=_r(cpu.iowait) if cpu else None,
+        cpu_steal=_r(cpu.steal) if cpu else None, run_queue_mean=_r(run_queue_mean),
+        context_switches_s=_r(rates.context_switches_s), interrupts_s=_r(rates.interrupts_s),
+        faults_s=_r(mem.faults_s) if mem else None, major_faults_s=_r(mem.major_faults_s) if mem else None,
+        swap_pages_s=_r(swap), disk_r_s=totals.r_s, disk_w_s=totals.w_s, disk_rkb_s=totals.rkb_s,
+        disk_wkb_s=totals.wkb_s, busiest_disk=totals.busiest_device, busiest_disk_util_pct=totals.busiest_util_pct,
+        busiest_disk_aqu_sz=_r(busiest.aqu_sz, 3) if busiest else None,
+        net_rxkb_s=round(sum(n.rx_bytes_s or 0 for n in nets) / KB, 2),
+        net_txkb_s=round(sum(n.tx_bytes_s or 0 for n in nets) / KB, 2), net_drops_s=round(drops, 2),
+        tcp_retransmit_pct=_r(rates.tcp.retransmit_pct, 3) if rates.tcp else None,
+        psi_some_pct=some, psi_full_pct=full,
+    )
+
+
 # ---------------------------------------------------------------- collection
 
 
@@ -408,11 +475,11 @@ def whole_disk_names() -> frozenset[str]:
         return frozenset()
 
 
-def _windows_wanted(interval_s: float) -> list[float]:
-    wanted = list(STANDARD_WINDOWS_S)
-    if interval_s not in wanted:
-        wanted.insert(0, interval_s)
-    return wanted
+def ring_run_queue(sampler: Sampler, rates: SystemRates) -> float | None:
+    """Mean run queue over the ring's samples inside a window (parses only /proc/stat)."""
+    samples = [s for s in sampler.samples() if s.t_wall >= rates.start_wall - 1e-6]
+    mean, _ = mean_run_queue(SampleView(s) for s in samples)
+    return mean
 
 
 async def direct_series(ctx: ToolContext, files: dict[str, str], interval_s: float, count: int,
@@ -442,6 +509,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     files = {name: path for name, path in sampler.watched.items() if name in SYSTEM_FILES}
     warnings: list[str] = []
     windows: list[Window] = []
+    trends: list[Trend] = []
     mode: Literal["windows", "series"]
     if p.count > 1:
         for rates, newer in await direct_series(ctx, files, p.interval_s, p.count):
@@ -449,28 +517,32 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
             warnings += rates.warnings
         mode, method = "series", f"procfs read every {p.interval_s:g} s, {p.count} intervals"
     else:
-        for requested in _windows_wanted(p.interval_s):
+        if p.interval_s < sampler.interval_s:
+            for rates, newer in await direct_series(ctx, files, p.interval_s, 1):
+                windows.append(build_window(rates, newer, p, p.interval_s, "direct", whole))
+                warnings += rates.warnings
+        for requested in dict.fromkeys((p.interval_s, *STANDARD_WINDOWS_S)):
             if requested < sampler.interval_s:
-                measured = await direct_series(ctx, files, requested, 1)
-                if measured:
-                    rates, newer = measured[0]
-                    windows.append(build_window(rates, newer, p, requested, "direct", whole))
-                    warnings += rates.warnings
                 continue
             ring_rates = sampler.rates(requested)
             latest = sampler.latest()
             if ring_rates is None or latest is None:
                 continue
-            windows.append(build_window(ring_rates, sampler.view(latest), p, requested, "ring", whole))
             warnings += ring_rates.warnings
             if ring_rates.interval_s < requested * 0.9:
                 warnings.append(f"the {requested:g} s window covers only {ring_rates.interval_s:.1f} s: the sampler "
                                 "has no older sample yet (it started with the server)")
+            if requested == p.interval_s:
+                windows.append(build_window(ring_rates, sampler.view(latest), p, requested, "ring", whole))
+            if requested in STANDARD_WINDOWS_S:
+                trends.append(build_trend(ring_rates, requested, ring_run_queue(sampler, ring_rates),
+                                          p.include_psi, whole))
         mode, method = "windows", f"background sampler ring ({sampler.interval_s:g} s ticks), rates between samples"
     samples = sampler.samples()
     info = SamplerInfo(interval_s=sampler.interval_s, samples=len(samples),
                        history_s=round(samples[-1].t_mono - samples[0].t_mono, 1) if samples else 0.0)
-    data = SnapshotData(mode=mode, method=method, cpus=os.cpu_count() or 1, sampler=info, windows=windows)
+    data = SnapshotData(mode=mode, method=method, cpus=os.cpu_count() or 1, sampler=info, windows=windows,
+                        trends=trends)
     return ToolOutput(data=data, summary=summarise(data), warnings=list(dict.fromkeys(warnings)))
 
 
@@ -511,9 +583,6 @@ def summarise(d: SnapshotData) -> str:
         return "\n".join(lines)
     w = d.windows[0]
     lines = [f"Snapshot over {w.interval_s:g} s: " + _window_headline(w, d.cpus)]
-    trend = [f"{x.interval_s:g} s: {x.cpu.busy:.0f}%" for x in d.windows[1:] if x.cpu is not None]
-    if trend:
-        lines.append("CPU busy over longer windows: " + ", ".join(trend))
     g = w.gauges
     lines.append(f"Tasks: {_f(g.procs_running, 0)} running, {_f(g.procs_blocked, 0)} blocked, "
                  f"{_f(w.context_switches_s, 0)} ctx switches/s, {_f(w.interrupts_s, 0)} interrupts/s, "
@@ -542,6 +611,13 @@ def summarise(d: SnapshotData) -> str:
         lines.append("PSI (share of the window stalled): " + ", ".join(
             f"{k} some {_f(v.some_pct)}%" + (f" full {_f(v.full_pct)}%" if v.full_pct is not None else "")
             for k, v in w.psi.items()))
+    for t in d.trends:
+        lines.append(f"Over {t.interval_s:g} s: CPU {_f(t.cpu_busy, 0)}% busy, run queue {_f(t.run_queue_mean)}, "
+                     f"{_f(t.major_faults_s)} major faults/s, disks {_f(t.disk_r_s, 0)} r/s {_f(t.disk_w_s, 0)} w/s "
+                     f"(busiest {t.busiest_disk or '-'} {_f(t.busiest_disk_util_pct, 0)}%), net rx {_f(t.net_rxkb_s)} "
+                     f"tx {_f(t.net_txkb_s)} kB/s, drops {_f(t.net_drops_s)}/s"
+                     + (f", PSI some cpu {_f(t.psi_some_pct.get('cpu'))}% mem {_f(t.psi_some_pct.get('memory'))}% "
+                        f"io {_f(t.psi_some_pct.get('io'))}%" if t.psi_some_pct else ""))
     return "\n".join(lines)
 
 
@@ -552,10 +628,11 @@ TOOL = ToolSpec(
         "Whole-machine counters at once, from a 1 Hz background sampler: CPU split (as mpstat), load, run queue, "
         "context switches and interrupts; memory available, swap, page faults; per-device IOPS, throughput, "
         "await, aqu-sz and %util (as iostat -x); per-interface packets, kB/s, errors and drops (as sar -n DEV); "
-        "TCP retransmit %, opens and resets; pressure stall information. count=1 answers immediately with rates "
-        "over 1 s, 10 s and 60 s windows (each with its actual length); count>1 returns a series of count "
-        "intervals of interval_s. Devices listed: those with I/O in the window and the whole disks (idle "
-        "partitions and idle loop devices are counted in devices_omitted). No privileges needed."
+        "TCP retransmit %, opens and resets; pressure stall information. count=1 answers immediately: one "
+        "detailed window of interval_s plus headline trends over 1 s, 10 s and 60 s (each with its actual "
+        "length); count>1 returns a series of count detailed intervals of interval_s. Devices listed: those with "
+        "I/O in the window and the whole disks (idle partitions and idle loop devices are counted in "
+        "devices_omitted). No privileges needed."
     ),
     params=Params,
     data=SnapshotData,
