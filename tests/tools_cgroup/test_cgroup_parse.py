@@ -179,7 +179,7 @@ def test_symlink_out_of_the_mount_is_not_followed(tmp_path: Path) -> None:
     assert [h.directory for h in inside.hierarchies] == [str(fake.cgroup)]
 
 
-def test_thresholds_table_rows_win_over_the_defaults_here() -> None:
-    table = analysis.with_cgroup_rows(THRESHOLDS)
-    assert table["cgroup.cpu_throttled_pct"].critical == 25.0
-    assert table["psi.some_avg10_pct"] is THRESHOLDS["psi.some_avg10_pct"]
+def test_cgroup_rows_live_in_the_one_thresholds_table() -> None:
+    assert THRESHOLDS["cgroup.cpu_throttled_pct"].critical == 25.0
+    assert THRESHOLDS["cgroup.memory_working_set_pct"].warning == 85.0
+    assert THRESHOLDS["process.fd_pct_of_soft_limit"].critical == 95.0

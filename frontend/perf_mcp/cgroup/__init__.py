@@ -8,13 +8,12 @@
 
 from __future__ import annotations
 
-from .analysis import CGROUP_THRESHOLDS, CgroupState, analyse, with_cgroup_rows
+from .analysis import CgroupState, analyse
 from .collect import Located, ProcessGone, locate, read_mounts, read_proc_cgroup, take_reading
 from .locate import BadCgroupPath, Hierarchy, hierarchies_for_path, hierarchies_for_process, normalise_cgroup_path
 from .parse import CgroupReading, parse_cpu_max, parse_reading
 
 __all__ = [
-    "CGROUP_THRESHOLDS",
     "BadCgroupPath",
     "CgroupReading",
     "CgroupState",
@@ -31,5 +30,4 @@ __all__ = [
     "read_mounts",
     "read_proc_cgroup",
     "take_reading",
-    "with_cgroup_rows",
 ]

@@ -28,24 +28,6 @@ from .parse import CgroupReading, CpuReading, IoReading, MemoryReading, PidsRead
 
 TOOL = "perf_cgroup_summary"
 
-CGROUP_THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold(key="cgroup.cpu_throttled_pct", group="cgroup", metric="CFS periods throttled", unit="%",
-              direction="above", warning=5.0, critical=25.0, source="perf-mcp (25%: kube-prometheus CPUThrottlingHigh)"),
-    Threshold(key="cgroup.memory_working_set_pct", group="cgroup", metric="working set of the memory limit",
-              unit="%", direction="above", warning=85.0, critical=95.0, source="perf-mcp"),
-    Threshold(key="cgroup.pids_pct", group="cgroup", metric="tasks of pids.max", unit="%", direction="above",
-              warning=80.0, critical=95.0, source="perf-mcp"),
-)
-
-
-def with_cgroup_rows(table: Thresholds) -> Thresholds:
-    """The table with the cgroup rows it lacks (rows it has, overridden or not, win)."""
-    rows = dict(table.rows)
-    for row in CGROUP_THRESHOLDS:
-        rows.setdefault(row.key, row)
-    return msgspec.structs.replace(table, rows=rows)
-
-
 class CpuReport(msgspec.Struct, kw_only=True):
     usage_cores: float | None  # over the window
     usage_pct_of_quota: float | None
@@ -412,7 +394,6 @@ def psi_findings(psi: dict[str, PsiReport], table: Thresholds, v2_path: str | No
 def analyse(a: CgroupReading, b: CgroupReading, interval_s: float, table: Thresholds, *,
             v1_files: bool, v2_path: str | None) -> CgroupState:
     warnings: list[str] = list(b.warnings)
-    table = with_cgroup_rows(table)
     cpu = cpu_report(a.cpu, b.cpu, interval_s, warnings)
     memory = memory_report(a.memory, b.memory, warnings)
     io = io_report(a.io, b.io, interval_s, warnings)

@@ -23,25 +23,12 @@ from typing import Literal
 import msgspec
 
 from ..contract import Evidence, Finding, sort_findings
-from ..use.thresholds import Threshold, Thresholds
+from ..use.thresholds import Thresholds
 from .parse import FdTable, classify_target, count_by_type
 
 TOOL = "perf_fd_trace"
 Verdict = Literal["leak", "possible_leak", "stable", "decreasing", "insufficient_data"]
 LEAK_CRITICAL_ETA_S = 600.0  # a leak that reaches the soft limit within 10 minutes is critical
-
-FD_THRESHOLDS: tuple[Threshold, ...] = (
-    Threshold(key="process.fd_pct_of_soft_limit", group="process", metric="open fds of the soft limit (RLIMIT_NOFILE)",
-              unit="%", direction="above", warning=80.0, critical=95.0, source="perf-mcp"),
-)
-
-
-def with_fd_rows(table: Thresholds) -> Thresholds:
-    rows = dict(table.rows)
-    for row in FD_THRESHOLDS:
-        rows.setdefault(row.key, row)
-    return msgspec.structs.replace(table, rows=rows)
-
 
 class FdSample(msgspec.Struct, kw_only=True):
     t_s: float  # seconds since the first sample
@@ -190,7 +177,6 @@ def sample_of(table: FdTable, t_s: float) -> FdSample:
 
 def findings(samples: list[FdSample], g: Growth, v: LeakVerdict, soft: int | None, eta_s: float | None,
              table: Thresholds, pid: int, interval_s: float, source: str) -> list[Finding]:
-    table = with_fd_rows(table)
     out: list[Finding] = []
     current = samples[-1].total
     window = samples[-1].t_s

@@ -94,6 +94,15 @@ THRESHOLDS: tuple[Threshold, ...] = (
               direction="above", warning=10.0, critical=25.0),
     Threshold(key="psi.full_avg10_pct", group="psi", metric="PSI full (share of time stalled)", unit="%",
               direction="above", warning=5.0, critical=15.0),
+    # Rows DESIGN.md does not give, chosen by perf-mcp (the source says why).
+    Threshold(key="cgroup.cpu_throttled_pct", group="cgroup", metric="CFS periods throttled", unit="%",
+              direction="above", warning=5.0, critical=25.0, source="perf-mcp (25%: kube-prometheus CPUThrottlingHigh)"),
+    Threshold(key="cgroup.memory_working_set_pct", group="cgroup", metric="working set of the memory limit",
+              unit="%", direction="above", warning=85.0, critical=95.0, source="perf-mcp"),
+    Threshold(key="cgroup.pids_pct", group="cgroup", metric="tasks of pids.max", unit="%", direction="above",
+              warning=80.0, critical=95.0, source="perf-mcp"),
+    Threshold(key="process.fd_pct_of_soft_limit", group="process", metric="open fds of the soft limit (RLIMIT_NOFILE)",
+              unit="%", direction="above", warning=80.0, critical=95.0, source="perf-mcp"),
 )
 
 
