@@ -580,3 +580,20 @@ def start_busy(exe: Path, user: str | UnixUser | None = None, max_seconds: int =
     else:
         proc = spawn_as(user, argv, start_new_session=True)
     return BusyProcess(proc, exe)
+
+
+# --------------------------------------------------------------------------- MCP results
+
+
+def envelope(result: Any) -> dict[str, Any]:
+    """The structuredContent envelope of a CallToolResult."""
+    sc = result.structured_content
+    assert isinstance(sc, dict), result
+    return sc
+
+
+def ok_data(result: Any) -> dict[str, Any]:
+    """The data of a successful tool result (fails the test, showing the error, otherwise)."""
+    env = envelope(result)
+    assert result.is_error is False and env["success"] is True, env.get("error")
+    return env["data"]  # type: ignore[no-any-return]

@@ -1,12 +1,7 @@
-"""Small helpers for the frontend tests."""
+"""Small helpers for the frontend tests (the result helpers live in tests/helpers.py)."""
 
 from __future__ import annotations
 
-from typing import Any
+from helpers import envelope, ok_data
 
-
-def envelope(result: Any) -> dict[str, Any]:
-    """The structuredContent envelope of a CallToolResult."""
-    sc = result.structured_content
-    assert isinstance(sc, dict), result
-    return sc
+__all__ = ["envelope", "ok_data"]

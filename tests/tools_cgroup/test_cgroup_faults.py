@@ -23,21 +23,12 @@ import pytest
 import trio
 
 import helpers
+from helpers import envelope, ok_data  # noqa: F401  (re-exported)
 from cg_util import v1_cgroup
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
-def envelope(result: Any) -> dict[str, Any]:
-    sc = result.structured_content
-    assert isinstance(sc, dict), result
-    return sc
-
-
-def ok_data(result: Any) -> dict[str, Any]:
-    env = envelope(result)
-    assert result.is_error is False and env["success"] is True, env.get("error")
-    return env["data"]  # type: ignore[no-any-return]
 
 
 def by_id(data: dict[str, Any]) -> dict[str, dict[str, Any]]:

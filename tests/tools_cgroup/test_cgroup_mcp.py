@@ -13,14 +13,10 @@ import jsonschema
 import pytest
 
 import helpers
+from helpers import envelope  # noqa: F401  (re-exported)
 
 pytestmark = pytest.mark.root
 
-
-def envelope(result: Any) -> dict[str, Any]:
-    sc = result.structured_content
-    assert isinstance(sc, dict), result
-    return sc
 
 
 def dead_pid() -> int:

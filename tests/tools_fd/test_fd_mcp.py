@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import helpers
+from helpers import envelope, ok_data  # noqa: F401  (re-exported)
 from fd_util import leaker, steady
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -22,16 +23,6 @@ pytestmark = [pytest.mark.root, pytest.mark.slow]
 LEAK_RATE = 10.0  # files opened per second by the leaker
 
 
-def envelope(result: Any) -> dict[str, Any]:
-    sc = result.structured_content
-    assert isinstance(sc, dict), result
-    return sc
-
-
-def ok_data(result: Any) -> dict[str, Any]:
-    env = envelope(result)
-    assert result.is_error is False and env["success"] is True, env.get("error")
-    return env["data"]  # type: ignore[no-any-return]
 
 
 def check_leak(data: dict[str, Any], pid: int, user: helpers.UnixUser) -> dict[str, Any]:

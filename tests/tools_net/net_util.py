@@ -26,6 +26,7 @@ from typing import IO, Any
 import pytest
 
 import helpers
+from helpers import envelope, ok_data  # noqa: F401  (re-exported)
 
 IP = "/usr/sbin/ip"
 SENDER_IP = "10.213.0.1"
@@ -173,16 +174,6 @@ async def mcp_client_in_ns(ns: str, user: str | helpers.UnixUser, socket_path: s
             sys.stderr.write(f"--- perf-mcp stderr (netns {ns}) ---\n{text}")
 
 
-def envelope(result: Any) -> dict[str, Any]:
-    sc = result.structured_content
-    assert isinstance(sc, dict), result
-    return sc
-
-
-def ok_data(result: Any) -> dict[str, Any]:
-    env = envelope(result)
-    assert result.is_error is False and env["success"] is True, env.get("error")
-    return env["data"]  # type: ignore[no-any-return]
 
 
 def counter(data: dict[str, Any], name: str) -> dict[str, Any]:

@@ -22,6 +22,8 @@ from typing import Any
 
 import pytest
 
+from helpers import envelope, ok_data  # noqa: F401  (re-exported)
+
 
 def need(program: str) -> str:
     path = shutil.which(program)
@@ -30,16 +32,6 @@ def need(program: str) -> str:
     return path
 
 
-def envelope(result: Any) -> dict[str, Any]:
-    sc = result.structured_content
-    assert isinstance(sc, dict), result
-    return sc
-
-
-def ok_data(result: Any) -> dict[str, Any]:
-    env = envelope(result)
-    assert result.is_error is False and env["success"] is True, env.get("error")
-    return env["data"]  # type: ignore[no-any-return]
 
 
 def stop_group(proc: subprocess.Popen[Any], timeout: float = 5.0) -> None:
