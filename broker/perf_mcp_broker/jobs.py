@@ -115,7 +115,7 @@ def read_fd_table(req: FdTable, cap: int) -> StepResult:
         out += f.read(64 * 1024)
     out += b"fds\n"
     truncated = False
-    for name in sorted(os.listdir(f"{base}/fd"), key=lambda n: int(n) if n.isdigit() else -1):
+    for name in sorted(os.listdir(f"{base}/fd"), key=lambda n: int(n) if n.isdecimal() else -1):
         try:
             target = os.readlink(f"{base}/fd/{name}")
         except FileNotFoundError:

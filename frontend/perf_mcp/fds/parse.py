@@ -92,7 +92,7 @@ def parse_fd_lines(text: str, warnings: list[str]) -> dict[int, str]:
     last: int | None = None
     for line in text.split("\n"):
         number, tab, target = line.partition("\t")
-        if tab and number.isdigit():
+        if tab and number.isdecimal():
             last = int(number)
             fds[last] = target
         elif last is not None and line:

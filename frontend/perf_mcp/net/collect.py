@@ -197,7 +197,7 @@ def socket_owners(inodes: Iterable[int], max_links: int = MAX_OWNER_LINKS) -> tu
     if not wanted:
         return owners, True
     for pid in os.listdir("/proc"):
-        if not pid.isdigit():
+        if not pid.isdecimal():
             continue
         try:
             names = os.listdir(f"/proc/{pid}/fd")

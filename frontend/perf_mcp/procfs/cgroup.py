@@ -206,7 +206,7 @@ def parse_cgroup_v2_io_stat(data: Raw) -> CgroupIoStat:
         values: dict[str, int] = {}
         for token in tokens[1:]:
             key, sep, value = token.partition("=")
-            if sep and value.lstrip("-").isdigit():
+            if sep and value.lstrip("-").isdecimal():
                 values[key] = int(value)
         keys = ("rbytes", "wbytes", "rios", "wios", "dbytes", "dios")
         devices[f"{major}:{minor}"] = CgroupIoDevice(
@@ -282,7 +282,7 @@ def parse_proc_cgroup(data: Raw) -> ProcCgroup:
         if not line.strip():
             continue
         parts = line.split(":", 2)
-        if len(parts) != 3 or not parts[0].isdigit() or not parts[2].startswith("/"):
+        if len(parts) != 3 or not parts[0].isdecimal() or not parts[2].startswith("/"):
             warnings.append(line_warning("/proc/PID/cgroup", lineno, line, "expected ID:controllers:/path"))
             continue
         controllers = tuple(c for c in parts[1].split(",") if c)

@@ -178,7 +178,7 @@ def _cpuinfo_blocks(lines: list[str], warnings: list[str]) -> list[dict[str, str
 
 def _opt_int(block: dict[str, str], key: str) -> int | None:
     value = block.get(key)
-    return int(value) if value is not None and value.isdigit() else None
+    return int(value) if value is not None and value.isdecimal() else None
 
 
 def _opt_float(block: dict[str, str], key: str) -> float | None:

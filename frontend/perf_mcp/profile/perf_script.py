@@ -109,10 +109,10 @@ def parse_header(line: str) -> str | None:
         comm, (pidtid, period) = "", parts
     else:
         return None
-    if "/" not in pidtid or not period.isdigit():
+    if "/" not in pidtid or not period.isdecimal():
         return None
     pid, _, tid = pidtid.partition("/")
-    if not (pid.isdigit() or pid == "-1") or not (tid.isdigit() or tid == "-1"):
+    if not (pid.isdecimal() or pid == "-1") or not (tid.isdecimal() or tid == "-1"):
         return None
     return comm.replace(";", ":").strip()
 
@@ -191,6 +191,6 @@ def parse_folded(text: str) -> dict[str, int]:
     out: dict[str, int] = {}
     for line in text.splitlines():
         stack, sep, count = line.rpartition(" ")
-        if sep and count.isdigit():
+        if sep and count.isdecimal():
             out[stack] = out.get(stack, 0) + int(count)
     return out

@@ -58,7 +58,7 @@ def parse_cpu_list(text: str) -> list[int]:
     out: list[int] = []
     for part in text.strip().split(","):
         lo, sep, hi = part.partition("-")
-        if not lo.strip().isdigit() or (sep and not hi.strip().isdigit()):
+        if not lo.strip().isdecimal() or (sep and not hi.strip().isdecimal()):
             continue
         a = int(lo)
         b = int(hi) if sep else a
@@ -77,7 +77,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
     for line in text.splitlines():
         key, sep, rest = line.partition(":")
         parts = rest.split()
-        if not sep or not parts or not parts[0].isdigit():
+        if not sep or not parts or not parts[0].isdecimal():
             continue
         value = int(parts[0])
         if len(parts) > 1 and parts[1] == "kB":
