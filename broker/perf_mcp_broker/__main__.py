@@ -22,7 +22,7 @@ from perf_mcp_protocol import limits
 from . import __version__, integrity
 from .authz import Authorizer
 from .hardening import harden
-from .jobs import resolve_programs
+from .jobs import PROGRAM_PATHS, cache_bpftrace_info, resolve_programs
 from .server import Broker
 
 log = logging.getLogger("perf_mcp_broker")
@@ -65,14 +65,16 @@ def _workroot() -> str:
     return path
 
 
-def make_broker(output_cap: int, trusted_uids: frozenset[int] = frozenset()) -> Broker:
+def make_broker(output_cap: int, trusted_uids: frozenset[int] = frozenset(), disabled: list[str] | None = None) -> Broker:
     programs, missing = resolve_programs()
+    cache_bpftrace_info({k: v for k, v in programs.items() if k not in (disabled or ())})
     return Broker(
         programs=programs,
         missing=missing,
         workroot=_workroot(),
         output_cap=output_cap,
         authorizer=Authorizer(trusted_uids),
+        disabled=disabled,
     )
 
 
@@ -91,6 +93,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=float,
         metavar="SECONDS",
         help="exit after this many seconds without a connection (systemd starts the broker again on the next one)",
+    )
+    p.add_argument(
+        "--disable",
+        action="append",
+        default=[],
+        metavar="PROGRAM",
+        choices=sorted(PROGRAM_PATHS),
+        help="never run this program (repeatable); tools then take the next rung of their ladder",
     )
     p.add_argument("--version", action="version", version=f"perf-mcp-broker {__version__}")
     args = p.parse_args(argv)
@@ -152,7 +162,9 @@ def main(argv: list[str] | None = None) -> int:
             log.error("no --socket given and no socket passed by systemd")
             return 2
         sock = _bind_socket(args.socket)
-    broker = make_broker(args.output_cap)
+    broker = make_broker(args.output_cap, disabled=args.disable)
+    if broker.disabled:
+        log.info("disabled by the administrator: %s", ", ".join(broker.disabled))
     if broker.missing:
         log.warning("programs not found: %s", ", ".join(broker.missing))
     harden()

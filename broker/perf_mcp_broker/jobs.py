@@ -15,7 +15,18 @@ from dataclasses import dataclass
 
 import time
 
-from perf_mcp_protocol import CpuProfile, FdTable, StepResult, ToolFeatures, limits
+from perf_mcp_protocol import (
+    Backend,
+    CpuProfile,
+    ExecTrace,
+    FdTable,
+    OffcpuProfile,
+    RunqLatency,
+    StepResult,
+    SyscallCount,
+    ToolFeatures,
+    limits,
+)
 
 # Where each program may live; the first existing, root-owned path wins at start-up.
 PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
@@ -29,7 +40,16 @@ PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
     "opensnoop": ("/usr/sbin/opensnoop",),
     "tcplife": ("/usr/sbin/tcplife",),
     "gethostlatency": ("/usr/sbin/gethostlatency",),
+    "exitsnoop": ("/usr/sbin/exitsnoop",),
 }
+
+# The broker's own bpftrace scripts: shipped files next to this module, root-owned
+# and covered by the start-up integrity check. A builder picks one by name from
+# this fixed set; the client only ever chooses a Backend.
+SCRIPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpftrace")
+SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "execsnoop"})
+# bpftrace needs time to compile and attach before its interval timer starts.
+BPFTRACE_START_S = 15.0
 
 
 @dataclass(frozen=True)
@@ -46,6 +66,7 @@ class Step:
     argv: tuple[str, ...]
     deadline_s: float
     stop_after_s: float | None = None
+    stage: int = 0  # steps of the same stage run side by side; stages run in order
 
 
 def resolve_programs(paths: dict[str, tuple[str, ...]] = PROGRAM_PATHS) -> tuple[dict[str, str], list[str]]:
@@ -75,7 +96,31 @@ def _program(programs: dict[str, str], name: str) -> str:
         raise ProgramMissing(name) from None
 
 
+def _script(programs: dict[str, str], name: str, *params: int) -> tuple[str, ...]:
+    """bpftrace on one shipped script with integer positional parameters, JSON output."""
+    assert name in SCRIPTS
+    return (_program(programs, "bpftrace"), "-f", "json", os.path.join(SCRIPT_DIR, f"{name}.bt"),
+            *(str(int(p)) for p in params))
+
+
+def _opt_pid(pid: int | None) -> list[str]:
+    return ["-p", str(int(pid))] if pid is not None else []
+
+
+def _traced(name: str, argv, duration: float, *, stop: bool = False, stage: int = 0) -> Step:
+    """A tracing step ends on its own at its duration; stop=True for programs that
+    run until SIGINT (execsnoop). The deadline covers BPF compile and attach."""
+    return Step(name, tuple(argv), deadline_s=duration + BPFTRACE_START_S + limits.JOB_GRACE_S,
+                stop_after_s=duration if stop else None, stage=stage)
+
+
 def build_cpu_profile(req: CpuProfile, programs: dict[str, str], workdir: str) -> list[Step]:
+    if req.backend is Backend.BPFTRACE:
+        argv = _script(programs, "profile", req.frequency_hz, int(req.duration_s), req.pid or 0,
+                       int(req.include_kernel))
+        return [_traced("profile", argv, float(req.duration_s))]
+    if req.backend is not Backend.PERF:
+        raise Unsupported(req.backend)
     perf = _program(programs, "perf")
     data = os.path.join(workdir, "perf.data")
     event = "cpu-clock" if req.include_kernel else "cpu-clock:u"
@@ -90,16 +135,109 @@ def build_cpu_profile(req: CpuProfile, programs: dict[str, str], workdir: str) -
     ]
 
 
-def build_tool_features(req: ToolFeatures, programs: dict[str, str], workdir: str) -> list[Step]:
-    return [Step("bpftrace_info", (_program(programs, "bpftrace"), "--info"), deadline_s=30.0)]
+class Unsupported(Exception):
+    """The request's backend is not a rung of this job kind."""
+
+
+def build_offcpu_profile(req: OffcpuProfile, programs: dict[str, str], workdir: str) -> list[Step]:
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        argv = [_program(programs, "offcputime"), *_opt_pid(req.pid), "-m", str(int(req.min_block_us)), str(d)]
+        return [_traced("offcputime", argv, d)]
+    if req.backend is Backend.BPFTRACE:
+        return [_traced("offcpu", _script(programs, "offcpu", d, req.pid or 0, req.min_block_us), d)]
+    if req.backend is Backend.PERF:
+        perf = _program(programs, "perf")
+        data = os.path.join(workdir, "perf.data")
+        record = [perf, "sched", "record", "-g", "-o", data, *(_opt_pid(req.pid) or ["-a"])]
+        timehist = [perf, "sched", "timehist", "-i", data, "-g", "--state", "-w"]
+        return [
+            Step("record", tuple(record), deadline_s=d + limits.JOB_GRACE_S, stop_after_s=float(d)),
+            Step("timehist", tuple(timehist), deadline_s=60.0 + 4 * d, stage=1),
+        ]
+    raise Unsupported(req.backend)
+
+
+def build_runq_latency(req: RunqLatency, programs: dict[str, str], workdir: str) -> list[Step]:
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        argv = [_program(programs, "runqlat"), *_opt_pid(req.pid), *(["-P"] if req.per_pid else []), str(d), "1"]
+        return [_traced("runqlat", argv, d)]
+    if req.backend is Backend.BPFTRACE:
+        argv = _script(programs, "runqlat", d, req.pid or 0, int(req.per_cpu), int(req.per_pid))
+        return [_traced("runqlat", argv, d)]
+    raise Unsupported(req.backend)
+
+
+def build_syscall_count(req: SyscallCount, programs: dict[str, str], workdir: str) -> list[Step]:
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        syscount = _program(programs, "syscount")
+        common = ["-d", str(d), "-T", str(int(req.top_n)), *_opt_pid(req.pid), *(["-P"] if req.per_process else [])]
+        steps = [_traced("syscount", [syscount, *common, *(["-L"] if req.latency else [])], d)]
+        if req.errors:  # failed calls per syscall, side by side with the counts
+            steps.append(_traced("syscount_failures", [syscount, *common, "-x"], d))
+        return steps
+    if req.backend is Backend.BPFTRACE:
+        argv = _script(programs, "syscount", d, req.pid or 0, int(req.latency), int(req.per_process),
+                       int(req.errors))
+        return [_traced("syscount", argv, d)]
+    raise Unsupported(req.backend)
+
+
+def build_exec_trace(req: ExecTrace, programs: dict[str, str], workdir: str) -> list[Step]:
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        execsnoop = [_program(programs, "execsnoop"), "-t", "-U", "-q", "--max-args", str(int(req.max_args))]
+        execsnoop += ["-x"] if req.include_failed else []
+        execsnoop += ["-u", str(int(req.uid))] if req.uid is not None else []
+        exitsnoop = [_program(programs, "exitsnoop"), "-t"]
+        return [_traced("execsnoop", execsnoop, d, stop=True), _traced("exitsnoop", exitsnoop, d, stop=True)]
+    if req.backend is Backend.BPFTRACE:
+        uid = -1 if req.uid is None else req.uid
+        argv = _script(programs, "execsnoop", d, int(req.include_failed), req.max_args, uid)
+        return [_traced("execsnoop", argv, d)]
+    raise Unsupported(req.backend)
 
 
 # The dispatch table: request type -> argv builder. A request type missing here is
 # not a job (AccessQuery is answered by the server itself).
 BUILDERS = {
     CpuProfile: build_cpu_profile,
-    ToolFeatures: build_tool_features,
+    OffcpuProfile: build_offcpu_profile,
+    RunqLatency: build_runq_latency,
+    SyscallCount: build_syscall_count,
+    ExecTrace: build_exec_trace,
 }
+
+
+_bpftrace_info: bytes | None = None
+
+
+def cache_bpftrace_info(programs: dict[str, str]) -> bytes:
+    """`bpftrace --info`, run once at start-up (before the broker drops privileges)
+    and served from memory: ToolFeatures needs no authorisation, so it must not
+    start a root process per request."""
+    global _bpftrace_info
+    import subprocess
+
+    out = b""
+    if "bpftrace" in programs:
+        try:
+            res = subprocess.run([programs["bpftrace"], "--info"], stdin=subprocess.DEVNULL, capture_output=True,
+                                 timeout=30, cwd="/", env={"PATH": "/usr/sbin:/usr/bin", "LANG": "C"})
+            out = (res.stdout + res.stderr)[: 64 * 1024]
+        except (OSError, subprocess.TimeoutExpired):
+            out = b""
+    _bpftrace_info = out
+    return out
+
+
+def read_tool_features(req: ToolFeatures, cap: int) -> StepResult:
+    info = _bpftrace_info or b""
+    return StepResult(name="bpftrace_info", argv=["bpftrace", "--info"], exit_status=0 if info else None, signal=None,
+                      stdout=info[:cap], stderr=b"", stdout_truncated=len(info) > cap, stderr_truncated=False,
+                      timed_out=False, wall_s=0.0)
 
 
 def read_fd_table(req: FdTable, cap: int) -> StepResult:
@@ -142,4 +280,5 @@ def read_fd_table(req: FdTable, cap: int) -> StepResult:
 # Jobs the broker answers by reading procfs itself instead of running a program.
 READERS = {
     FdTable: read_fd_table,
+    ToolFeatures: read_tool_features,
 }

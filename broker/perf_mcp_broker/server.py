@@ -49,7 +49,8 @@ from perf_mcp_protocol import (
 
 from . import __version__
 from .authz import ACTION_IDS, Authorizer
-from .jobs import BUILDERS, READERS, ProgramMissing
+from . import jobs
+from .jobs import BUILDERS, READERS, ProgramMissing, Unsupported
 from .peer import Peer, PeerGone, identify
 from .runner import pid_exists, run_step
 
@@ -73,13 +74,25 @@ def _read_int(path: str) -> int | None:
         return None
 
 
+def _bpftrace_says(info: bytes, feature: bytes) -> bool | None:
+    for line in info.splitlines():
+        name, _, value = line.strip().partition(b":")
+        if name == feature:
+            return value.strip() == b"yes"
+    return None
+
+
 def kernel_features() -> KernelFeatures:
+    tracing = "/sys/kernel/tracing"
     return KernelFeatures(
         btf=os.path.exists("/sys/kernel/btf/vmlinux"),
-        tracefs=os.path.isdir("/sys/kernel/tracing/events"),
-        kprobe_events=os.path.exists("/sys/kernel/tracing/kprobe_events"),
+        tracefs=os.path.isdir(f"{tracing}/events"),
+        kprobe_events=os.path.exists(f"{tracing}/kprobe_events"),
         perf_event_paranoid=_read_int("/proc/sys/kernel/perf_event_paranoid"),
         kptr_restrict=_read_int("/proc/sys/kernel/kptr_restrict"),
+        tracepoints=all(os.path.isdir(f"{tracing}/events/{e}") for e in ("sched/sched_switch", "raw_syscalls")),
+        uprobes=os.path.exists(f"{tracing}/uprobe_events"),
+        fentry=_bpftrace_says(jobs._bpftrace_info or b"", b"kfunc"),
     )
 
 
@@ -94,8 +107,12 @@ class Broker:
         authorizer: Authorizer | None = None,
         max_jobs_per_uid: int = limits.MAX_JOBS_PER_UID,
         max_jobs: int = limits.MAX_JOBS_GLOBAL,
+        disabled: list[str] | None = None,
     ) -> None:
-        self.programs = programs
+        self.disabled = sorted(set(disabled or ()))
+        # A disabled program is one the broker will not run: the frontend's ladder
+        # takes the next rung, exactly as if it were not installed.
+        self.programs = {k: v for k, v in programs.items() if k not in self.disabled}
         self.missing = missing
         self.workroot = workroot
         self.output_cap = output_cap
@@ -118,6 +135,7 @@ class Broker:
             broker_version=__version__,
             programs=dict(self.programs),
             missing=list(self.missing),
+            disabled=list(self.disabled),
             job_kinds=sorted(k.__struct_config__.tag for k in [*BUILDERS, *READERS]) + ["access_query"],
             kernel=kernel_features(),
             output_cap=self.output_cap,
@@ -280,23 +298,28 @@ class Broker:
                 steps = BUILDERS[type(request)](request, self.programs, workdir)
             except ProgramMissing as exc:
                 outcome, detail = "program-missing", exc.program
-                await self._send(stream, ErrorReply(ErrorCode.PROGRAM_MISSING, f"{exc.program} is not installed on this host"))
+                why = "disabled by the administrator" if exc.program in self.disabled else "not installed on this host"
+                await self._send(stream, ErrorReply(ErrorCode.PROGRAM_MISSING, f"{exc.program} is {why}"))
+                return
+            except Unsupported as exc:
+                outcome, detail = "invalid", str(exc)
+                await self._send(stream, ErrorReply(ErrorCode.INVALID_REQUEST, f"this job has no {exc} backend"))
                 return
             await self._send(stream, Accepted(job_id=job_id, job_class=job_class))
-            expected = sum(s.stop_after_s or 0.0 for s in steps)
+            expected = sum(max((s.stop_after_s or 0.0) for s in stage) for stage in _stages(steps))
             finished = False
             async with trio.open_nursery() as nursery:
                 current = {"step": steps[0].name}
                 nursery.start_soon(self._watch_client, stream, nursery.cancel_scope)
                 nursery.start_soon(self._progress, stream, current, started, expected, nursery.cancel_scope)
                 budget = self.output_cap
-                for step in steps:
-                    current["step"] = step.name
-                    ran.append(" ".join(step.argv))
-                    result = await run_step(step, stdout_cap=max(budget, 0))
-                    budget -= len(result.stdout)
-                    results.append(result)
-                    if not _step_ok(result):
+                for stage in _stages(steps):
+                    current["step"] = "+".join(step.name for step in stage)
+                    ran.extend(" ".join(step.argv) for step in stage)
+                    stage_results = await _run_stage(stage, max(budget, 0) // len(stage))
+                    budget -= sum(len(r.stdout) for r in stage_results)
+                    results.extend(stage_results)
+                    if not all(_step_ok(r) for r in stage_results):
                         break
                 finished = True
                 nursery.cancel_scope.cancel()
@@ -359,6 +382,32 @@ class Broker:
                 }
             )
         )
+
+
+def _stages(steps: list) -> list[list]:
+    """Consecutive steps with the same stage number, in order."""
+    out: list[list] = []
+    for step in steps:
+        if out and out[-1][0].stage == step.stage:
+            out[-1].append(step)
+        else:
+            out.append([step])
+    return out
+
+
+async def _run_stage(stage: list, stdout_cap: int) -> list:
+    """Run the steps of one stage side by side (execsnoop + exitsnoop); results in step order."""
+    if len(stage) == 1:
+        return [await run_step(stage[0], stdout_cap=stdout_cap)]
+    results: list = [None] * len(stage)
+
+    async def one(i: int) -> None:
+        results[i] = await run_step(stage[i], stdout_cap=stdout_cap)
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(stage)):
+            nursery.start_soon(one, i)
+    return results
 
 
 def _step_ok(result) -> bool:

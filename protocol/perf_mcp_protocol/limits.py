@@ -3,7 +3,7 @@
 Both the frontend and the broker import these; neither side has its own copy.
 """
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 # A frame is a 4-byte big-endian length followed by a msgpack body.
 FRAME_HEADER_BYTES = 4
@@ -25,6 +25,14 @@ PID_MIN = 1
 PID_MAX = 4_194_304  # PID_MAX_LIMIT on 64-bit kernels
 CPU_PROFILE_DURATION_S = (1.0, 60.0)
 CPU_PROFILE_FREQUENCY_HZ = (1, 999)
+# Trace jobs (integers only: they become positional script parameters).
+OFFCPU_DURATION_S = (1, 60)
+TRACE_SHORT_DURATION_S = (1, 30)
+TRACE_LONG_DURATION_S = (1, 60)
+MIN_BLOCK_US = (1, 10_000_000)
+SYSCALL_TOP_N = (1, 500)
+EXEC_MAX_ARGS = (1, 60)
+UID_MAX = 4_294_967_294
 
 # Wall-clock grace added to a job's requested duration before it is killed.
 JOB_GRACE_S = 20.0

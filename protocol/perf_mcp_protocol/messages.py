@@ -59,13 +59,69 @@ class Hello(_Message, tag="hello"):
     protocol_version: Annotated[int, Meta(ge=1, le=65535)]
 
 
+class Backend(enum.Enum):
+    """Which rung of a tool's ladder runs the job; the broker maps it to a program
+    or to one of its own shipped bpftrace scripts, never to client text."""
+
+    LIBBPF = "libbpf"  # a libbpf-tools program (runqlat, offcputime, syscount, ...)
+    BPFTRACE = "bpftrace"  # a script shipped with the broker package
+    PERF = "perf"  # perf record / perf sched / perf stat
+
+
+def _range(bounds: tuple[int, int]) -> Meta:
+    return Meta(ge=bounds[0], le=bounds[1])
+
+
 class CpuProfile(_Message, tag="cpu_profile"):
-    """perf record -g at a fixed frequency, then perf script of the result."""
+    """On-CPU stacks: perf record -g then perf script (PERF), or stacks counted in
+    the kernel by the broker's profile:hz script (BPFTRACE, no perf.data)."""
 
     duration_s: Annotated[float, Meta(ge=limits.CPU_PROFILE_DURATION_S[0], le=limits.CPU_PROFILE_DURATION_S[1])]
     frequency_hz: Annotated[int, Meta(ge=limits.CPU_PROFILE_FREQUENCY_HZ[0], le=limits.CPU_PROFILE_FREQUENCY_HZ[1])]
     pid: Pid | None = None
     include_kernel: bool = True
+    backend: Backend = Backend.PERF
+
+
+class OffcpuProfile(_Message, tag="offcpu_profile"):
+    """Off-CPU time by stack: offcputime, perf sched record + timehist, or sched_switch in bpftrace."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.OFFCPU_DURATION_S)]
+    min_block_us: Annotated[int, _range(limits.MIN_BLOCK_US)] = 1000
+    pid: Pid | None = None
+
+
+class RunqLatency(_Message, tag="runq_latency"):
+    """Run-queue latency histograms: runqlat or the broker's runqlat script."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.TRACE_SHORT_DURATION_S)]
+    pid: Pid | None = None
+    per_pid: bool = False
+    per_cpu: bool = False  # bpftrace only: runqlat has no per-CPU histograms
+
+
+class SyscallCount(_Message, tag="syscall_count"):
+    """Syscall counts (and errors, latency) by syscall or by process."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.TRACE_LONG_DURATION_S)]
+    pid: Pid | None = None
+    top_n: Annotated[int, _range(limits.SYSCALL_TOP_N)] = 50
+    latency: bool = False
+    per_process: bool = False
+    errors: bool = False
+
+
+class ExecTrace(_Message, tag="exec_trace"):
+    """Process executions (args, parent, failures) and exits (lifetimes)."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.TRACE_SHORT_DURATION_S)]
+    include_failed: bool = False
+    max_args: Annotated[int, _range(limits.EXEC_MAX_ARGS)] = 20
+    uid: Annotated[int, Meta(ge=0, le=limits.UID_MAX)] | None = None
 
 
 class AccessQuery(_Message, tag="access_query"):
@@ -88,12 +144,19 @@ class FdTable(_Message, tag="fd_table"):
     pid: Pid
 
 
-Request = Union[CpuProfile, AccessQuery, ToolFeatures, FdTable]
-ClientMessage = Union[Hello, CpuProfile, AccessQuery, ToolFeatures, FdTable]
+TraceRequest = Union[OffcpuProfile, RunqLatency, SyscallCount, ExecTrace]
+TRACE_REQUESTS: tuple[type, ...] = (OffcpuProfile, RunqLatency, SyscallCount, ExecTrace)
+Request = Union[CpuProfile, OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, AccessQuery, ToolFeatures, FdTable]
+ClientMessage = Union[Hello, CpuProfile, OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, AccessQuery,
+                      ToolFeatures, FdTable]
 
 # Which class of authorisation each request needs; None means any local user.
 REQUEST_CLASS: dict[type, JobClass | None] = {
     CpuProfile: JobClass.PROFILE,
+    OffcpuProfile: JobClass.TRACE,
+    RunqLatency: JobClass.TRACE,
+    SyscallCount: JobClass.TRACE,
+    ExecTrace: JobClass.TRACE,
     AccessQuery: None,
     ToolFeatures: None,
     FdTable: JobClass.INSPECT,
@@ -103,13 +166,21 @@ REQUEST_CLASS: dict[type, JobClass | None] = {
 
 
 class KernelFeatures(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """What the broker can see as root that an unprivileged user may not."""
+    """What the broker can see as root that an unprivileged user may not.
+
+    Found at start-up by looking (files) and, for fentry, by asking bpftrace,
+    whose --info is the only probe that loads a program; the frontend's ladders
+    still fall back when a rung that looked possible fails to attach.
+    """
 
     btf: bool
     tracefs: bool
     kprobe_events: bool
     perf_event_paranoid: int | None
     kptr_restrict: int | None
+    tracepoints: bool = False  # sched and raw_syscalls tracepoints present
+    uprobes: bool = False
+    fentry: bool | None = None  # None: not known (bpftrace missing)
 
 
 class BrokerHello(_Message, tag="broker_hello"):
@@ -122,6 +193,7 @@ class BrokerHello(_Message, tag="broker_hello"):
     output_cap: int
     max_jobs_per_uid: int
     max_jobs: int
+    disabled: list[str] = []  # programs the administrator turned off (--disable)
 
 
 class Accepted(_Message, tag="accepted"):

@@ -24,8 +24,13 @@ from perf_mcp_protocol import (
     BrokerHello,
     BrokerMessage,
     ClientMessage,
+    Backend,
     CpuProfile,
     ErrorCode,
+    ExecTrace,
+    OffcpuProfile,
+    RunqLatency,
+    SyscallCount,
     ErrorReply,
     FrameReader,
     FrameTooLarge,
@@ -59,7 +64,20 @@ cpu_profile = st.builds(
     frequency_hz=st.integers(*limits.CPU_PROFILE_FREQUENCY_HZ),
     pid=st.none() | pids,
     include_kernel=st.booleans(),
+    backend=st.sampled_from([Backend.PERF, Backend.BPFTRACE]),
 )
+backends = st.sampled_from(list(Backend))
+opt_pid = st.none() | pids
+offcpu_profile = st.builds(OffcpuProfile, backend=backends, duration_s=st.integers(*limits.OFFCPU_DURATION_S),
+                           min_block_us=st.integers(*limits.MIN_BLOCK_US), pid=opt_pid)
+runq_latency = st.builds(RunqLatency, backend=backends, duration_s=st.integers(*limits.TRACE_SHORT_DURATION_S),
+                         pid=opt_pid, per_pid=st.booleans(), per_cpu=st.booleans())
+syscall_count = st.builds(SyscallCount, backend=backends, duration_s=st.integers(*limits.TRACE_LONG_DURATION_S),
+                          pid=opt_pid, top_n=st.integers(*limits.SYSCALL_TOP_N), latency=st.booleans(),
+                          per_process=st.booleans(), errors=st.booleans())
+exec_trace = st.builds(ExecTrace, backend=backends, duration_s=st.integers(*limits.TRACE_SHORT_DURATION_S),
+                       include_failed=st.booleans(), max_args=st.integers(*limits.EXEC_MAX_ARGS),
+                       uid=st.none() | st.integers(0, limits.UID_MAX))
 access_query = st.just(AccessQuery())
 tool_features = st.just(ToolFeatures())
 fd_table = st.builds(FdTable, pid=st.integers(limits.PID_MIN, limits.PID_MAX))
@@ -71,6 +89,9 @@ kernel = st.builds(
     kprobe_events=st.booleans(),
     perf_event_paranoid=st.none() | st.integers(-1, 4),
     kptr_restrict=st.none() | st.integers(0, 2),
+    tracepoints=st.booleans(),
+    uprobes=st.booleans(),
+    fentry=st.none() | st.booleans(),
 )
 broker_hello = st.builds(
     BrokerHello,
@@ -78,6 +99,7 @@ broker_hello = st.builds(
     broker_version=small_text,
     programs=st.dictionaries(small_text, small_text, max_size=5),
     missing=st.lists(small_text, max_size=5),
+    disabled=st.lists(small_text, max_size=5),
     job_kinds=st.lists(small_text, max_size=5),
     kernel=kernel,
     output_cap=st.integers(limits.MIN_OUTPUT_CAP, limits.MAX_OUTPUT_CAP),
@@ -110,7 +132,9 @@ access_reply = st.builds(
 )
 error_reply = st.builds(ErrorReply, code=st.sampled_from(list(ErrorCode)), message=small_text)
 
-CLIENT_STRATEGIES = {Hello: hello, CpuProfile: cpu_profile, AccessQuery: access_query, ToolFeatures: tool_features, FdTable: fd_table}
+CLIENT_STRATEGIES = {Hello: hello, CpuProfile: cpu_profile, AccessQuery: access_query, ToolFeatures: tool_features,
+                     FdTable: fd_table, OffcpuProfile: offcpu_profile, RunqLatency: runq_latency,
+                     SyscallCount: syscall_count, ExecTrace: exec_trace}
 BROKER_STRATEGIES = {
     BrokerHello: broker_hello,
     Accepted: accepted,

@@ -1,0 +1,52 @@
+"""bpftrace's `-f json` output: one JSON object per line ({"type": ..., "data": ...}).
+
+The broker's scripts print their maps at exit; a line that does not decode
+(output cut at the broker's cap, a stray message) is counted, not fatal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+_decoder = msgspec.json.Decoder()
+
+
+@dataclass
+class BpftraceOutput:
+    maps: dict[str, Any] = field(default_factory=dict)  # "@name" -> value (type map)
+    hists: dict[str, Any] = field(default_factory=dict)  # "@name" -> bucket list or {key: bucket list}
+    printed: list[Any] = field(default_factory=list)  # printf lines (type printf), in order
+    other: list[dict[str, Any]] = field(default_factory=list)  # attached_probes, join, time...
+    bad_lines: int = 0
+    attached_probes: int | None = None
+
+
+def parse_json_lines(raw: bytes) -> BpftraceOutput:
+    out = BpftraceOutput()
+    for line in raw.splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        try:
+            obj = _decoder.decode(line)
+        except msgspec.DecodeError:
+            out.bad_lines += 1
+            continue
+        if not isinstance(obj, dict) or "type" not in obj:
+            out.bad_lines += 1
+            continue
+        kind, data = obj.get("type"), obj.get("data")
+        if kind == "map" and isinstance(data, dict):
+            out.maps.update(data)
+        elif kind in ("hist", "stats") and isinstance(data, dict):
+            out.hists.update(data)
+        elif kind == "printf":
+            out.printed.append(data)
+        elif kind == "attached_probes" and isinstance(data, dict):
+            out.attached_probes = int(data.get("probes", 0))
+        else:
+            out.other.append(obj)
+    return out
