@@ -36,7 +36,7 @@ PACKAGES=(
     libcap-dev linux-perf bpftrace libbpf-tools sysstat stress-ng fio iperf3
     nftables dbus polkitd pkexec iproute2 util-linux procps
     python3-venv python3-dev build-essential libxml2-utils git
-    systemd systemd-container
+    systemd systemd-container bpftool
 )
 
 log() { printf 'dev-setup: %s\n' "$*" >&2; }

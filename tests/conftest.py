@@ -9,6 +9,9 @@ Fixtures:
   broker_factory        start(*extra_args, output_cap=None) -> helpers.RunningBroker;
                         every broker started is stopped by PID at teardown
   broker                one broker with default arguments (.socket_path, .pid, .proc)
+  module_broker_factory start(*extra_args) -> helpers.RunningBroker, shared by a test
+                        module: the same arguments give the same broker (a broker per
+                        --disable set); stopped by PID when the module ends
   busy_exe              the compiled busy-loop binary (session)
   busy_process_factory  start(user=None) -> helpers.BusyProcess, killed by PID after
   busy_process          one busy process as root (.pid, .leaf_symbol, .loop_symbol)
@@ -102,6 +105,50 @@ def broker_factory(root_required: None, test_users: helpers.TestUsers) -> Iterat
 @pytest.fixture
 def broker(broker_factory: BrokerFactory) -> helpers.RunningBroker:
     return broker_factory()
+
+
+@pytest.fixture(scope="module")
+def module_broker_factory() -> Iterator[BrokerFactory]:
+    """Brokers shared by one test module (CI time: a broker start is ~0.5 s, but
+    tracing modules run dozens of jobs). start(*args) with the same args returns
+    the same running broker."""
+    if not helpers.is_root():
+        pytest.skip("needs root (the real broker, perf, polkit): run the suite as root")
+    reason = helpers.broker_missing_reason()
+    if reason is not None:
+        pytest.fail(f"the broker cannot start: {reason}", pytrace=False)
+    try:
+        helpers.lookup_test_users()
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    started: dict[tuple[str, ...], helpers.RunningBroker] = {}
+
+    def start(*extra_args: str, output_cap: int | None = None) -> helpers.RunningBroker:
+        key = (*extra_args, f"cap={output_cap}")
+        if key in started and started[key].alive():
+            return started[key]
+        workdir = helpers.make_shared_tmpdir("pmcp-broker-")
+        try:
+            running = helpers.start_broker(workdir, *extra_args, output_cap=output_cap)
+        except BaseException:
+            helpers.remove_tree(workdir)
+            raise
+        started[key] = running
+        return running
+
+    yield start
+
+    problems: list[str] = []
+    for running in started.values():
+        try:
+            found = helpers.stop_broker(running)
+            if found:
+                problems += found
+                sys.stderr.write(f"--- broker log ({running.log_path}) ---\n{running.log_text()}")
+        finally:
+            helpers.remove_tree(running.workdir)
+    if problems:
+        pytest.fail("; ".join(problems), pytrace=False)
 
 
 @pytest.fixture(scope="session")
