@@ -20,6 +20,7 @@ from ..contract import Finding
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..sysinfo import analysis, collect, parse
+from ..trace.ladder import ToolLadder, host_ladders
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +60,7 @@ class PerfInfoData(msgspec.Struct, kw_only=True):
     features: analysis.ProbeFeatures
     broker: BrokerStatus
     capabilities: dict[str, bool]
+    ladders: list[ToolLadder]  # per tracing tool: the rung it takes first here, and why others are skipped
     findings: list[Finding]
 
 
@@ -160,6 +162,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     )
     data = PerfInfoData(kernel=kernel, cpu=cpu, memory=mem, virtualisation=virt, cgroup=cg, psi=psi,
                         features=features, broker=broker, capabilities=capabilities(broker, features),
+                        ladders=host_ladders(view.hello),
                         findings=analysis.findings(cpu, mem, psi, virt, features))
     return ToolOutput(data=data, summary=summarise(data), warnings=warnings)
 
@@ -212,6 +215,8 @@ def summarise(d: PerfInfoData) -> str:
     else:
         lines.append(f"Broker: not available at {b.socket}")
     lines.append("Can run: " + ", ".join(k for k, v in d.capabilities.items() if v))
+    if d.ladders:
+        lines.append("Tracing backends here: " + "; ".join(f"{x.tool}: {x.first_ready or 'none'}" for x in d.ladders))
     lines += [f"[{x.severity}] {x.title}" for x in d.findings]
     return "\n".join(lines)
 

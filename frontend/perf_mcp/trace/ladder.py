@@ -123,9 +123,12 @@ def forget_hello() -> None:
     _hello_cache.clear()
 
 
-def why_not(rung: Rung[P], hello: BrokerHello | None, params: P) -> str | None:
-    """Why a rung cannot run here, before trying it; None when it may."""
-    reason = rung.unsupported(params)
+def why_not(rung: Rung[P], hello: BrokerHello | None, params: P | None) -> str | None:
+    """Why a rung cannot run here, before trying it; None when it may.
+
+    params None: judge the host only (perf_info's view of every ladder).
+    """
+    reason = rung.unsupported(params) if params is not None else None
     if reason:
         return reason
     if rung.backend is None:
@@ -256,3 +259,55 @@ async def climb(
 
 def _b(rung: Rung) -> str:  # type: ignore[type-arg]
     return rung.backend.value if rung.backend else "procfs"
+
+
+# ---------------------------------------------------------------- every ladder, for perf_info
+
+
+class RungStatus(msgspec.Struct, kw_only=True, omit_defaults=True):
+    method: str
+    backend: str
+    ready: bool
+    reason: str | None = None
+
+
+class ToolLadder(msgspec.Struct, kw_only=True):
+    """One tool's ladder as this host and broker stand: the rung it would take first."""
+
+    tool: str
+    first_ready: str | None
+    rungs: list[RungStatus]
+
+
+def ladders_of_tools(package: str = "perf_mcp.tools") -> dict[str, list[Rung]]:  # type: ignore[type-arg]
+    """LADDER of every tool module that has one, by tool name."""
+    import importlib
+    import pkgutil
+
+    out: dict[str, list[Rung]] = {}  # type: ignore[type-arg]
+    pkg = importlib.import_module(package)
+    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        try:
+            module = importlib.import_module(f"{package}.{info.name}")
+        except Exception:  # the registry logs broken tool modules
+            continue
+        ladder = getattr(module, "LADDER", None)
+        spec = getattr(module, "TOOL", None)
+        if ladder and spec is not None:
+            out[spec.name] = list(ladder)
+    return out
+
+
+def host_ladders(hello: BrokerHello | None) -> list[ToolLadder]:
+    """Which rung each tool would take here, and why the rungs above it would be skipped."""
+    result = []
+    for tool, rungs in ladders_of_tools().items():
+        statuses = []
+        for rung in rungs:
+            reason = why_not(rung, hello, None)
+            statuses.append(RungStatus(method=rung.method, backend=_b(rung), ready=reason is None, reason=reason))
+        first = next((r.method for r in statuses if r.ready), None)
+        result.append(ToolLadder(tool=tool, first_ready=first, rungs=statuses))
+    return result
