@@ -135,7 +135,7 @@ def parse_offcputime(text: str) -> OffcpuParse:
     pending: tuple[str, int] | None = None  # (comm, tid) after the trailer, waiting for the total
 
     lines = text.split("\n")
-    cut_line = lines.pop() if lines and lines[-1] else ""  # no final newline: its last line is partial
+    cut_line = lines.pop()  # "" after a final newline; else a partial line, never parsed
     for raw in lines:
         line = raw.rstrip("\r")
         s = line.strip()
