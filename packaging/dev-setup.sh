@@ -233,6 +233,25 @@ check_tree_readable() {
     log "tree: readable by the test users, venv python runs as $DENIED"
 }
 
+# The MCP Inspector CLI is the one client in the suite that perf-mcp did not write
+# (tests/frontend/test_inspector_cli.py). Node.js comes from Debian where the machine
+# has none; the pinned Inspector goes into npm's cache so the test does not fetch it.
+INSPECTOR=@modelcontextprotocol/inspector@2.12.0
+ensure_inspector() {
+    if ! command -v npx >/dev/null 2>&1; then
+        log "node: npx missing; installing Debian's nodejs and npm"
+        apt-get update -q
+        apt-get install -y -q --no-install-recommends nodejs npm
+    fi
+    if npm cache ls "$INSPECTOR" 2>/dev/null | grep -q inspector; then
+        log "node: $INSPECTOR is in npm's cache"
+    elif npm cache add "$INSPECTOR" >/dev/null 2>&1; then
+        log "node: $INSPECTOR added to npm's cache"
+    else
+        loud "could not fetch $INSPECTOR into npm's cache: the Inspector test will fail"
+    fi
+}
+
 main() {
     if [ "${1:-}" = "--venv-only" ]; then
         ensure_venv
@@ -240,6 +259,7 @@ main() {
     fi
     [ "$(id -u)" -eq 0 ] || die "run as root (sudo $0), or '$0 --venv-only' for the virtualenv alone"
     install_packages
+    ensure_inspector
     mount_tracefs
     ensure_users
     ensure_system_bus

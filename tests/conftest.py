@@ -33,6 +33,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import helpers  # noqa: E402
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """The run's last lines: how many tests were skipped and why (0 is the goal here)."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    reasons: dict[str, int] = {}
+    for report in skipped:
+        longrepr = report.longrepr
+        text = longrepr[2] if isinstance(longrepr, tuple) else str(longrepr)
+        reasons[text] = reasons.get(text, 0) + 1
+    terminalreporter.write_line(f"perf-mcp: {len(skipped)} skipped")
+    for text, count in sorted(reasons.items(), key=lambda kv: -kv[1]):
+        terminalreporter.write_line(f"perf-mcp:   {count} x {text}")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") is not None and not helpers.is_root():
         pytest.skip("needs root (the real broker, perf, polkit): run the suite as root")
@@ -74,7 +87,7 @@ BrokerFactory = Callable[..., helpers.RunningBroker]
 def broker_factory(root_required: None, test_users: helpers.TestUsers) -> Iterator[BrokerFactory]:
     reason = helpers.broker_missing_reason()
     if reason is not None:
-        pytest.skip(f"no broker yet: {reason}")
+        pytest.fail(f"the broker cannot start: {reason}", pytrace=False)
     started: list[helpers.RunningBroker] = []
 
     def start(*extra_args: str, output_cap: int | None = None) -> helpers.RunningBroker:

@@ -239,11 +239,7 @@ def test_broker_factory_passes_arguments_and_stops_by_pid(broker_factory) -> Non
     assert first.proc.returncode is not None and second.alive()
 
 
-FRONTEND_CLI = helpers.REPO / "frontend" / "perf_mcp" / "cli.py"
-
-
 @pytest.mark.root
-@pytest.mark.skipif(not FRONTEND_CLI.exists(), reason="frontend/perf_mcp/cli.py does not exist yet")
 async def test_mcp_client_helper_runs_the_frontend_as_the_user(
     broker: helpers.RunningBroker, test_users: helpers.TestUsers
 ) -> None:

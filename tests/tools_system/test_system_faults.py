@@ -2,9 +2,9 @@
 the test, bounded in time, and perf_use_check (run by the real frontend as
 perfmcp-denied, through the real MCP client) must name the right resource with
 the right evidence. A quiet control run must report no warning or critical
-finding; on this shared machine the control first measures the load itself
-(from /proc, independently of perf-mcp) over the same window and skips,
-naming that load, when the machine was not quiet.
+finding; on this shared machine the control also measures the load itself
+(from /proc, independently of perf-mcp) over the same window, leaves out only
+the resources that were busy (and names them), and judges all the others.
 """
 
 from __future__ import annotations
@@ -202,36 +202,42 @@ def _busy(a: dict[str, Any], b: dict[str, Any]) -> float:
     return 100.0 * (sum(d[:8]) - d[3] - d[4]) / max(1, sum(d[:8]))
 
 
-def _loudness(a: dict[str, Any], b: dict[str, Any], runq: list[int]) -> list[str]:
-    """What was not quiet between a and b, against margins below the warning thresholds."""
+def _loudness(a: dict[str, Any], b: dict[str, Any], runq: list[int]) -> dict[str, list[str]]:
+    """What was not quiet between a and b, by resource (cpu, memory, disk, network), against
+    margins below the warning thresholds."""
     secs = b["t"] - a["t"]
     busy = _busy(a, b)
-    loud = []
+    loud: dict[str, list[str]] = {}
+
+    def add(resource: str, text: str) -> None:
+        loud.setdefault(resource, []).append(text)
+
     if busy > 50:
-        loud.append(f"CPU {busy:.0f}% busy")
+        add("cpu", f"CPU {busy:.0f}% busy")
     cpus = os.cpu_count() or 1
     if runq and sum(runq) / len(runq) > 0.75 * cpus:
-        loud.append(f"run queue {sum(runq) / len(runq):.1f}")
+        add("cpu", f"run queue {sum(runq) / len(runq):.1f}")
+    psi_resource = {"cpu": "cpu", "memory": "memory", "io": "disk"}
     for key, total in b["psi"].items():
         share = (total - a["psi"][key]) / (secs * 1e6) * 100
         limit = 7.0 if key.endswith("some") else 3.0
         if share > limit and key != "cpu.full":
-            loud.append(f"PSI {key} {share:.1f}%")
+            add(psi_resource[key.split(".")[0]], f"PSI {key} {share:.1f}%")
     for disk, ticks in b["disks"].items():
         util = (ticks - a["disks"].get(disk, ticks)) / (secs * 10)
         if util > 40:
-            loud.append(f"disk {disk} {util:.0f}% util")
+            add("disk", f"disk {disk} {util:.0f}% util")
     for name, drops in b["drops"].items():
         if drops > a["drops"].get(name, drops):
-            loud.append(f"{drops - a['drops'][name]} drops on {name}")
+            add("network", f"{drops - a['drops'][name]} drops on {name}")
     out = b["out"] - a["out"]
     if out >= 100 and (b["retrans"] - a["retrans"]) / out > 0.005:
-        loud.append(f"TCP retransmits {(b['retrans'] - a['retrans']) / out:.1%}")
+        add("network", f"TCP retransmits {(b['retrans'] - a['retrans']) / out:.1%}")
     m = b["mem"]
     if m["MemAvailable"] / m["MemTotal"] < 0.3:
-        loud.append(f"memory {m['MemAvailable'] / m['MemTotal']:.0%} available")
+        add("memory", f"memory {m['MemAvailable'] / m['MemTotal']:.0%} available")
     if m.get("SwapTotal") and m["SwapTotal"] - m["SwapFree"] > 0:
-        loud.append(f"{(m['SwapTotal'] - m['SwapFree']) // 1024} MiB of swap used")
+        add("memory", f"{(m['SwapTotal'] - m['SwapFree']) // 1024} MiB of swap used")
     return loud
 
 
@@ -251,10 +257,19 @@ async def test_quiet_control_has_no_warning_or_critical_finding(
         data = ok_data(await client.call_tool("perf_use_check", {"window_s": WINDOW_S}))
         after = _read_counters()
     loud = _loudness(before, after, runq)
-    if loud:
-        pytest.skip("the machine was not quiet during the control window (measured from /proc): " + "; ".join(loud))
-    bad = [f for f in data["findings"] if f["severity"] in ("warning", "critical")]
+    judged = {"cpu", "memory", "disk", "network"} - set(loud)
     print(f"\nquiet control: {[(r['name'], r['status'], r['detail']) for r in data['table']]}")
+    if loud:
+        # A shared machine: the resources that were measurably busy (from /proc, not
+        # from perf-mcp) are left out and named; every other resource is still judged.
+        print("quiet control: left out as not quiet (measured from /proc): "
+              + "; ".join(f"{r}: {', '.join(v)}" for r, v in sorted(loud.items())))
+    if not judged:
+        pytest.skip("every resource was busy during the control window: " + "; ".join(sum(loud.values(), [])))
+    bad = [f for f in data["findings"] if f["severity"] in ("warning", "critical") and f["resource"] in judged]
     assert not bad, bad
-    assert all(r["status"] == "ok" for r in data["table"]), data["table"]
-    assert data["status"] == "ok"
+    rows = [r for r in data["table"] if r["resource"] in judged]
+    assert {r["resource"] for r in rows} == judged, data["table"]  # each judged resource has its row
+    assert all(r["status"] == "ok" for r in rows), rows
+    if not loud:
+        assert data["status"] == "ok"
