@@ -107,11 +107,12 @@ async def test_unknown_tool_and_missing_pid_and_no_broker(
         nope = await client.call_tool("perf_nope", {})
         assert nope.is_error and envelope(nope)["error"]["code"] == "TOOL_NOT_FOUND"
         assert "perf_info" in envelope(nope)["error"]["message"]
-        # a pid that cannot exist right now (above pid_max is refused earlier by the schema)
-        pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-        gone = await client.call_tool("perf_cpu_profile", {"pid": min(pid_max, 4194304), "duration_s": 1})
-        if not Path(f"/proc/{min(pid_max, 4194304)}").exists():
-            assert envelope(gone)["error"]["code"] == "PID_NOT_FOUND"
+        # a pid that existed a moment ago and is gone (reaped) now
+        exited = helpers.spawn_as(test_users.granted, ["/bin/true"])
+        exited.wait()
+        assert not Path(f"/proc/{exited.pid}").exists()
+        gone = await client.call_tool("perf_cpu_profile", {"pid": exited.pid, "duration_s": 1})
+        assert envelope(gone)["error"]["code"] == "PID_NOT_FOUND", envelope(gone)
         busy = await client.call_tool("perf_cpu_profile", {"duration_s": 1})
         err = envelope(busy)["error"]
         assert busy.is_error and err["code"] == "BROKER_UNAVAILABLE", err

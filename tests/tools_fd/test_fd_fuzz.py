@@ -7,7 +7,7 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perf_mcp.fds.parse import FdTable, classify_target, count_by_type, parse_fd_table
+from perf_mcp.fds.parse import FD_TYPES, FdTable, classify_target, count_by_type, parse_fd_table
 from perf_mcp.procfs import ParseError
 
 SEED = (b"limits\nLimit                     Soft Limit           Hard Limit           Units     \n"
@@ -44,4 +44,15 @@ def test_truncated_and_mutated(cut: int, flips: list[tuple[int, int]]) -> None:
 
 @given(st.text(max_size=80))
 def test_classify_any_target(target: str) -> None:
-    assert isinstance(classify_target(target), str)
+    kind = classify_target(target)
+    assert kind in FD_TYPES  # one of the declared types, whatever the text
+    if not target.startswith(("/", "anon_inode:")) and ":[" not in target:
+        assert kind == "other"
+
+
+def test_classify_known_targets() -> None:
+    known = {"socket:[123]": "socket", "pipe:[9]": "pipe", "anon_inode:[eventpoll]": "epoll",
+             "anon_inode:[eventfd]": "eventfd", "anon_inode:bpf-prog": "bpf", "anon_inode:[unknown-kind]": "anon_inode", "net:[4026531840]": "namespace",
+             "/memfd:x (deleted)": "memfd", "/tmp/x (deleted)": "deleted_file", "/dev/pts/3": "tty",
+             "/dev/null": "device", "/etc/passwd": "file", "weird": "other", "socket:123": "other"}
+    assert {t: classify_target(t) for t in known} == known

@@ -7,6 +7,7 @@ a process that exits mid-trace, and cancellation."""
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -129,10 +130,12 @@ async def test_bad_params_are_typed_errors_and_the_server_keeps_serving(
 ) -> None:
     gone = helpers.spawn_as(test_users.granted, ["/bin/true"])
     gone.wait()
-    thread_of = None
-    for tid in os.listdir(f"/proc/{os.getpid()}/task"):
-        if int(tid) != os.getpid():
-            thread_of = int(tid)
+    # A thread id of a live process (this test's own helper thread), not a process id.
+    release = threading.Event()
+    thread = threading.Thread(target=release.wait, daemon=True)
+    thread.start()
+    thread_of = thread.native_id
+    assert thread_of is not None and thread_of != os.getpid() and Path(f"/proc/{os.getpid()}/task/{thread_of}").exists()
     hostile: list[tuple[dict[str, Any], str]] = [
         ({}, "INVALID_PARAMS"),
         ({"pid": 0}, "INVALID_PARAMS"),
@@ -149,9 +152,8 @@ async def test_bad_params_are_typed_errors_and_the_server_keeps_serving(
         ({"pid": 1, "include_fd_list": "../"}, "INVALID_PARAMS"),
         ({"pid": 1, "path": "/proc/1/fd"}, "INVALID_PARAMS"),
         ({"pid": gone.pid}, "PID_NOT_FOUND"),
+        ({"pid": thread_of}, "INVALID_PARAMS"),  # a thread id, not a process
     ]
-    if thread_of is not None:
-        hostile.append(({"pid": thread_of}, "INVALID_PARAMS"))  # a thread id, not a process
     async with helpers.mcp_client(test_users.granted, shared_tmp / "no-broker.sock") as client:
         for args, code in hostile:
             result = await client.call_tool("perf_fd_trace", args)
@@ -162,6 +164,8 @@ async def test_bad_params_are_typed_errors_and_the_server_keeps_serving(
             ok = await client.call_tool("perf_fd_trace", {"pid": proc.pid, "duration_s": 1, "interval_s": 1})
         data = ok_data(ok)
         assert data["verdict"] == "insufficient_data" and len(data["samples"]) == 2
+    release.set()
+    thread.join()
     print(f"\nhostile parameter sets tried: {len(hostile)}, all typed errors; server kept serving")
 
 
