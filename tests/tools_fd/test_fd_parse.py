@@ -68,22 +68,24 @@ def samples(totals: list[int], step: float = 2.0, kind: str = "file") -> list[an
     return [analysis.FdSample(t_s=i * step, total=t, by_type={kind: t}) for i, t in enumerate(totals)]
 
 
-@pytest.mark.parametrize(("totals", "verdict"), [
-    ([34, 54, 74, 94], "leak"),
-    ([100, 101, 103, 104, 106, 107, 109], "leak"),
-    ([50, 80, 40, 90, 45, 95], "possible_leak"),
-    ([50, 51, 50, 52, 50, 51], "stable"),
-    ([50, 50, 50, 50], "stable"),
-    ([200, 150, 100, 60], "decreasing"),
-    ([10, 60], "insufficient_data"),
-    ([1000, 1005, 1010, 1015], "stable"),  # +15 is under 2% of 1000 fds (20): not growth yet
+# min_growth: growth that counts, max(3 fds, 2 % of the first count rounded up), written out.
+@pytest.mark.parametrize(("totals", "verdict", "min_growth"), [
+    ([34, 54, 74, 94], "leak", 3),
+    ([100, 101, 103, 104, 106, 107, 109], "leak", 3),
+    ([50, 80, 40, 90, 45, 95], "possible_leak", 3),
+    ([50, 51, 50, 52, 50, 51], "stable", 3),
+    ([50, 50, 50, 50], "stable", 3),
+    ([200, 150, 100, 60], "decreasing", 4),
+    ([10, 60], "insufficient_data", 3),
+    ([1000, 1005, 1010, 1015], "stable", 20),  # +15 is under 2% of 1000 fds (20): not growth yet
+    ([201, 203, 205, 207], "leak", 5),  # 2 % of 201 is 4.02, rounded up
 ])
-def test_verdicts(totals: list[int], verdict: str) -> None:
+def test_verdicts(totals: list[int], verdict: str, min_growth: int) -> None:
     s = samples(totals)
     g = analysis.growth(s)
     v = analysis.judge(s, g)
     assert v.verdict == verdict, v
-    assert v.min_growth == max(3, -(-totals[0] * 2 // 100))
+    assert v.min_growth == min_growth
     assert 0.0 <= v.confidence <= 0.95
 
 
