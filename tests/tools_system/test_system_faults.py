@@ -74,7 +74,15 @@ async def test_cpu_saturation_is_a_cpu_finding_with_psi_and_run_queue(
         # the ring holds calm samples from before the load: the state began with the load, give or take
         # one 5 s step of the walk (a step that straddles the start may already count as critical)
         assert since["at_least"] is False, since
-        assert load_started - 5.5 <= since["since"] <= load_started + 6.0, (since, load_started)
+        # generous on a loaded host (sampler ticks may come late); a walk that ran back to
+        # the ring's start would say ~13 s before the load and fails
+        assert load_started - 10.5 <= since["since"] <= load_started + 12.0, (since, load_started)
+        print(f"  since is {since['since'] - load_started:+.1f} s from the load's start")
+    else:
+        # Another load was already critical before ours: the state began no later than our load
+        # (the check still runs: a since after the load's start would be wrong either way).
+        print("  the machine was busy before the load: since checked as no later than the load's start")
+        assert since["since"] <= load_started + 12.0, (since, load_started)
     assert data["findings"][0]["severity"] == "critical"  # sorted by severity
 
 
