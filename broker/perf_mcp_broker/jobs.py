@@ -142,19 +142,32 @@ class Unsupported(Exception):
 def build_offcpu_profile(req: OffcpuProfile, programs: dict[str, str], workdir: str) -> list[Step]:
     d = req.duration_s
     if req.backend is Backend.LIBBPF:
-        argv = [_program(programs, "offcputime"), *_opt_pid(req.pid), "-m", str(int(req.min_block_us)), str(d)]
+        argv = [_program(programs, "offcputime"), *_opt_pid(req.pid), "-m", str(int(req.min_block_us)),
+                "--stack-storage-size", "8192", str(d)]
         return [_traced("offcputime", argv, d)]
     if req.backend is Backend.BPFTRACE:
         return [_traced("offcpu", _script(programs, "offcpu", d, req.pid or 0, req.min_block_us), d)]
     if req.backend is Backend.PERF:
+        # perf 6.1 on this design: `perf sched record -p` records no sched_switch at all, and
+        # `perf sched timehist -g` prints every user frame as [unknown]; so sched_switch alone is
+        # recorded system-wide (a switch IN happens in another task's context) and read back with
+        # perf script: stacks of the switches OUT (only PID's with --pid), and every switch's
+        # time and prev/next ids to find when each thread ran again. -N -B: no build-id cache or
+        # build-id pass, so nothing is written outside the job directory. min_block_us is applied
+        # by the frontend.
         perf = _program(programs, "perf")
         data = os.path.join(workdir, "perf.data")
-        record = [perf, "sched", "record", "-g", "-o", data, *(_opt_pid(req.pid) or ["-a"])]
-        timehist = [perf, "sched", "timehist", "-i", data, "-g", "--state", "-w"]
-        return [
+        record = [perf, "record", "-e", "sched:sched_switch", "-g", "-a", "-N", "-B", "-m", "1024", "-o", data]
+        script = [perf, "script", "-i", data, "--ns"]
+        stacks = [*script, *(["--pid", str(int(req.pid))] if req.pid is not None else []),
+                  "-F", "comm,pid,tid,time,trace,ip,sym,dso"]
+        steps = [
             Step("record", tuple(record), deadline_s=d + limits.JOB_GRACE_S, stop_after_s=float(d)),
-            Step("timehist", tuple(timehist), deadline_s=60.0 + 4 * d, stage=1),
+            Step("stacks", tuple(stacks), deadline_s=60.0 + 4 * d, stage=1),
         ]
+        if req.pid is not None:  # system-wide, the stacks step already lists every switch
+            steps.append(Step("switches", (*script, "-F", "time,trace"), deadline_s=60.0 + 4 * d, stage=1))
+        return steps
     raise Unsupported(req.backend)
 
 
