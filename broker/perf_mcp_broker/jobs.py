@@ -204,10 +204,13 @@ def build_exec_trace(req: ExecTrace, programs: dict[str, str], workdir: str) -> 
         execsnoop = [_program(programs, "execsnoop"), "-t", "-U", "-q", "--max-args", str(int(req.max_args))]
         execsnoop += ["-x"] if req.include_failed else []
         execsnoop += ["-u", str(int(req.uid))] if req.uid is not None else []
-        exitsnoop = [_program(programs, "exitsnoop"), "-t"]
-        return [_traced("execsnoop", execsnoop, d, stop=True), _traced("exitsnoop", exitsnoop, d, stop=True)]
+        steps = [_traced("execsnoop", execsnoop, d, stop=True)]
+        if "exitsnoop" in programs:  # lifetimes and exit codes; without it execsnoop still answers
+            steps.append(_traced("exitsnoop", [programs["exitsnoop"], "-t"], d, stop=True))
+        return steps
     if req.backend is Backend.BPFTRACE:
-        uid = -1 if req.uid is None else req.uid
+        # All uids: 4294967295 (INVALID_UID, as execsnoop); bpftrace 0.17 takes "-1" for an option.
+        uid = 0xFFFF_FFFF if req.uid is None else req.uid
         argv = _script(programs, "execsnoop", d, int(req.include_failed), req.max_args, uid)
         return [_traced("execsnoop", argv, d)]
     raise Unsupported(req.backend)
