@@ -103,6 +103,17 @@ THRESHOLDS: tuple[Threshold, ...] = (
               warning=80.0, critical=95.0, source="perf-mcp"),
     Threshold(key="process.fd_pct_of_soft_limit", group="process", metric="open fds of the soft limit (RLIMIT_NOFILE)",
               unit="%", direction="above", warning=80.0, critical=95.0, source="perf-mcp"),
+    # perf_thread_profile, per thread over its window (a thread can use at most one CPU).
+    Threshold(key="process.thread_cpu_pct", group="process", metric="one thread's CPU (of one CPU)", unit="%",
+              direction="above", warning=80.0, critical=95.0, source="perf-mcp"),
+    Threshold(key="process.thread_runq_wait_pct", group="process", metric="a thread's run-queue wait (of its window)",
+              unit="%", direction="above", warning=10.0, critical=30.0, source="perf-mcp"),
+    Threshold(key="process.thread_runq_wait_per_timeslice_ms", group="process",
+              metric="a thread's run-queue wait per timeslice", unit=" ms", direction="above", warning=5.0,
+              critical=20.0, source="perf-mcp"),
+    Threshold(key="process.thread_involuntary_switches_per_s", group="process",
+              metric="a thread's involuntary context switches", unit="/s", direction="above", warning=100.0,
+              critical=1000.0, source="perf-mcp"),
 )
 
 
