@@ -148,26 +148,23 @@ def build_offcpu_profile(req: OffcpuProfile, programs: dict[str, str], workdir: 
     if req.backend is Backend.BPFTRACE:
         return [_traced("offcpu", _script(programs, "offcpu", d, req.pid or 0, req.min_block_us), d)]
     if req.backend is Backend.PERF:
-        # perf 6.1 on this design: `perf sched record -p` records no sched_switch at all, and
-        # `perf sched timehist -g` prints every user frame as [unknown]; so sched_switch alone is
-        # recorded system-wide (a switch IN happens in another task's context) and read back with
-        # perf script: stacks of the switches OUT (only PID's with --pid), and every switch's
-        # time and prev/next ids to find when each thread ran again. -N -B: no build-id cache or
-        # build-id pass, so nothing is written outside the job directory. min_block_us is applied
-        # by the frontend.
+        # The stack is taken at sched:sched_switch as a thread leaves the CPU; --switch-events adds
+        # PERF_RECORD_SWITCH IN/OUT written in the thread's own context, which tells when it runs
+        # again (sched_switch samples from the idle task go missing here, so the IN side is not read
+        # from them). perf sched timehist is not used: it prints every user frame as [unknown] on
+        # perf 6.1. -N -B: no build-id cache and no build-id pass, so perf writes nothing outside
+        # the job directory. min_block_us is applied by the frontend.
         perf = _program(programs, "perf")
         data = os.path.join(workdir, "perf.data")
-        record = [perf, "record", "-e", "sched:sched_switch", "-g", "-a", "-N", "-B", "-m", "1024", "-o", data]
-        script = [perf, "script", "-i", data, "--ns"]
-        stacks = [*script, *(["--pid", str(int(req.pid))] if req.pid is not None else []),
+        target = _opt_pid(req.pid) or ["-a", "-m", "256"]
+        record = [perf, "record", "-e", "sched:sched_switch", "-g", "--switch-events", *target, "-N", "-B",
+                  "-o", data]
+        script = [perf, "script", "-i", data, "--ns", "--show-switch-events",
                   "-F", "comm,pid,tid,time,trace,ip,sym,dso"]
-        steps = [
+        return [
             Step("record", tuple(record), deadline_s=d + limits.JOB_GRACE_S, stop_after_s=float(d)),
-            Step("stacks", tuple(stacks), deadline_s=60.0 + 4 * d, stage=1),
+            Step("script", tuple(script), deadline_s=60.0 + 4 * d, stage=1),
         ]
-        if req.pid is not None:  # system-wide, the stacks step already lists every switch
-            steps.append(Step("switches", (*script, "-F", "time,trace"), deadline_s=60.0 + 4 * d, stage=1))
-        return steps
     raise Unsupported(req.backend)
 
 

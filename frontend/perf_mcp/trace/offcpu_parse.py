@@ -177,3 +177,176 @@ def parse_offcputime(text: str) -> OffcpuParse:
         frames.append(name)
     truncated = bool(frames) or had_tracer or pending is not None or bool(cut_line.strip())
     return OffcpuParse(stacks=stacks, bad_lines=bad, truncated=truncated, lost_entries=lost)
+
+
+# ---------------------------------------------------------------- bpftrace (broker script offcpu.bt)
+
+# Key of @offcpu_us as bpftrace -f json prints a tuple key: "comm,tgid,tid,\n<kstack>\n,\n<ustack>\n"
+# (an empty user stack, as for kernel threads, leaves the key ending in ",").
+_BT_KEY = re.compile(r"^(?P<comm>.*),(?P<tgid>-?\d+),(?P<tid>-?\d+),\n(?P<k>.*?)\n?,(?:\n(?P<u>.*))?$", re.S)
+_BT_OFFSET = re.compile(r"\+\d+$")
+
+
+def _bt_frames(block: str | None) -> list[str]:
+    """bpftrace stack text, leaf first: 'name+off' lines; an unresolved frame is its address."""
+    out = []
+    for line in (block or "").split("\n"):
+        name = line.strip()
+        if not name:
+            continue
+        if name.startswith("0x"):
+            name = "[unknown]"
+        else:
+            name = _BT_OFFSET.sub("", name)
+        out.append(name.replace(";", ":"))
+    return out
+
+
+def parse_bpftrace_offcpu(raw: bytes | str) -> OffcpuParse:
+    """The @offcpu_us map of offcpu.bt (`bpftrace -f json`); never raises on malformed input."""
+    from .bpftrace import parse_json_lines  # same package; kept local so this module stays import-light
+
+    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    out = parse_json_lines(data)
+    bad = out.bad_lines
+    stacks: list[OffcpuStack] = []
+    table = out.maps.get("@offcpu_us")
+    if table is not None and not isinstance(table, dict):
+        table, bad = None, bad + 1
+    for key, value in (table or {}).items():
+        m = _BT_KEY.match(key) if isinstance(key, str) else None
+        if m is None or not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            bad += 1
+            continue
+        kernel = _bt_frames(m.group("k"))
+        user = _bt_frames(m.group("u"))
+        leaf_first = kernel + user
+        tid, tgid = int(m.group("tid")), int(m.group("tgid"))
+        stacks.append(OffcpuStack(comm=m.group("comm"), pid=tgid, tid=tid, tgid=tgid, frames=leaf_first[::-1],
+                                  kernel_frames=len(kernel), offcpu_us=value))
+    # bpftrace prints the map at exit; output cut before it (or mid-line) leaves no map or a bad line.
+    truncated = table is None and (out.bad_lines > 0 or out.attached_probes is not None)
+    return OffcpuParse(stacks=stacks, bad_lines=bad, truncated=truncated)
+
+
+# ---------------------------------------------------------------- perf (record sched_switch -g --switch-events)
+
+# perf script --ns --show-switch-events -F comm,pid,tid,time,trace,ip,sym,dso prints, per thread:
+#   pmcp_napper 16531/16534   946.427926413: PERF_RECORD_SWITCH IN
+#   pmcp_napper 16531/16534   946.427956407: prev_comm=pmcp_napper prev_pid=16534 ... ==> next_comm=... next_pid=...
+#   \tffffffff821f8b58 __schedule ([kernel.kallsyms])          <- the stack at the switch OUT, leaf first
+#   \t            12c5 perfmcp_sleep_us (/tmp/offw/wl)
+#   <blank>
+#   pmcp_napper 16531/16534   946.427962285: PERF_RECORD_SWITCH OUT
+# (system-wide: PERF_RECORD_SWITCH_CPU_WIDE IN/OUT with the other task's ids after them). A switch
+# record is written in the context of the task switched in or out itself, so a thread's return
+# to the CPU is seen even when it comes from the idle task (whose sched_switch samples perf
+# drops here). The comm may be padded with spaces on the left and may hold spaces itself.
+_PERF_HEAD = re.compile(r"^\s*(?P<comm>.*?)\s+(?P<pid>-?\d+)/(?P<tid>-?\d+)\s+(?P<t>\d+)\.(?P<ns>\d{9}):\s+(?P<rest>.*)$")
+_PERF_SWITCH_REC = re.compile(r"^PERF_RECORD_SWITCH(?:_CPU_WIDE)?\s+(?P<dir>IN|OUT)\b")
+_SCHED_SWITCH = re.compile(r"^prev_comm=.* prev_pid=(?P<prev>-?\d+) prev_prio=-?\d+ prev_state=\S+ ==> "
+                           r"next_comm=.* next_pid=(?P<next>-?\d+) next_prio=-?\d+\s*$")
+
+
+class PerfOffcpu(msgspec.Struct, kw_only=True):
+    """parse_perf_offcpu's answer: the stacks and what the pairing of switches left over."""
+
+    parse: OffcpuParse
+    blocks: int = 0  # blocks counted (switch OUT with a stack, then switch IN)
+    open_blocks: int = 0  # threads still off-CPU at the end (not counted, as offcputime)
+    short_blocks: int = 0  # blocks under min_block_us (left out)
+    window_s: float = 0.0  # from the first to the last event seen
+
+
+def parse_perf_offcpu(text: str, *, min_block_us: int = 1, pid: int | None = None) -> PerfOffcpu:
+    """Off-CPU time by stack from `perf record -e sched:sched_switch -g --switch-events` read back
+    with `perf script --ns --show-switch-events -F comm,pid,tid,time,trace,ip,sym,dso`.
+
+    A block runs from a thread's sched_switch sample (its stack, as it leaves the CPU) to its next
+    PERF_RECORD_SWITCH IN; min_block_us and pid (process id) are applied here. Never raises.
+    """
+    from ..profile.perf_script import parse_frame_line  # the same frame naming as perf_cpu_profile
+
+    totals: dict[tuple[str, int, int, tuple[str, ...], int], int] = {}
+    pending: dict[int, tuple[int, tuple[str, int, int, tuple[str, ...], int]]] = {}  # tid -> (t_out, key)
+    names: dict[str, tuple[str, bool] | None] = {}
+    bad = blocks = short = 0
+    first_t: int | None = None
+    last_t = 0
+    sample: tuple[int, str, int, int] | None = None  # t_ns, comm, tgid, tid of the switch OUT being read
+    skipping = False  # frames of a readable event that is not kept (idle task, another process)
+    frames: list[str] = []
+    kdepth = 0
+    user_seen = False
+
+    def flush() -> None:
+        nonlocal sample
+        if sample is not None:
+            t, comm, tgid, tid = sample
+            pending[tid] = (t, (comm, tgid, tid, tuple(reversed(frames)), kdepth))
+            sample = None
+
+    lines = text.split("\n")
+    cut_line = lines.pop()  # "" after a final newline; else a partial line, never parsed
+    for line in lines:
+        if not line.strip():
+            flush()
+            skipping = False
+            continue
+        if line[0] == "\t":
+            if sample is None:
+                bad += 0 if skipping else 1  # else: frames of an event whose header was unreadable
+                continue
+            if line in names:
+                info = names[line]
+            else:
+                fi = parse_frame_line(line)
+                info = names[line] = (fi.name, fi.kernel) if fi is not None else None
+            if info is None:
+                bad += 1
+                continue
+            frames.append(info[0])
+            if info[1] and not user_seen:
+                kdepth += 1
+            else:
+                user_seen = True
+            continue
+        flush()
+        frames, kdepth, user_seen, skipping = [], 0, False, False
+        m = _PERF_HEAD.match(line)
+        if m is None:
+            bad += 1
+            continue
+        t_ns = int(m.group("t")) * 1_000_000_000 + int(m.group("ns"))
+        first_t = t_ns if first_t is None else first_t
+        last_t = max(last_t, t_ns)
+        tgid, tid, rest = int(m.group("pid")), int(m.group("tid")), m.group("rest")
+        sw = _PERF_SWITCH_REC.match(rest)
+        if sw is not None:
+            if sw.group("dir") == "IN" and tid in pending:
+                t_out, key = pending.pop(tid)
+                us = (t_ns - t_out) // 1000
+                if us < min_block_us:
+                    short += 1
+                else:
+                    blocks += 1
+                    totals[key] = totals.get(key, 0) + us
+            continue
+        ss = _SCHED_SWITCH.match(rest)
+        if ss is None:
+            bad += 1
+            continue
+        prev = int(ss.group("prev"))
+        if prev == tid and tid != 0 and (pid is None or tgid == pid):
+            sample = (t_ns, m.group("comm").strip().replace(";", ":"), tgid, tid)
+        else:
+            skipping = True
+    truncated = bool(cut_line.strip())
+    if truncated:
+        sample = None  # the last stack may have lost frames: never guessed
+    flush()
+    stacks = [OffcpuStack(comm=c, pid=tg, tid=tid, tgid=tg, frames=list(fr), kernel_frames=k, offcpu_us=us)
+              for (c, tg, tid, fr, k), us in totals.items()]
+    window = (last_t - first_t) / 1e9 if first_t is not None else 0.0
+    return PerfOffcpu(parse=OffcpuParse(stacks=stacks, bad_lines=bad, truncated=truncated), blocks=blocks,
+                      open_blocks=len(pending), short_blocks=short, window_s=round(window, 3))
