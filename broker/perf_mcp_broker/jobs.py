@@ -183,8 +183,11 @@ def build_syscall_count(req: SyscallCount, programs: dict[str, str], workdir: st
     d = req.duration_s
     if req.backend is Backend.LIBBPF:
         syscount = _program(programs, "syscount")
-        common = ["-d", str(d), "-T", str(int(req.top_n)), *_opt_pid(req.pid), *(["-P"] if req.per_process else [])]
-        steps = [_traced("syscount", [syscount, *common, *(["-L"] if req.latency else [])], d)]
+        common = ["-d", str(d), "-T", str(int(req.top_n)), *_opt_pid(req.pid)]
+        latency = ["-L"] if req.latency else []
+        steps = [_traced("syscount", [syscount, *common, *latency], d)]
+        if req.per_process:  # syscount -P counts by process only: the per-syscall rows come from the first step
+            steps.append(_traced("syscount_processes", [syscount, *common, "-P", *latency], d))
         if req.errors:  # failed calls per syscall, side by side with the counts
             steps.append(_traced("syscount_failures", [syscount, *common, "-x"], d))
         return steps
