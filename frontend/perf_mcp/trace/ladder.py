@@ -33,7 +33,7 @@ import trio
 
 from perf_mcp_protocol import AccessQuery, Backend, BrokerHello, JobResult, Progress, Request, StepResult, limits
 
-from ..errors import ErrorCode, ToolError
+from ..errors import ErrorCode, ToolError, single_leaf
 from ..registry import ToolContext
 
 log = logging.getLogger(__name__)
@@ -197,10 +197,13 @@ async def run_job(ctx: ToolContext, request: Request, *, expected_s: float, labe
         state["step"] = f"{label} ({p.step})"
 
     timeout = expected_s + 2 * limits.JOB_GRACE_S + 60.0 + 4 * expected_s
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(tick)
-        reply = await ctx.broker.run(request, timeout_s=timeout, on_progress=on_progress)
-        nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(tick)
+            reply = await ctx.broker.run(request, timeout_s=timeout, on_progress=on_progress)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:  # trio wraps the body's ToolError: callers (climb) catch ToolError
+        raise single_leaf(group) from None
     await ctx.report_progress(total, total, f"{label}: done")
     if not isinstance(reply.final, JobResult):
         raise ToolError(ErrorCode.EXECUTION_FAILED, f"unexpected broker reply {type(reply.final).__name__}")
