@@ -20,7 +20,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import pytest
+
+import helpers
 
 SLEEP_MS = 100
 HALF_PERIOD_MS = 50
@@ -152,3 +159,82 @@ def build_threads_binary(directory: Path) -> Path:
                    check=True, stdin=subprocess.DEVNULL, capture_output=True)
     exe.chmod(0o755)
     return exe
+
+
+@pytest.fixture(scope="module")
+def threads_exe() -> Iterator[Path]:
+    directory = helpers.make_shared_tmpdir("pmcp-threads-")
+    try:
+        yield build_threads_binary(directory)
+    finally:
+        helpers.remove_tree(directory)
+
+
+def thread_names(pid: int) -> list[str]:
+    try:
+        return sorted(Path(f"/proc/{pid}/task/{t}/comm").read_text().strip() for t in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return []
+
+
+@contextmanager
+def workload(exe: Path, user: helpers.UnixUser, life_s: int = 60) -> Iterator[subprocess.Popen[bytes]]:
+    """The workload as `user` (setpriv execs: the pid is the workload's own), ready when its threads are named."""
+    proc = helpers.spawn_as(user, [exe, str(life_s)], stdout=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert helpers.wait_until(lambda: set(NAMES) <= set(thread_names(proc.pid)) or proc.poll() is not None, 10)
+        assert proc.poll() is None and Path(f"/proc/{proc.pid}/comm").read_text().strip() == "pmcp-threads"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+
+
+def by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {t["name"]: t for t in data["threads"]}
+
+
+def check_known_answers(data: dict[str, Any], pid: int, duration: float) -> dict[str, dict[str, Any]]:
+    """The workload's known answers (see test_thread_mcp's docstring); prints the figures."""
+    assert data["pid"] == pid and data["comm"] == "pmcp-threads"
+    assert data["threads_total"] == 4 and data["totals"]["threads_appeared"] == 0 == data["totals"]["threads_exited"]
+    t = by_name(data)
+    assert set(t) == {*NAMES, "pmcp-threads"}
+    assert data["window_s"] == pytest.approx(duration, abs=0.3)
+    assert data["cpu_source"].startswith("schedstat on-CPU ns")
+    busy, half, sleep = (t[n] for n in NAMES)
+    for r in (busy, half, sleep):
+        assert r["cpu_source"] == "schedstat" and r["lifetime"] == "whole_window"
+    # busy: always runnable -> on CPU + waiting ~ 100% of the window, never blocked
+    runnable = busy["cpu_pct"] + busy["runq_wait_pct"]
+    assert 93 <= runnable <= 101, busy
+    assert busy["cpu_pct"] >= 80 or busy["runq_wait_pct"] >= 100 - busy["cpu_pct"] - 7, busy
+    assert busy["cpu_pct"] >= 15 and busy["blocked_ms"] <= 0.05 * busy["window_s"] * 1000, busy
+    assert busy["user_pct"] >= 0.85 * busy["cpu_pct"] and busy["voluntary_switches_per_s"] <= 1, busy
+    # half: on CPU as long as blocked; one voluntary switch (the nanosleep) per 50 ms of CPU
+    share = half["oncpu_ms"] / (half["oncpu_ms"] + half["blocked_ms"])
+    assert 0.40 <= share <= 0.60, half
+    assert 35 <= half["cpu_pct"] <= 65 if half["runq_wait_pct"] < 10 else 20 <= half["cpu_pct"] <= 65, half
+    periods = half["oncpu_ms"] / HALF_PERIOD_MS
+    switches = half["voluntary_switches_per_s"] * half["window_s"]
+    assert abs(switches - periods) <= 0.2 * periods + 1.5, (switches, periods)
+    # ~10/s: a period is 50 ms on CPU + 50 ms asleep, plus what it waited for a CPU in that period
+    per_s = 1000 / (2 * HALF_PERIOD_MS + half["runq_wait_ms"] / max(periods, 1))
+    assert 0.8 * per_s <= half["voluntary_switches_per_s"] <= 1.15 * per_s <= 11.5, (per_s, half)
+    if half["runq_wait_pct"] < 5:
+        assert 8 <= half["voluntary_switches_per_s"], half
+    # sleep: ~0% CPU, ten wake-ups a second, blocked all the window
+    assert sleep["cpu_pct"] < 3 and sleep["state"] == "S (sleeping)", sleep
+    assert 0.8 * 1000 / SLEEP_MS <= sleep["voluntary_switches_per_s"] <= 1.05 * 1000 / SLEEP_MS, sleep
+    assert sleep["blocked_ms"] >= 0.95 * sleep["window_s"] * 1000, sleep
+    # totals: the process's own stat (ticks) against the sum of the threads (schedstat)
+    tot = data["totals"]
+    assert tot["cpu_pct"] == pytest.approx(tot["threads_cpu_pct"], abs=0.1 * tot["threads_cpu_pct"] + 2)
+    assert data["threads"][0]["name"] == "pmcp-busy"
+    print(f"\n  busy {busy['cpu_pct']:.1f}% (+ run-queue wait {busy['runq_wait_pct']:.1f}%), "
+          f"half {half['cpu_pct']:.1f}% (on CPU {share:.0%} of its non-waiting time, "
+          f"{half['voluntary_switches_per_s']:.1f} vol/s, expected {per_s:.1f}), sleep {sleep['cpu_pct']:.2f}% "
+          f"({sleep['voluntary_switches_per_s']:.1f} vol/s); process {tot['cpu_pct']:.1f}% "
+          f"vs threads {tot['threads_cpu_pct']:.1f}%")
+    return t

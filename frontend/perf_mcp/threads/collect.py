@@ -30,7 +30,7 @@ _DENIED = (errno.EACCES, errno.EPERM)
 
 
 class ProcessGone(Exception):
-    """The process does not exist (any more)."""
+    """The process does not exist (any more), or is a zombie."""
 
 
 class NotPermitted(Exception):
@@ -68,6 +68,8 @@ def read_process(pid: int, proc_root: str = "/proc", max_threads: int = MAX_THRE
         raise
     except ParseError:
         raise ProcessGone(pid) from None  # an empty read: the process is being torn down
+    if process.state in ("Z", "X"):  # exited; a zombie waits for its parent, with no threads to read
+        raise ProcessGone(pid)
     unreadable: dict[str, int] = {}
     warnings: list[str] = []
     missing_schedstat = 0

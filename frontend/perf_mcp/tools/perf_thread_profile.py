@@ -242,6 +242,11 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
             part = off[1]
         except ToolError as err:
             part = _unavailable(err)
+        except BaseExceptionGroup as group:  # a ToolError from inside a nursery
+            leaf = single_leaf(group)
+            if not isinstance(leaf, ToolError):
+                raise
+            part = _unavailable(leaf)
 
     try:
         async with trio.open_nursery() as nursery:
