@@ -1,0 +1,244 @@
+"""Run-queue latency outputs -> typed histograms; pure functions from bytes.
+
+Two sources, one shape (RunqOutput):
+
+- libbpf-tools `runqlat [-p PID] [-P] DURATION 1`: a "Tracing run queue
+  latency..." banner, then one `usecs : count distribution` histogram, or
+  with -P one per process, each under a `pid = TGID COMM` label. Buckets are
+  log2 of integer microseconds ("2 -> 3" holds waits of 2.000-3.999 us). No
+  sum is printed, so a mean is estimated from bucket midpoints. No
+  histogram at all means no wait was seen.
+- the broker's bpftrace script runqlat.bt (`-f json`): @usecs (log2 hist of
+  integer us) with @sum_ns and @count (so the mean is exact), and when asked
+  @usecs_cpu/@sum_ns_cpu/@count_cpu keyed by CPU, @usecs_pid/@sum_ns_pid/
+  @count_pid keyed by process id, and @comm_pid["TGID,COMM"] (thread names
+  seen, with how many waits each).
+
+Damage (output cut at the broker's cap, garbled lines) gives partial data and
+a warning; output with nothing recognisable raises RunqParseError (the tool
+turns it into PARSE_ERROR). Nothing here raises anything else on any input.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from .bpftrace import parse_json_lines
+from .histogram import Hist, from_bpftrace, parse_libbpf_text
+
+LIBBPF_BANNER = "Tracing run queue latency"
+_PID_LABEL = re.compile(r"^pid\s*=\s*(\d+)\s*(.*)$")
+
+
+class RunqParseError(Exception):
+    """Nothing in the output could be read as run-queue latency."""
+
+
+@dataclass
+class ProcessHist:
+    pid: int
+    comm: str  # the thread name seen most (libbpf: the one on its label); "" when unknown
+    hist: Hist
+
+
+@dataclass
+class RunqOutput:
+    """All waits in `total` (unit us); per-CPU and per-process histograms when asked."""
+
+    total: Hist
+    per_cpu: dict[int, Hist] | None = None
+    per_pid: dict[int, ProcessHist] | None = None
+    warnings: list[str] = field(default_factory=list)
+    bad_lines: int = 0
+    counted: int | None = None  # bpftrace: the script's own count of waits (@count)
+
+
+def _empty() -> Hist:
+    return Hist("us", "log2", [], None)
+
+
+# ---------------------------------------------------------------- libbpf-tools runqlat
+
+
+def parse_runqlat_text(raw: bytes, *, per_pid: bool = False) -> RunqOutput:
+    """runqlat's text output; per_pid when it ran with -P (labels `pid = N comm`)."""
+    text = raw.decode("utf-8", "replace")
+    hists, bad = parse_libbpf_text(text)
+    warnings: list[str] = []
+    usable = [th for th in hists if th.hist.unit == "us"]
+    if len(usable) != len(hists):
+        units = sorted({th.hist.unit for th in hists if th.hist.unit != "us"})
+        warnings.append(f"{len(hists) - len(usable)} histograms in unexpected units ({', '.join(units)}) were left out")
+    if LIBBPF_BANNER not in text and not usable:
+        if not text.strip():
+            raise RunqParseError("runqlat printed nothing (not even its banner)")
+        raise RunqParseError(f"runqlat output has neither its banner nor a histogram: {text.strip()[:120]!r}")
+    if LIBBPF_BANNER not in text:
+        warnings.append("runqlat's banner is missing: the output may be damaged")
+    if text and not text.endswith("\n"):
+        warnings.append("runqlat's output ends mid-line (cut short): the last histogram may be incomplete")
+    if bad:
+        warnings.append(f"{bad} damaged histogram rows were skipped")
+
+    by_pid: dict[int, ProcessHist] | None = None
+    if per_pid:
+        by_pid = {}
+        unlabelled = 0
+        for th in usable:
+            label = _label(th.label_lines)
+            if label is None:
+                unlabelled += 1
+                continue
+            pid, comm = label
+            if pid in by_pid:  # the same tgid twice would be a damaged output; keep the counts
+                by_pid[pid].hist = by_pid[pid].hist.merged(th.hist)
+            else:
+                by_pid[pid] = ProcessHist(pid, comm, th.hist)
+        if unlabelled:
+            warnings.append(f"{unlabelled} histograms had no 'pid = N' label and count only in the total")
+    elif len(usable) > 1:
+        warnings.append(f"runqlat printed {len(usable)} histograms where one was expected; they are summed")
+    total = _empty()
+    for th in usable:
+        total = total.merged(th.hist)
+    total.total = None  # runqlat prints no sum
+    return RunqOutput(total=total, per_pid=by_pid, warnings=warnings, bad_lines=bad)
+
+
+def _label(lines: list[str]) -> tuple[int, str] | None:
+    for line in reversed(lines):
+        m = _PID_LABEL.match(line)
+        if m and m.group(1).isdecimal():
+            return int(m.group(1)), m.group(2).strip()
+    return None
+
+
+# ---------------------------------------------------------------- bpftrace runqlat.bt
+
+
+def _int(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.strip().lstrip("-").isdecimal():
+        return int(v)
+    return None
+
+
+def _rows(v: Any) -> list[dict[str, Any]] | None:
+    """A bpftrace hist bucket list, or None when it is not one."""
+    if not isinstance(v, list):
+        return None
+    rows = []
+    for row in v:
+        if not isinstance(row, dict) or _int(row.get("count")) is None:
+            return None
+        lo, hi = row.get("min"), row.get("max")
+        if (lo is not None and _int(lo) is None) or (hi is not None and _int(hi) is None):
+            return None
+        rows.append(row)
+    return rows
+
+
+def _keyed(v: Any) -> dict[int, Any]:
+    """{"3": x, ...} -> {3: x}; keys that are not integers are dropped."""
+    if not isinstance(v, dict):
+        return {}
+    out = {}
+    for k, x in v.items():
+        key = _int(k)
+        if key is not None:
+            out[key] = x
+    return out
+
+
+def _hist(rows: Any, sum_ns: Any, count: Any, what: str, warnings: list[str]) -> Hist | None:
+    """One histogram with its exact sum when the script's count agrees with the buckets."""
+    buckets = _rows(rows)
+    if buckets is None:
+        if rows is not None:
+            warnings.append(f"{what}: the histogram is not a bucket list and was left out")
+        return None
+    try:
+        h = from_bpftrace(buckets, "us", "log2")
+    except (TypeError, ValueError, OverflowError):
+        warnings.append(f"{what}: the histogram has unreadable bucket bounds and was left out")
+        return None
+    n, s = _int(count), _int(sum_ns)
+    if n is not None and s is not None and n == h.count and s >= 0:
+        h.total = s / 1000.0
+    elif n is not None and n != h.count:
+        warnings.append(f"{what}: the histogram holds {h.count} waits but the script counted {n}; "
+                        "its mean is estimated from the buckets")
+    return h
+
+
+def parse_runqlat_bpftrace(raw: bytes) -> RunqOutput:
+    """The JSON lines of runqlat.bt."""
+    out = parse_json_lines(raw)
+    warnings: list[str] = []
+    known = ("@usecs", "@sum_ns", "@count")
+    seen = [k for k in known if k in out.maps or k in out.hists]
+    if not seen and out.attached_probes is None:
+        if not raw.strip():
+            raise RunqParseError("bpftrace printed nothing")
+        raise RunqParseError(f"no run-queue map in bpftrace's output ({out.bad_lines} lines unreadable)")
+    if out.bad_lines:
+        warnings.append(f"{out.bad_lines} lines of bpftrace output could not be read (cut short or damaged) "
+                        "and were skipped")
+    count = _int(out.maps.get("@count"))
+    total = _hist(out.hists.get("@usecs"), out.maps.get("@sum_ns"), count, "all waits", warnings) \
+        if "@usecs" in out.hists else None
+    if total is None:
+        if count:  # waits were counted but their histogram is missing: the output was cut
+            warnings.append(f"the script counted {count} waits but their histogram is missing from the output")
+        total = _empty()
+        if count == 0 or count is None:
+            total.total = 0.0
+
+    per_cpu: dict[int, Hist] | None = None
+    if any(k in out.maps or k in out.hists for k in ("@usecs_cpu", "@count_cpu", "@sum_ns_cpu")):
+        per_cpu = {}
+        sums, counts = _keyed(out.maps.get("@sum_ns_cpu")), _keyed(out.maps.get("@count_cpu"))
+        for cpu, rows in sorted(_keyed(out.hists.get("@usecs_cpu")).items()):
+            h = _hist(rows, sums.get(cpu), counts.get(cpu), f"CPU {cpu}", warnings)
+            if h is not None:
+                per_cpu[cpu] = h
+        missing = [c for c, n in counts.items() if (_int(n) or 0) > 0 and c not in per_cpu]
+        if missing:
+            warnings.append(f"the histograms of CPUs {sorted(missing)} are missing from the output")
+
+    per_pid: dict[int, ProcessHist] | None = None
+    if any(k in out.maps or k in out.hists for k in ("@usecs_pid", "@count_pid", "@sum_ns_pid", "@comm_pid")):
+        per_pid = {}
+        sums, counts = _keyed(out.maps.get("@sum_ns_pid")), _keyed(out.maps.get("@count_pid"))
+        comms = _comms(out.maps.get("@comm_pid"))
+        for pid, rows in sorted(_keyed(out.hists.get("@usecs_pid")).items()):
+            h = _hist(rows, sums.get(pid), counts.get(pid), f"pid {pid}", warnings)
+            if h is not None:
+                per_pid[pid] = ProcessHist(pid, comms.get(pid, ""), h)
+        missing = [p for p, n in counts.items() if (_int(n) or 0) > 0 and p not in per_pid]
+        if missing:
+            warnings.append(f"the histograms of {len(missing)} processes are missing from the output")
+    return RunqOutput(total=total, per_cpu=per_cpu, per_pid=per_pid, warnings=warnings, bad_lines=out.bad_lines,
+                      counted=count)
+
+
+def _comms(v: Any) -> dict[int, str]:
+    """@comm_pid {"TGID,COMM": waits} -> the most seen comm per tgid (a comm may hold commas)."""
+    best: dict[int, tuple[int, str]] = {}
+    if not isinstance(v, dict):
+        return {}
+    for key, n in v.items():
+        if not isinstance(key, str) or "," not in key:
+            continue
+        pid_s, comm = key.split(",", 1)
+        pid, waits = _int(pid_s), _int(n)
+        if pid is None or waits is None:
+            continue
+        if pid not in best or waits > best[pid][0]:
+            best[pid] = (waits, comm)
+    return {pid: comm for pid, (_, comm) in best.items()}

@@ -1,0 +1,310 @@
+"""perf_runq_latency through the real MCP client (frontend as perfmcp-granted),
+the real root broker and real BPF jobs, on workloads with a known answer.
+
+Known answers:
+- HEAVY: rq-load spin 6 (six busy threads on this 2-CPU machine: at any time at
+  least four of them are runnable and waiting) runs while NAP (one thread
+  waking every 500 us, so thousands of short waits a second) runs beside it as
+  a decoy. For pid=HEAVY the tool's mean wait must agree with the kernel's own
+  account of the same process, Δ(run_delay) / Δ(timeslices) summed over
+  /proc/HEAVY/task/*/schedstat across the call, and its number of waits can
+  be at most Δ(timeslices) (one switch-in per timeslice). A broken pid filter
+  adds NAP's short waits (count far above Δslices, mean far below); a unit slip
+  (ns or ms for us) is off by 1000.
+- LIGHT: rq-load spin 1 alone, the control: one busy thread on two CPUs waits
+  only for whatever else runs, so HEAVY's mean and p50 are several times
+  LIGHT's.
+
+Tolerances: the schedstat window (the whole call: bpftrace's compile and
+attach included) is wider than the traced window, and the machine is shared, so
+the mean is not an exact match even when the script's sum is exact: the
+bpftrace rung must agree within a factor of BPFTRACE_TOL, the runqlat rung
+(mean from log2 bucket midpoints, each within x4/3 of the true value) within
+LIBBPF_TOL. Both fail a unit slip (x1000) and a lost pid filter (NAP's
+microsecond waits outnumber HEAVY's millisecond ones).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import trio
+
+import helpers
+from helpers import envelope, ok_data
+from runq_util import Schedstat, Window, build_rq_load, schedstat, window, workload
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+NAME = "perf_runq_latency"
+TRACE_S = 2
+HEAVY_THREADS = 6
+BPFTRACE_TOL = 1.3
+LIBBPF_TOL = 1.8
+LOAD_BOUND_S = 90  # every workload ends itself after this, whatever happens to the test
+SAMPLE_S = 0.05
+# End of the traced window -> the MCP answer: runqlat prints and exits at once; bpftrace
+# takes ~0.4 s here to print its maps and detach (measured with nsecs printed by the script).
+ANSWER_DELAY_S = {"libbpf": 0.15, "bpftrace": 0.5}
+
+
+@pytest.fixture(scope="module")
+def rq_load() -> Any:
+    d = helpers.make_shared_tmpdir("pmcp-runq-")
+    try:
+        yield build_rq_load(d)
+    finally:
+        helpers.remove_tree(d)
+
+
+def spawn_granted(argv: list[str]) -> Any:
+    users = helpers.lookup_test_users()
+    return helpers.spawn_as(users.granted, argv, start_new_session=True)
+
+
+def heavy(exe: Path) -> Any:
+    return workload([os.fspath(exe), "spin", str(HEAVY_THREADS), str(LOAD_BOUND_S)], HEAVY_THREADS + 1,
+                    spawn_granted)
+
+
+def nap(exe: Path) -> Any:
+    return workload([os.fspath(exe), "nap", "1", str(LOAD_BOUND_S), "500"], 2, spawn_granted)
+
+
+def light(exe: Path) -> Any:
+    return workload([os.fspath(exe), "spin", "1", str(LOAD_BOUND_S)], 2, spawn_granted)
+
+
+async def call(sock: Path, args: dict[str, Any], user: str = "granted") -> tuple[Any, Any]:
+    users = helpers.lookup_test_users()
+    async with helpers.mcp_client(getattr(users, user), sock) as client:
+        tool = next(t for t in (await client.list_tools()).tools if t.name == NAME)
+        result = await client.call_tool(NAME, args)
+    return result, tool
+
+
+class Sampled:
+    """schedstat of one process every SAMPLE_S, with CLOCK_MONOTONIC times."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.samples: list[tuple[float, Schedstat]] = []
+
+    async def run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), schedstat(self.pid)))
+            await trio.sleep(SAMPLE_S)
+
+    def at(self, t: float) -> Schedstat:
+        return min(self.samples, key=lambda s: abs(s[0] - t))[1]
+
+
+async def traced(sock: Path, pid: int, args: dict[str, Any], *, filtered: bool = True
+                 ) -> tuple[dict[str, Any], Windows, Any]:
+    """The tool on pid, with the kernel's schedstat account of pid across the call
+    and across the traced window (the last TRACE_S seconds before the answer,
+    less the time the answer takes to come back: bpftrace compiles first)."""
+    sampled = Sampled(pid)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(sampled.run)
+        await trio.sleep(SAMPLE_S)
+        result, tool = await call(sock, {**({"pid": pid} if filtered else {}), "duration_s": TRACE_S, **args})
+        done = time.monotonic()
+        sampled.samples.append((done, schedstat(pid)))
+        nursery.cancel_scope.cancel()
+    env = envelope(result)
+    jsonschema.validate(env, tool.output_schema)
+    end = done - ANSWER_DELAY_S[envelope(result).get("data", {}).get("backend", "libbpf")]
+    wins = Windows(call=window(sampled.samples[0][1], sampled.samples[-1][1]),
+                   trace=window(sampled.at(end - TRACE_S), sampled.at(end)))
+    return ok_data(result), wins, env
+
+
+@dataclass(frozen=True)
+class Windows:
+    call: Window
+    trace: Window
+
+
+def check_against_schedstat(data: dict[str, Any], win: Windows, tol: float, label: str) -> None:
+    h = data["histogram"]
+    ratio = h["mean_us"] / win.trace.mean_us
+    print(f"\n{label}: {h['count']} waits (schedstat: {win.trace.slices} timeslices in the traced window, "
+          f"{win.call.slices} in the call), mean {h['mean_us'] / 1000:.2f} ms "
+          f"({'exact' if h['mean_exact'] else 'estimated'}) vs schedstat {win.trace.mean_us / 1000:.2f} ms "
+          f"(ratio {ratio:.2f}; whole call {win.call.mean_us / 1000:.2f} ms), p50 {h['p50_us'] / 1000:.2f} ms, "
+          f"p99 {h['p99_us'] / 1000:.2f} ms; method {data['method']}")
+    assert h["count"] >= 50, "too few waits for a 2 s trace of six busy threads"
+    # every traced wait ends in a switch-in, which the kernel counts as a timeslice
+    assert h["count"] <= win.call.slices * 1.02 + 2, (h["count"], win.call.slices)
+    assert 0.5 * win.trace.slices <= h["count"] <= 1.5 * win.trace.slices, (h["count"], win.trace.slices)
+    assert 1 / tol <= ratio <= tol, (h["mean_us"], win.trace.mean_us)
+    assert sum(b["count"] for b in h["buckets"]) == h["count"]
+    assert data["waits"] == h["count"]
+
+
+def check_moved(data: dict[str, Any], ctl: dict[str, Any], ctl_win: Windows) -> None:
+    """HEAVY (six busy threads on two CPUs) against LIGHT (one): a wait behind a busy
+    sibling lasts a timeslice (ms); LIGHT mostly waits for short wakers (us)."""
+    h, c = data["histogram"], ctl["histogram"]
+    print(f"control LIGHT: {c['count']} waits, mean {c['mean_us'] / 1000:.3f} ms (schedstat "
+          f"{ctl_win.trace.mean_us / 1000:.3f} ms), p50 {c['p50_us']} us, p99 {c['p99_us']} us; HEAVY/LIGHT: "
+          f"p50 {h['p50_us'] / c['p50_us']:.0f}x, mean {h['mean_us'] / c['mean_us']:.1f}x")
+    assert c["count"] <= ctl_win.call.slices * 1.02 + 2
+    assert h["p50_us"] >= 5 * c["p50_us"] and h["mean_us"] >= 2 * c["mean_us"], (h, c)
+    assert h["p99_us"] >= c["p99_us"]
+    if c["p99_us"] <= 10_000:  # a quiet control raises no warning
+        assert [f for f in ctl["findings"] if f["severity"] != "info"] == []
+
+
+def check_p99_finding(data: dict[str, Any], pid: int) -> None:
+    h = data["histogram"]
+    found = [f for f in data["findings"] if f["id"] == "runq.p99_high"]
+    if h["p99_us"] <= 10_000:
+        assert found == []
+        return
+    (f,) = found
+    assert f["severity"] == ("critical" if h["p99_us"] > 100_000 else "warning")
+    ev = f["evidence"][0]
+    assert ev["tool"] == NAME and ev["counter"] == "runq_latency_p99_us" and ev["value"] == pytest.approx(h["p99_us"], abs=0.1)
+    assert ev["threshold"] in (10_000.0, 100_000.0) and ev["window_s"] == TRACE_S
+    assert f" of {h['count']} waits in [" in ev["sample"]
+    assert f'perf_thread_profile {{"pid": {pid}, "duration_s": 5}}' in f["suggestion"]
+    assert 'perf_cpu_profile {"duration_s": 10}' in f["suggestion"]
+
+
+# ---------------------------------------------------------------- the libbpf rung
+
+
+async def test_runqlat_rung_pid_matches_schedstat_and_load_moves_the_histogram(
+    module_broker_factory: Any, system_bus: None, rq_load: Path
+) -> None:
+    broker = module_broker_factory()
+    with heavy(rq_load) as hv, nap(rq_load):
+        data, win, env = await traced(broker.socket_path, hv.pid, {"per_pid": True})
+    assert data["method"] == "runqlat (libbpf-tools)" and data["backend"] == "libbpf" and data["skipped"] == []
+    assert data["argv"] == ["/usr/sbin/runqlat", "-p", str(hv.pid), "-P", str(TRACE_S), "1"]
+    (row,) = data["processes"]  # runqlat -p: only HEAVY's histogram, none of NAP's
+    assert row["pid"] == hv.pid and row["comm"].startswith("rq-spin-") and row["waits"] == data["waits"]
+    assert data["histogram"]["mean_exact"] is False and data["total_wait_ms"] > 0
+    assert data["target"] == f"pid {hv.pid} (rq-load)"
+    check_against_schedstat(data, win, LIBBPF_TOL, "runqlat, pid=HEAVY")
+    check_p99_finding(data, hv.pid)
+
+    with light(rq_load) as lt:
+        ctl, ctl_win, _ = await traced(broker.socket_path, lt.pid, {})
+    check_moved(data, ctl, ctl_win)
+
+
+async def test_system_wide_per_pid_names_the_heavy_process(
+    module_broker_factory: Any, system_bus: None, rq_load: Path
+) -> None:
+    broker = module_broker_factory()
+    with heavy(rq_load) as hv, nap(rq_load) as np_:
+        data, wins, _ = await traced(broker.socket_path, hv.pid, {"per_pid": True, "top_n": 10}, filtered=False)
+    win = wins.trace
+    assert data["method"] == "runqlat (libbpf-tools)" and data["argv"][1] == "-P"
+    rows = {r["pid"]: r for r in data["processes"]}
+    assert len(data["processes"]) <= 10 and data["processes_seen"] >= len(data["processes"])
+    assert hv.pid in rows, [(r["pid"], r["comm"], r["total_wait_ms"]) for r in data["processes"]]
+    row = rows[hv.pid]
+    print(f"\nsystem-wide per pid: {data['waits']} waits of {data['processes_seen']} processes; HEAVY {row['waits']} "
+          f"waits, mean {row['mean_us'] / 1000:.2f} ms vs schedstat {win.mean_us / 1000:.2f} ms, rank "
+          f"{data['processes'].index(row) + 1}")
+    assert row["comm"].startswith("rq-spin-")
+    # NAP waits often but briefly: it is a row of its own, well below HEAVY
+    if np_.pid in rows:
+        assert rows[np_.pid]["comm"] == "rq-nap-0" and rows[np_.pid]["mean_us"] < row["mean_us"]
+    assert row["waits"] <= wins.call.slices * 1.02 + 2 and 0.5 * win.slices <= row["waits"] <= 1.5 * win.slices
+    assert 1 / LIBBPF_TOL <= row["mean_us"] / win.mean_us <= LIBBPF_TOL
+    assert data["waits"] >= sum(r["waits"] for r in data["processes"])
+    totals = [r["total_wait_ms"] for r in data["processes"]]
+    assert totals == sorted(totals, reverse=True)
+
+
+async def test_per_cpu_skips_runqlat_with_the_reason_and_bpftrace_answers(
+    module_broker_factory: Any, system_bus: None, rq_load: Path
+) -> None:
+    broker = module_broker_factory()
+    with heavy(rq_load) as hv:
+        data, win, env = await traced(broker.socket_path, hv.pid, {"per_cpu": True})
+    assert data["backend"] == "bpftrace" and data["method"].startswith("bpftrace runqlat.bt")
+    (sk,) = data["skipped"]
+    assert sk["backend"] == "libbpf" and "no per-CPU histograms" in sk["reason"]
+    assert any("runqlat (libbpf-tools) skipped: runqlat has no per-CPU" in w for w in env["warnings"])
+    check_against_schedstat(data, win, BPFTRACE_TOL, "bpftrace (per_cpu), pid=HEAVY")
+    assert data["histogram"]["mean_exact"] is True
+    cpus = data["cpus"]
+    assert [c["cpu"] for c in cpus] == list(range(os.cpu_count() or 1))
+    assert sum(c["histogram"]["count"] for c in cpus) == data["waits"]
+    exact = sum(c["histogram"]["mean_us"] * c["histogram"]["count"] for c in cpus)
+    assert exact / 1000 == pytest.approx(data["total_wait_ms"], rel=1e-3)
+    print("per CPU: " + ", ".join(f"cpu{c['cpu']} {c['histogram']['count']} waits mean "
+                                  f"{c['histogram']['mean_us'] / 1000:.2f} ms" for c in cpus))
+
+
+# ---------------------------------------------------------------- the bpftrace rung
+
+
+async def test_bpftrace_rung_pid_matches_schedstat_exactly_and_load_moves_the_histogram(
+    module_broker_factory: Any, system_bus: None, rq_load: Path
+) -> None:
+    broker = module_broker_factory("--disable", "runqlat")
+    with heavy(rq_load) as hv, nap(rq_load):
+        data, win, env = await traced(broker.socket_path, hv.pid, {"per_pid": True})
+    assert data["backend"] == "bpftrace"
+    (sk,) = data["skipped"]
+    assert sk["backend"] == "libbpf" and "disabled by the administrator" in sk["reason"]
+    assert data["argv"][-4:] == [str(TRACE_S), str(hv.pid), "0", "1"]
+    assert data["histogram"]["mean_exact"] is True
+    check_against_schedstat(data, win, BPFTRACE_TOL, "bpftrace, pid=HEAVY")
+    check_p99_finding(data, hv.pid)
+    (row,) = data["processes"]  # the pid filter leaves exactly one process
+    assert row["pid"] == hv.pid and row["comm"].startswith("rq-spin-") and row["waits"] == data["waits"]
+    assert row["total_wait_ms"] == pytest.approx(data["total_wait_ms"], rel=1e-3)
+
+    with light(rq_load) as lt:
+        ctl, ctl_win, _ = await traced(broker.socket_path, lt.pid, {})
+    check_moved(data, ctl, ctl_win)
+
+
+# ---------------------------------------------------------------- typed errors
+
+
+async def test_typed_errors_and_the_server_keeps_serving(
+    module_broker_factory: Any, system_bus: None, rq_load: Path
+) -> None:
+    broker = module_broker_factory()
+    users = helpers.lookup_test_users()
+    gone = helpers.spawn_as(users.granted, ["/bin/true"])
+    gone.wait()
+    async with helpers.mcp_client(users.granted, broker.socket_path) as client:
+        for args, code in [
+            ({"pid": gone.pid, "duration_s": 1}, "PID_NOT_FOUND"),
+            ({"duration_s": 0}, "INVALID_PARAMS"),
+            ({"duration_s": 31}, "INVALID_PARAMS"),
+            ({"duration_s": 2.5}, "INVALID_PARAMS"),
+            ({"pid": 0}, "INVALID_PARAMS"),
+            ({"pid": -1}, "INVALID_PARAMS"),
+            ({"pid": 4194305}, "INVALID_PARAMS"),
+            ({"pid": "1; id"}, "INVALID_PARAMS"),
+            ({"per_cpu": "yes"}, "INVALID_PARAMS"),
+            ({"top_n": 0}, "INVALID_PARAMS"),
+            ({"comm": "../x"}, "INVALID_PARAMS"),
+        ]:
+            env = envelope(await client.call_tool(NAME, args))
+            assert env["success"] is False and env["error"]["code"] == code, (args, env)
+            assert env["error"]["suggestion"]
+        # still serving: a real (short) trace
+        data = ok_data(await client.call_tool(NAME, {"duration_s": 1}))
+        assert data["waits"] > 0 and data["histogram"]["count"] == data["waits"]
+    async with helpers.mcp_client(users.denied, broker.socket_path) as client:
+        env = envelope(await client.call_tool(NAME, {"duration_s": 1}))
+    assert env["error"]["code"] == "PERMISSION_DENIED", env
+    assert "usermod -aG perf-mcp" in env["error"]["suggestion"]
