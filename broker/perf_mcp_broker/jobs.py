@@ -131,7 +131,7 @@ def build_cpu_profile(req: CpuProfile, programs: dict[str, str], workdir: str) -
     duration = float(req.duration_s)
     return [
         Step("record", tuple(record), deadline_s=duration + limits.JOB_GRACE_S, stop_after_s=duration),
-        Step("script", tuple(script), deadline_s=60.0 + 4 * duration),
+        Step("script", tuple(script), deadline_s=60.0 + 4 * duration, stage=1),
     ]
 
 
