@@ -41,10 +41,21 @@ def offcputime_of(pid: int) -> list[int]:
     return found
 
 
+RUNGS = {
+    # rung: (broker arguments, data.offcpu.method, backend, skipped methods)
+    "libbpf": ((), "offcputime -p PID (libbpf-tools)", "libbpf", []),
+    "bpftrace": (("--disable", "offcputime"), "bpftrace on sched:sched_switch (offcpu.bt)", "bpftrace",
+                 ["offcputime -p PID (libbpf-tools)"]),
+}
+
+
+@pytest.mark.parametrize("rung", list(RUNGS))
 async def test_offcpu_per_thread_through_the_broker(
-    module_broker_factory, system_bus: None, test_users: helpers.TestUsers, threads_exe: Path  # type: ignore[no-untyped-def]
+    module_broker_factory, system_bus: None, test_users: helpers.TestUsers, threads_exe: Path,  # type: ignore[no-untyped-def]
+    rung: str
 ) -> None:
-    broker = module_broker_factory()
+    args, method, backend, skipped = RUNGS[rung]
+    broker = module_broker_factory(*args)
     progress: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
@@ -58,13 +69,17 @@ async def test_offcpu_per_thread_through_the_broker(
     env = envelope(result)
     jsonschema.validate(env, tool.output_schema)
     data = ok_data(result)
-    print(f"\nowner {test_users.denied.name}, include_offcpu:", end="")
+    print(f"\nowner {test_users.denied.name}, include_offcpu, {rung}:", end="")
     t = check_known_answers(data, proc.pid, DURATION)
     off = data["offcpu"]
     assert off["status"] == "collected" and off["error_code"] is None and off["duration_s"] == DURATION
-    assert off["method"] == "offcputime -p PID (libbpf-tools)" and off["backend"] == "libbpf"
-    assert data["method"] == "procfs: /proc/PID/task/*/stat, status, schedstat deltas + offcputime -p PID (libbpf-tools)"
-    assert data["backend"] == "libbpf" and data["skipped"] == [] and off["broker_job_id"] > 0
+    assert off["method"] == method and off["backend"] == backend
+    assert data["method"] == f"procfs: /proc/PID/task/*/stat, status, schedstat deltas + {method}"
+    assert data["backend"] == backend and off["broker_job_id"] > 0
+    assert [s["method"] for s in data["skipped"]] == skipped
+    if skipped:
+        assert "disabled by the administrator" in data["skipped"][0]["reason"]
+        assert any(w.startswith(f"{skipped[0]} skipped: ") for w in env["warnings"])
     sleep = t["pmcp-sleep"]
     # blocked all the time: offcputime's window, less at most one 100 ms sleep cut at either end
     assert 0.85 * DURATION * 1000 <= sleep["offcpu_ms"] <= 1.05 * DURATION * 1000, sleep
@@ -76,7 +91,7 @@ async def test_offcpu_per_thread_through_the_broker(
     assert data["totals"]["offcpu_ms"] >= sleep["offcpu_ms"] + half["offcpu_ms"]
     blocked = next(f for f in data["findings"] if f["id"] == "process.thread_blocked")
     assert blocked["suggestion"].startswith(f"perf_offcpu_profile with pid={proc.pid}")
-    assert any("offcputime's own" in w for w in env["warnings"])
+    assert any("the tracer's own" in w for w in env["warnings"])
     assert progress and progress[-1][0] == progress[-1][1] and progress[-1][2].endswith("done")
     audit = [line for line in broker.log_text().splitlines() if '"kind": "offcpu_profile"' in line]
     assert audit and '"outcome": "ok"' in audit[-1]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+from collections.abc import Callable
 from typing import Annotated, Literal
 
 import msgspec
@@ -52,7 +53,7 @@ from ..threads import (
     thread_of,
 )
 from ..trace.ladder import LadderResult, Rung, RungFailed, Skipped, climb, find_step, run_job, step_failure
-from ..trace.offcpu_parse import OffcpuParse, parse_offcputime
+from ..trace.offcpu_parse import OffcpuParse, parse_bpftrace_offcpu, parse_offcputime
 from ..use.config import load_thresholds
 
 log = logging.getLogger(__name__)
@@ -116,12 +117,18 @@ class ThreadProfileData(msgspec.Struct, kw_only=True):
     findings: list[Finding]
 
 
+# The off-CPU part's ladder (the procfs part needs no rung: it always runs).
 RUNGS: list[Rung[Params]] = [
     Rung(Backend.LIBBPF, "offcputime -p PID (libbpf-tools)", programs=("offcputime",), needs=("btf",)),
+    Rung(Backend.BPFTRACE, "bpftrace on sched:sched_switch (offcpu.bt)", programs=("bpftrace",),
+         needs=("tracepoints",)),
 ]
 LADDER = RUNGS
-_STEP = {Backend.LIBBPF: "offcputime"}
-_PARSERS = {Backend.LIBBPF: parse_offcputime}
+_STEP = {Backend.LIBBPF: "offcputime", Backend.BPFTRACE: "offcpu"}
+_PARSERS: dict[Backend, Callable[[bytes], OffcpuParse]] = {
+    Backend.LIBBPF: lambda raw: parse_offcputime(raw.decode("utf-8", "replace")),
+    Backend.BPFTRACE: parse_bpftrace_offcpu,
+}
 
 CPU_SOURCES = {
     "schedstat": "schedstat on-CPU ns (exact); user/system split from stat ticks",
@@ -184,7 +191,7 @@ async def _offcpu(ctx: ToolContext, p: Params, seconds: int) -> tuple[LadderResu
         if reason is not None:
             raise RungFailed(reason)
         assert step is not None
-        parsed = _PARSERS[rung.backend](step.stdout.decode("utf-8", "replace"))
+        parsed = _PARSERS[rung.backend](step.stdout)
         if not parsed.stacks and parsed.bad_lines:
             raise ToolError(ErrorCode.PARSE_ERROR, f"none of the off-CPU output could be read "
                                                    f"({parsed.bad_lines} bad lines)")
@@ -278,8 +285,8 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
             warnings.append(f"{parsed.lost_entries} off-CPU entries lost their user stack and were left out")
         if parsed.bad_lines:
             warnings.append(f"{parsed.bad_lines} lines of off-CPU output could not be read")
-        warnings.append(f"off-CPU time is offcputime's own {seconds} s window, which starts when its BPF program "
-                        "is attached (about a second after the procfs window) and counts a block when it ends "
+        warnings.append(f"off-CPU time is the tracer's own {seconds} s window, which starts when its BPF program "
+                        "is attached (a second or more after the procfs window) and counts a block when it ends "
                         "(a thread blocked for the whole window shows none: see its blocked_ms)")
     elif p.include_offcpu:
         warnings.append(f"off-CPU part unavailable ({part.reason}); the thread table is complete without it")
