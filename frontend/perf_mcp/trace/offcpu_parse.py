@@ -103,6 +103,14 @@ def _is_tracer(name: str) -> bool:
         and _TRACER_FRAME.match(name) is not None
 
 
+def _drop_tracer(leaf_first: list[str]) -> list[str]:
+    """Without the tracer's own frames at the leaf (bpftrace may show __traceiter_sched_switch)."""
+    i = 0
+    while i < len(leaf_first) and _is_tracer(leaf_first[i]):
+        i += 1
+    return leaf_first[i:] if i else leaf_first
+
+
 def _kernel_depth(leaf_first: list[str], had_tracer: bool) -> int:
     """How many leading (leaf-side) frames are the kernel's.
 
@@ -218,7 +226,7 @@ def parse_bpftrace_offcpu(raw: bytes | str) -> OffcpuParse:
         if m is None or not isinstance(value, int) or isinstance(value, bool) or value < 0:
             bad += 1
             continue
-        kernel = _bt_frames(m.group("k"))
+        kernel = _drop_tracer(_bt_frames(m.group("k")))
         user = _bt_frames(m.group("u"))
         leaf_first = kernel + user
         tid, tgid = int(m.group("tid")), int(m.group("tgid"))
@@ -305,6 +313,8 @@ def parse_perf_offcpu(text: str, *, min_block_us: int = 1, pid: int | None = Non
             if info is None:
                 bad += 1
                 continue
+            if not frames and _is_tracer(info[0]):
+                continue  # the tracer's own frame at the leaf
             frames.append(info[0])
             if info[1] and not user_seen:
                 kdepth += 1
