@@ -246,18 +246,22 @@ def _matcher(pattern: str | None):  # type: ignore[no-untyped-def]
 
 
 class _Links:
-    """Who is whose parent: exec records first (ppid at exec time), then exits,
-    then the /proc snapshots (processes that never exec'd, such as subshells)."""
+    """Who is whose parent, the first that knows winning: the exec records (ppid
+    at exec time), the /proc snapshot before the trace, the exit records (a
+    process whose parent died first exits as a child of init or a subreaper),
+    then the snapshot after it (forks that never exec'd, such as subshells)."""
 
     def __init__(self, before: dict[int, tuple[int, str]], after: dict[int, tuple[int, str]],
                  execs: list[ExecEvent], exits: dict[int, ExitEvent]) -> None:
         self.parent: dict[int, int] = {}
         self.comm: dict[int, str] = {}
-        for snap in (before, after):
-            for pid, (ppid, comm) in snap.items():
-                self.parent[pid], self.comm[pid] = ppid, comm
+        for pid, (ppid, comm) in after.items():
+            self.parent[pid], self.comm[pid] = ppid, comm
         for pid, ex in exits.items():
             self.parent[pid], self.comm[pid] = ex.ppid, ex.comm
+        for pid, (ppid, comm) in before.items():
+            self.parent[pid] = ppid
+            self.comm.setdefault(pid, comm)
         for ev in execs:
             self.parent[ev.pid] = ev.ppid
             if ev.ret == 0:

@@ -13,7 +13,7 @@ Three outputs, one shape (ExecRecords: executions, exits, warnings):
   tid, age in seconds with 2 decimals (so lifetimes are known to 10 ms), then
   "0", "code N" or "signal N (NAME)[, core dumped]".
 - the broker's bpftrace script execsnoop.bt with `-f json`: printf lines
-  (B/E/A/M/R/N/X records, see the script's header) joined here by (tid, key),
+  (B/E/A/M/R/X records, see the script's header) joined here by (tid, key),
   since lines of one exec may come from two CPUs out of order. bpftrace 0.17
   escapes a byte >= 0x80 in JSON as \\uffffffXX (a sign-extended char), which no
   JSON decoder reads back, so the printf payload is unescaped here byte-exactly.
@@ -106,6 +106,9 @@ def _execsnoop_args(field: bytes) -> tuple[list[str], bool] | None:
     return [text(_ESCAPE.sub(lambda m: _UNESCAPE[m.group(1)], p)) for p in parts], cut
 
 
+_TAIL = re.compile(rb"(.{0,16}?) +(\d+) +(\d+) +(-?\d+) (\".*)", re.S)
+
+
 def _execsnoop_line(line: bytes) -> ExecEvent | None:
     m = _TIME.match(line)
     if not m:
@@ -114,19 +117,33 @@ def _execsnoop_line(line: bytes) -> ExecEvent | None:
     uid_m = _DIGITS.match(line, pos)
     if not uid_m:
         return None
-    pos += max(6, len(uid_m.group(0)))  # "%-6d", and no space after it
-    comm, rest = line[pos:pos + 16], line[pos + 16:]  # "%-16s " (a comm has at most 15 bytes)
-    if not rest.startswith(b" "):
+    digits = uid_m.group(0)
+    pos += max(6, len(digits))  # "%-6d", and no space after it
+    # "%-16s %-6d %-6d %3d " then the quoted args; a comm (at most 15 bytes) may hold spaces.
+    tail = _TAIL.fullmatch(line, pos)
+    if tail is None:
         return None
-    fields = rest.split(None, 3)
-    if len(fields) != 4 or not all(f.lstrip(b"-").isdigit() for f in fields[:3]):
-        return None
-    parsed = _execsnoop_args(fields[3])
+    comm, pid, ppid, ret, field = tail.groups()
+    parsed = _execsnoop_args(field)
     if parsed is None:
         return None
     args, cut = parsed
-    return ExecEvent(pid=int(fields[0]), ppid=int(fields[1]), uid=int(uid_m.group(0)), comm=text(comm.rstrip(b" ")),
-                     args=args, args_truncated=cut, ret=int(fields[2]), t_s=float(m.group(1)))
+    uid, comm = _split_uid_comm(digits, comm, args[0], int(ret))
+    return ExecEvent(pid=int(pid), ppid=int(ppid), uid=uid, comm=text(comm), args=args, args_truncated=cut,
+                     ret=int(ret), t_s=float(m.group(1)))
+
+
+def _split_uid_comm(digits: bytes, comm: bytes, path: str, ret: int) -> tuple[int, bytes]:
+    """"%-6d" leaves no space after a uid of 6 digits or more, so a comm that starts
+    with a digit runs into it (uid 123456, comm 7z: "1234567z"). After a successful
+    exec the comm is the path's basename (first 15 bytes): the split that gives it
+    wins; otherwise all the digits are the uid."""
+    if len(digits) > 6 and ret == 0:
+        want = path.rsplit("/", 1)[-1].encode("utf-8", "surrogateescape")[:15]
+        for k in range(len(digits) - 1, 5, -1):
+            if digits[k:] + comm == want:
+                return int(digits[:k]), want
+    return int(digits), comm
 
 
 def parse_execsnoop(stdout: bytes, stderr: bytes = b"") -> ExecRecords:
@@ -299,11 +316,6 @@ def _record(rec: bytes, pending: dict[tuple[int, int], _Pending], out: ExecRecor
         _, tid, key, ret, comm = rec.split(b" ", 4)
         p = pending.setdefault((_int(tid), _int(key)), _Pending())
         p.ret, p.comm = _int(ret), comm
-    elif kind == b"N ":
-        _, pid, key, uid, ppid, path = rec.split(b" ", 5)
-        p = pending.setdefault((_int(pid), _int(key)), _Pending())
-        p.pid, p.uid, p.ppid, p.path, p.ret = _int(pid), _int(uid), _int(ppid), path, 0
-        p.comm = path.rsplit(b"/", 1)[-1][:15]
     elif kind == b"X ":
         _, pid, ppid, uid, age_ns, status, comm = rec.split(b" ", 6)
         st = _int(status)
