@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -106,3 +107,121 @@ def test_byte_flips_never_raise(pos, junk):
     text = _text("pid_reader_feeder.txt")
     pos = min(pos, len(text))
     parse_offcputime(text[:pos] + junk.decode("latin-1") + text[pos:])
+
+
+# ---------------------------------------------------------------- all three rungs on the same workload
+
+import gzip  # noqa: E402
+
+from perf_mcp.tools.perf_offcpu_profile import analyse, folded_stacks, where  # noqa: E402
+from perf_mcp.trace.offcpu_parse import parse_bpftrace_offcpu, parse_perf_offcpu  # noqa: E402
+
+PID, READER, FEEDER, NAPPER = 16531, 16531, 16533, 16534  # tests/fixtures/offcputime/README.md
+READER_TAIL = ["perfmcp_reader_loop", "perfmcp_wait_for_data", "entry_SYSCALL_64_after_hwframe", "do_syscall_64",
+               "ksys_read", "vfs_read", "anon_pipe_read", "schedule", "__schedule"]
+
+
+def _perf(name: str) -> str:
+    return gzip.decompress((FIX / name).read_bytes()).decode()
+
+
+def _rungs() -> dict[str, OffcpuParse]:
+    return {
+        "offcputime": parse_offcputime(_text("libbpf_pid.txt")),
+        "bpftrace": parse_bpftrace_offcpu((FIX / "bpftrace_pid.json").read_bytes()),
+        "perf": parse_perf_offcpu(_perf("perf_pid.txt.gz"), min_block_us=1000, pid=PID).parse,
+    }
+
+
+def test_every_rung_gives_the_same_shape():
+    for rung, p in _rungs().items():
+        assert p.bad_lines == 0 and not p.truncated and p.lost_entries == 0, rung
+        by_tid = {s.tid: s for s in sorted(p.stacks, key=lambda s: s.offcpu_us)}  # each thread's biggest stack
+        assert set(by_tid) == {READER, FEEDER, NAPPER}, (rung, p.stacks)
+        reader = by_tid[READER]
+        assert [s.tid for s in p.stacks].count(READER) == 1, "one stack: the reader only ever blocks in one place"
+        assert reader.comm == "pmcp_reader" and reader.frames[-len(READER_TAIL):] == READER_TAIL, rung
+        assert reader.kernel_frames == 7 and reader.pid in (READER, PID)
+        assert reader.tgid in (None, PID)
+        assert "perfmcp_short_nap" in by_tid[NAPPER].frames and "perfmcp_feeder_sleep" in by_tid[FEEDER].frames
+        # Reader blocked ~100% of the 2 s window (perf's window starts ~0.4 s late: 1.5-2.0 s).
+        assert 1_400_000 <= reader.offcpu_us <= 2_000_000, (rung, reader.offcpu_us)
+        w = where(reader)
+        assert (w.blocked_in, w.waiting_in, w.kind) == ("perfmcp_wait_for_data", "anon_pipe_read", "pipe")
+        assert where(by_tid[FEEDER]).kind == "sleep" and where(by_tid[NAPPER]).blocked_in == "perfmcp_sleep_us"
+
+
+def test_perf_pairs_switches_and_filters():
+    text = _perf("perf_pid.txt.gz")
+    full = parse_perf_offcpu(text, min_block_us=1, pid=PID)
+    assert full.blocks > 700 and full.open_blocks == 3 and 1.4 < full.window_s <= 2.0  # ~500 naps/s
+    assert parse_perf_offcpu(text, pid=PID + 1).parse.stacks == []  # another process: nothing
+    long_only = parse_perf_offcpu(text, min_block_us=50_000, pid=PID)
+    assert {s.tid for s in long_only.parse.stacks} == {READER, FEEDER}  # the 2 ms naps are gone
+    assert long_only.short_blocks > 700
+    system = parse_perf_offcpu(_perf("perf_system.txt.gz"), min_block_us=1000)
+    assert system.parse.bad_lines == 0 and not system.parse.truncated
+    assert {s.tgid for s in system.parse.stacks if s.comm == "pmcp_napper"} == {PID}
+    assert all(s.tid != 0 for s in system.parse.stacks)  # never the idle task
+
+
+def test_bpftrace_system_wide_kernel_threads():
+    p = parse_bpftrace_offcpu((FIX / "bpftrace_system_m100000.json").read_bytes())
+    assert p.bad_lines == 0 and p.stacks
+    assert all(s.offcpu_us >= 100_000 for s in p.stacks)
+    kthreads = [s for s in p.stacks if s.frames and s.frames[0] == "ret_from_fork_asm"]
+    assert kthreads and all(s.kernel_frames == len(s.frames) for s in kthreads)
+
+
+def test_bpftrace_truncated_and_garbled():
+    raw = (FIX / "bpftrace_pid.json").read_bytes()
+    for cut in range(0, len(raw), 7):
+        p = parse_bpftrace_offcpu(raw[:cut])
+        assert p.stacks == [] or p.stacks == parse_bpftrace_offcpu(raw).stacks
+        if b'"@offcpu_us"' in raw[:cut] and cut < len(raw.rstrip()):
+            assert p.truncated and p.bad_lines >= 1
+    garbled = raw.replace(b"pmcp_reader,16531,16531,", b"pmcp_reader,16531,x,")  # both of its keys
+    p = parse_bpftrace_offcpu(garbled)
+    assert p.bad_lines == 2 and {s.comm for s in p.stacks} == {"pmcp_feeder", "pmcp_napper"}
+
+
+def test_perf_truncated_and_garbled():
+    text = _perf("perf_pid.txt.gz")
+    full = parse_perf_offcpu(text, pid=PID)
+    totals = {(s.tid, tuple(s.frames)): s.offcpu_us for s in full.parse.stacks}
+    for cut in list(range(1, len(text), 9973)) + [len(text) - 3]:
+        p = parse_perf_offcpu(text[:cut], pid=PID)
+        assert p.parse.bad_lines == 0
+        assert p.parse.truncated == (not text[:cut].endswith("\n"))
+        for s in p.parse.stacks:
+            assert s.offcpu_us <= totals[(s.tid, tuple(s.frames))]
+    lines = text.split("\n")
+    garbled = "\n".join(("@@garbage@@ " + line if i % 50 == 7 else line) for i, line in enumerate(lines))
+    p = parse_perf_offcpu(garbled, pid=PID)
+    assert p.parse.bad_lines > 0 and {s.tid for s in p.parse.stacks} == {READER, FEEDER, NAPPER}
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.integers(min_value=0, max_value=30_000), st.binary(min_size=1, max_size=12))
+def test_perf_and_bpftrace_never_raise(pos, junk):
+    text = _perf("perf_pid.txt.gz")[:40_000]
+    parse_perf_offcpu(text[:pos] + junk.decode("latin-1") + text[pos:], pid=PID)
+    raw = (FIX / "bpftrace_pid.json").read_bytes()
+    pos = min(pos, len(raw))
+    parse_bpftrace_offcpu(raw[:pos] + junk + raw[pos:])
+
+
+def test_analysis_and_folded_stacks():
+    p = _rungs()["offcputime"]
+    a = analyse(p.stacks, window_s=2.0, top_n=10, pid=PID)
+    assert a.total_us == p.total_us and a.threads_total == 3
+    reader = next(t for t in a.threads if t.tid == READER)
+    assert reader.blocked_in == "perfmcp_wait_for_data" and 90 <= reader.window_pct <= 100
+    fn = {f.function: f for f in a.functions}
+    # The feeder and the napper both sleep in perfmcp_sleep_us: one function, two threads.
+    assert fn["perfmcp_sleep_us"].threads == 2 and fn["perfmcp_wait_for_data"].threads == 1
+    assert sum(f.share_pct for f in a.functions) == pytest.approx(100, abs=0.1)
+    folded, kernel = folded_stacks(p.stacks)
+    assert sum(folded.values()) == p.total_us
+    assert "pmcp_reader;__libc_init_first;main;" + ";".join(READER_TAIL) in folded
+    assert {"__schedule", "anon_pipe_read"} <= kernel and "perfmcp_wait_for_data" not in kernel

@@ -146,8 +146,10 @@ _WAIT_KINDS: list[tuple[str, re.Pattern[str]]] = [
     ("child wait", re.compile(r"^(do_wait|kernel_wait4|__do_sys_wait4)$")),
     ("signal wait", re.compile(r"^(do_sigtimedwait|sigsuspend|__x64_sys_rt_sigsuspend)$")),
     ("page fault", re.compile(r"^(handle_mm_fault|do_user_addr_fault|exc_page_fault)$")),
+    ("completion wait", re.compile(r"^(wait_for_completion\w*|__wait_for_common|__wait_rcu_gp|synchronize_rcu\w*)$")),
     ("kernel thread idle", re.compile(r"^(worker_thread|smpboot_thread_fn|kthread_worker_fn|rcu_gp_kthread|"
-                                      r"kswapd|kcompactd|rescuer_thread|kthreadd|ksoftirqd\w*)$")),
+                                      r"kswapd|kcompactd|rescuer_thread|kthreadd|ksoftirqd\w*|kdamond_fn|"
+                                      r"rcu_tasks_kthread|irq_thread)$")),
 ]
 KIND_TEXT = {
     "preempted": "runnable but preempted (waiting for a CPU)",
@@ -160,6 +162,7 @@ KIND_TEXT = {
     "child wait": "waiting for a child process",
     "signal wait": "waiting for a signal",
     "page fault": "blocked in a page fault",
+    "completion wait": "waiting for a kernel completion (RCU grace period, device, another thread)",
     "kernel thread idle": "a kernel thread waiting for work",
     "other": "blocked",
 }
@@ -303,7 +306,7 @@ def findings(a: Analysis, *, window_s: float, duration_s: int, pid: int | None, 
         if len(out) >= MAX_THREAD_FINDINGS or t.window_pct < BLOCKED_PCT:
             break
         # System-wide, idle kernel threads and event loops blocked all the time are the normal case.
-        if pid is None and t.wait_kind not in ("lock", "disk I/O", "page fault", "other"):
+        if pid is None and t.wait_kind not in ("lock", "disk I/O", "page fault"):
             continue
         severity = "warning" if t.wait_kind in ("lock", "disk I/O", "page fault") else "info"
         stack = next((s for s in a.stacks if t.tid in s.tids and s.blocked_in == t.blocked_in), None)

@@ -133,6 +133,20 @@ def _finish(comm: str, tid: int, us: int, leaf_first: list[str], had_tracer: boo
                        offcpu_us=us)
 
 
+def _merge(stacks: list[OffcpuStack]) -> list[OffcpuStack]:
+    """One entry per thread and stack: the kernel sometimes shows the tracer's frame
+    (__traceiter_sched_switch) and sometimes not, which splits one stack in two until
+    that frame is dropped."""
+    out: dict[tuple[str, int, int | None, int | None, tuple[str, ...], int], OffcpuStack] = {}
+    for s in stacks:
+        key = (s.comm, s.pid, s.tid, s.tgid, tuple(s.frames), s.kernel_frames)
+        if key in out:
+            out[key].offcpu_us += s.offcpu_us
+        else:
+            out[key] = msgspec.structs.replace(s)
+    return list(out.values())
+
+
 def parse_offcputime(text: str) -> OffcpuParse:
     """Parse libbpf-tools offcputime's multi-line stacks; never raises on malformed input."""
     stacks: list[OffcpuStack] = []
@@ -184,7 +198,7 @@ def parse_offcputime(text: str) -> OffcpuParse:
             continue
         frames.append(name)
     truncated = bool(frames) or had_tracer or pending is not None or bool(cut_line.strip())
-    return OffcpuParse(stacks=stacks, bad_lines=bad, truncated=truncated, lost_entries=lost)
+    return OffcpuParse(stacks=_merge(stacks), bad_lines=bad, truncated=truncated, lost_entries=lost)
 
 
 # ---------------------------------------------------------------- bpftrace (broker script offcpu.bt)
@@ -214,7 +228,10 @@ def parse_bpftrace_offcpu(raw: bytes | str) -> OffcpuParse:
     """The @offcpu_us map of offcpu.bt (`bpftrace -f json`); never raises on malformed input."""
     from .bpftrace import parse_json_lines  # same package; kept local so this module stays import-light
 
-    data = raw.encode("utf-8", "replace") if isinstance(raw, str) else raw
+    # Through str and back: invalid UTF-8 (output cut inside a character) becomes U+FFFD, which the
+    # JSON reader rejects per line instead of raising.
+    text = raw if isinstance(raw, str) else raw.decode("utf-8", "replace")
+    data = text.encode("utf-8", "replace")
     out = parse_json_lines(data)
     bad = out.bad_lines
     stacks: list[OffcpuStack] = []
@@ -234,7 +251,7 @@ def parse_bpftrace_offcpu(raw: bytes | str) -> OffcpuParse:
                                   kernel_frames=len(kernel), offcpu_us=value))
     # bpftrace prints the map at exit; output cut before it (or mid-line) leaves no map or a bad line.
     truncated = table is None and (out.bad_lines > 0 or out.attached_probes is not None)
-    return OffcpuParse(stacks=stacks, bad_lines=bad, truncated=truncated)
+    return OffcpuParse(stacks=_merge(stacks), bad_lines=bad, truncated=truncated)
 
 
 # ---------------------------------------------------------------- perf (record sched_switch -g --switch-events)
@@ -351,7 +368,7 @@ def parse_perf_offcpu(text: str, *, min_block_us: int = 1, pid: int | None = Non
             sample = (t_ns, m.group("comm").strip().replace(";", ":"), tgid, tid)
         else:
             skipping = True
-    truncated = bool(cut_line.strip())
+    truncated = bool(cut_line)  # even a cut in a frame line's indent loses that frame
     if truncated:
         sample = None  # the last stack may have lost frames: never guessed
     flush()
