@@ -178,13 +178,17 @@ def _hist(rows: Any, sum_ns: Any, count: Any, what: str, warnings: list[str]) ->
 
 def parse_runqlat_bpftrace(raw: bytes) -> RunqOutput:
     """The JSON lines of runqlat.bt."""
-    out = parse_json_lines(raw)
+    # bytes that are not UTF-8 (a damaged output) become U+FFFD: the JSON decoder
+    # raises on them instead of reporting a bad line
+    out = parse_json_lines(raw.decode("utf-8", "replace").encode("utf-8"))
     warnings: list[str] = []
-    known = ("@usecs", "@sum_ns", "@count")
+    known = ("@usecs", "@count")
     seen = [k for k in known if k in out.maps or k in out.hists]
-    if not seen and out.attached_probes is None:
+    if not seen:  # the script always prints @count (0 when nothing waited)
         if not raw.strip():
             raise RunqParseError("bpftrace printed nothing")
+        if out.attached_probes is not None:
+            raise RunqParseError("bpftrace's output ends before the script printed its maps")
         raise RunqParseError(f"no run-queue map in bpftrace's output ({out.bad_lines} lines unreadable)")
     if out.bad_lines:
         warnings.append(f"{out.bad_lines} lines of bpftrace output could not be read (cut short or damaged) "
