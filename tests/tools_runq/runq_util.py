@@ -6,6 +6,7 @@ One small C program, `rq-load`, compiled once per module:
     rq-load nap N SECONDS USEC    N threads sleeping USEC between tiny bits of work:
                                   many wakeups, each a short run-queue wait
     rq-load pingpong SECONDS      two threads passing a byte through two pipes; prints
+                                  "tick MONOTONIC_S ROUND_TRIPS" every 0.1 s and
                                   "round_trips N seconds S" at the end (the bench's ops)
 
 The kernel's own account to compare with: /proc/PID/task/*/schedstat, field 2 =
@@ -81,11 +82,18 @@ static int pingpong(void) {
     if (pipe(ab) || pipe(ba)) return 1;
     pthread_create(&t, NULL, echo, NULL);
     pthread_setname_np(t, "rq-pong");
-    double start = now(), end = start + seconds;
+    double start = now(), end = start + seconds, tick = start;
+    printf("tick %.6f 0\n", start);
     while (now() < end) {
-        for (int i = 0; i < 100; i++) {
+        for (int i = 0; i < 50; i++) {
             if (write(ab[1], &c, 1) != 1 || read(ba[0], &c, 1) != 1) return 1;
             trips++;
+        }
+        double t = now();
+        if (t - tick >= 0.1) {
+            printf("tick %.6f %lu\n", t, trips);
+            fflush(stdout);
+            tick = t;
         }
     }
     double took = now() - start;
