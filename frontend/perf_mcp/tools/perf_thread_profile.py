@@ -1,9 +1,9 @@
 """perf_thread_profile: which threads of a process use the CPU, wait for it, or block.
 
 Main part (no broker): passes over /proc/PID/task/*/{stat,status,schedstat}
-at the start and the end of the window, and in between at most every second
-(kept under ~1% of one CPU: a pass over N threads costs ~N x 25 us, so the
-interval grows with N). The in-between passes give progress and keep the
+at the start and the end of the window, and in between at most every second,
+kept under PASS_BUDGET (1%) of one CPU: a pass over N threads costs about
+N x 25 us of CPU, so past ~400 threads the in-between passes thin out. The in-between passes give progress and keep the
 answer when the process, or a thread, exits mid-window. These files are
 world-readable, so another user's process needs no grant; a file that answers
 EACCES anyway (hardened kernels, LSMs) is counted in data.unreadable_files and
@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import time
 from collections.abc import Callable
 from typing import Annotated, Literal
 
@@ -137,8 +138,15 @@ CPU_SOURCES = {
 }
 
 
-async def _pass(pid: int) -> ProcessSample:
-    return await trio.to_thread.run_sync(read_process, pid)
+def _timed_read(pid: int) -> tuple[ProcessSample, float]:
+    """One pass and the CPU seconds it took (thread CPU time: on a busy machine the wall time is mostly waiting)."""
+    c0 = time.thread_time()
+    sample = read_process(pid)
+    return sample, time.thread_time() - c0
+
+
+async def _pass(pid: int) -> tuple[ProcessSample, float]:
+    return await trio.to_thread.run_sync(_timed_read, pid)
 
 
 class _Sampler:
@@ -152,25 +160,22 @@ class _Sampler:
         self.window: Window | None = None
         self.exited_after_s: float | None = None
 
-    async def run(self, first: ProcessSample, t0: float) -> Window:
+    async def run(self, first: ProcessSample, cost: float, t0: float) -> Window:
         window = self.window = Window(first)
-        cost = trio.current_time() - t0
-        last_pass = t0
+        last_due = t0  # when the last pass was due (scheduled times: no drift from wake-up delays)
         k = 0
         while True:
             k += 1
             due = min(t0 + k, t0 + self.duration_s)
             await trio.sleep_until(due)
             final = due >= t0 + self.duration_s
-            if final or trio.current_time() - last_pass >= max(1.0, cost / PASS_BUDGET):
-                started = trio.current_time()
+            if final or due - last_due >= max(1.0, cost / PASS_BUDGET) - 1e-6:
                 try:
-                    sample = await _pass(self.pid)
+                    sample, cost = await _pass(self.pid)
                 except ProcessGone:
                     self.exited_after_s = round(trio.current_time() - t0, 2)
                     return window
-                cost = trio.current_time() - started
-                last_pass = started
+                last_due = due
                 window.add(sample)
             if self.report:
                 elapsed = min(trio.current_time() - t0, self.duration_s)
@@ -225,7 +230,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
                         suggestion=f"Pass the process id: pid={owner} (its threads are all profiled).")
     t0 = trio.current_time()
     try:
-        first = await _pass(p.pid)
+        first, cost = await _pass(p.pid)
     except ProcessGone:
         raise ToolError(ErrorCode.PID_NOT_FOUND, f"no process with pid {p.pid}") from None
     except NotPermitted:
@@ -259,7 +264,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         async with trio.open_nursery() as nursery:
             if p.include_offcpu:
                 nursery.start_soon(offcpu_task)
-            window = await sampler.run(first, t0)
+            window = await sampler.run(first, cost, t0)
     except BaseExceptionGroup as group:
         raise single_leaf(group) from None
 
