@@ -213,3 +213,23 @@ async def test_errors_and_busy(
     assert err["error"]["suggestion"]
     assert not helpers.descendants(broker.pid) or helpers.wait_until(lambda: not helpers.descendants(broker.pid), 10)
     assert os.path.exists(f"/proc/{workload.pid}")
+
+
+async def test_perf_output_cut_at_the_broker_cap_gives_partial_data(
+    module_broker_factory: Any, system_bus: None, test_users: helpers.TestUsers, workload: Workload
+) -> None:
+    """perf script prints every switch with its stack (~350 KB/s for this workload): with a 200 KB
+    cap the broker stops it, and the answer covers the part before the cut, flagged truncated."""
+    broker = module_broker_factory("--disable", "offcputime", output_cap=200_000)
+    async with helpers.mcp_client(test_users.granted, broker.socket_path) as client:
+        result = await client.call_tool(TOOL, {"duration_s": DURATION, "pid": workload.pid})
+    env = envelope(result)
+    data = ok_data(result)
+    assert data["method"].startswith("perf record") and env["truncated"] is True
+    assert any("cut short" in w for w in env["warnings"]), env["warnings"]
+    window_s = data["window_s"]
+    assert 0 < window_s < DURATION - 0.5, window_s  # the events before the cut
+    reader = next(t for t in data["threads"] if t["tid"] == workload.pid)
+    assert reader["blocked_in"] == "perfmcp_wait_for_data"
+    assert reader["offcpu_ms"] <= WINDOW_RANGE[1] * window_s * 1000
+    print(f"\nperf at a 200 KB cap: {window_s:.2f} s of events kept, reader {reader['offcpu_ms']:.0f} ms off-CPU")

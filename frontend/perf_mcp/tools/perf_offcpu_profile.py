@@ -24,7 +24,7 @@ import msgspec
 import trio
 from msgspec import Meta
 
-from perf_mcp_protocol import Backend, JobResult, OffcpuProfile, limits
+from perf_mcp_protocol import Backend, JobResult, OffcpuProfile, StepResult, limits
 
 from ..contract import ArtifactRef, Evidence, Finding, sort_findings
 from ..errors import ErrorCode, ToolError
@@ -357,6 +357,14 @@ def _process_gone(pid: int | None) -> bool:
     return pid is not None and not Path(f"/proc/{pid}").exists()
 
 
+def _failure(step: StepResult | None) -> str | None:
+    """step_failure, except that a program stopped at the broker's output cap is read: its output
+    up to the cap is a partial answer (flagged truncated), which beats the next rung's none."""
+    if step is not None and step.stdout_truncated and step.stdout and not step.timed_out:
+        return None
+    return step_failure(step)
+
+
 def _read_rung(backend: Backend, job: JobResult, p: Params) -> _RungAnswer:
     """Parse one rung's job; RungFailed when the program could not trace."""
     warnings: list[str] = []
@@ -374,7 +382,7 @@ def _read_rung(backend: Backend, job: JobResult, p: Params) -> _RungAnswer:
         if lost:
             warnings.append(f"perf record lost {lost.group(1)} chunks of events: some blocks are missing")
         step = find_step(job, "script")
-        reason = step_failure(step)
+        reason = _failure(step)
         if reason is not None:
             raise RungFailed(reason)
         assert step is not None
@@ -387,7 +395,7 @@ def _read_rung(backend: Backend, job: JobResult, p: Params) -> _RungAnswer:
     else:
         name = "offcputime" if backend is Backend.LIBBPF else "offcpu"
         step = find_step(job, name)
-        reason = step_failure(step)
+        reason = _failure(step)
         if reason is not None:
             if _process_gone(p.pid):
                 raise ToolError(ErrorCode.PID_NOT_FOUND, f"process {p.pid} exited before or during the trace")
@@ -438,8 +446,8 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     parsed = answer.parse
     warnings = result.warnings() + answer.warnings
     if parsed.truncated:
-        warnings.append("the off-CPU output was cut short (broker output cap or a partial last entry): "
-                        "the figures are lower bounds")
+        warnings.append("the off-CPU output was cut short (broker output cap or a partial last entry): the figures "
+                        "cover the part before the cut; a shorter duration_s or pid= keeps it whole")
     if parsed.lost_entries:
         warnings.append(f"{parsed.lost_entries} off-CPU entries lost their user stack and were left out")
     if parsed.bad_lines:
