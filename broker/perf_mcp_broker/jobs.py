@@ -47,7 +47,7 @@ PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
 # and covered by the start-up integrity check. A builder picks one by name from
 # this fixed set; the client only ever chooses a Backend.
 SCRIPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpftrace")
-SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "execsnoop"})
+SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "syscount_latency", "execsnoop"})
 # bpftrace needs time to compile and attach before its interval timer starts.
 BPFTRACE_START_S = 15.0
 
@@ -192,7 +192,9 @@ def build_syscall_count(req: SyscallCount, programs: dict[str, str], workdir: st
             steps.append(_traced("syscount_failures", [syscount, *common, "-x"], d))
         return steps
     if req.backend is Backend.BPFTRACE:
-        argv = _script(programs, "syscount", d, req.pid or 0, int(req.latency), int(req.per_process),
+        # two scripts: an attached sys_enter probe costs every syscall, so only the latency one has it
+        script = "syscount_latency" if req.latency else "syscount"
+        argv = _script(programs, script, d, req.pid or 0, int(req.latency), int(req.per_process),
                        int(req.errors))
         return [_traced("syscount", argv, d)]
     raise Unsupported(req.backend)
