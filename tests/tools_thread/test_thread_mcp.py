@@ -26,7 +26,7 @@ import trio
 
 import helpers
 from helpers import envelope, ok_data
-from thread_util import by_name, check_known_answers, threads_exe, workload  # noqa: F401  (fixture)
+from thread_util import by_name, check_always_runnable, check_known_answers, threads_exe, workload  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -134,7 +134,7 @@ async def test_process_exiting_mid_window_is_reported(
     assert data["process_exited"] is True and 1.0 <= data["window_s"] <= 4.2, data["window_s"]
     assert any(w.startswith(f"process {proc.pid} exited ") for w in env["warnings"]), env["warnings"]
     busy = by_name(data)["pmcp-busy"]
-    assert 93 <= busy["cpu_pct"] + busy["runq_wait_pct"] <= 101  # the figures still hold up to the last pass
+    check_always_runnable(busy)  # the figures still hold up to the last pass
     print(f"\nexited mid-window: window {data['window_s']} s over {data['passes']} passes, "
           f"busy {busy['cpu_pct']:.1f}%")
 

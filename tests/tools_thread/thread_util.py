@@ -195,6 +195,18 @@ def by_name(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {t["name"]: t for t in data["threads"]}
 
 
+def check_always_runnable(row: dict[str, Any]) -> tuple[float, float]:
+    """A thread that never blocks is on a CPU or on a run queue all the window: (sum %, slack %).
+
+    schedstat adds a wait when it ends, so a wait that straddles either end of
+    the window moves up to a timeslice's wait into (or out of) it at each end.
+    """
+    runnable = row["cpu_pct"] + row["runq_wait_pct"]
+    slack = 100 * 2 * (row["runq_wait_per_timeslice_ms"] or 0) / (row["window_s"] * 1000)
+    assert 94 - slack <= runnable <= 101 + slack, row
+    return runnable, slack
+
+
 def check_known_answers(data: dict[str, Any], pid: int, duration: float) -> dict[str, dict[str, Any]]:
     """The workload's known answers (see test_thread_mcp's docstring); prints the figures."""
     assert data["pid"] == pid and data["comm"] == "pmcp-threads"
@@ -207,15 +219,17 @@ def check_known_answers(data: dict[str, Any], pid: int, duration: float) -> dict
     for r in (busy, half, sleep):
         assert r["cpu_source"] == "schedstat" and r["lifetime"] == "whole_window"
     # busy: always runnable -> on CPU + waiting ~ 100% of the window, never blocked
-    runnable = busy["cpu_pct"] + busy["runq_wait_pct"]
-    assert 93 <= runnable <= 101, busy
-    assert busy["cpu_pct"] >= 80 or busy["runq_wait_pct"] >= 100 - busy["cpu_pct"] - 7, busy
+    runnable, slack = check_always_runnable(busy)
+    assert busy["cpu_pct"] >= 80 or busy["runq_wait_pct"] >= 100 - busy["cpu_pct"] - 6 - slack, busy
     assert busy["cpu_pct"] >= 15 and busy["blocked_ms"] <= 0.05 * busy["window_s"] * 1000, busy
     assert busy["user_pct"] >= 0.85 * busy["cpu_pct"] and busy["voluntary_switches_per_s"] <= 1, busy
     # half: on CPU as long as blocked; one voluntary switch (the nanosleep) per 50 ms of CPU
     share = half["oncpu_ms"] / (half["oncpu_ms"] + half["blocked_ms"])
     assert 0.40 <= share <= 0.60, half
-    assert 35 <= half["cpu_pct"] <= 65 if half["runq_wait_pct"] < 10 else 20 <= half["cpu_pct"] <= 65, half
+    if half["runq_wait_pct"] < 10:
+        assert 35 <= half["cpu_pct"] <= 65, half
+    else:  # a loaded machine: half of the time it did not spend waiting for a CPU
+        assert half["cpu_pct"] == pytest.approx((100 - half["runq_wait_pct"]) / 2, abs=8), half
     periods = half["oncpu_ms"] / HALF_PERIOD_MS
     switches = half["voluntary_switches_per_s"] * half["window_s"]
     assert abs(switches - periods) <= 0.2 * periods + 1.5, (switches, periods)
@@ -225,9 +239,11 @@ def check_known_answers(data: dict[str, Any], pid: int, duration: float) -> dict
     if half["runq_wait_pct"] < 5:
         assert 8 <= half["voluntary_switches_per_s"], half
     # sleep: ~0% CPU, ten wake-ups a second, blocked all the window
-    assert sleep["cpu_pct"] < 3 and sleep["state"] == "S (sleeping)", sleep
+    # (on a loaded machine it may be caught runnable just after a wake-up)
+    assert sleep["cpu_pct"] < 3 and sleep["state"] in ("S (sleeping)", "R (running)"), sleep
     assert 0.8 * 1000 / SLEEP_MS <= sleep["voluntary_switches_per_s"] <= 1.05 * 1000 / SLEEP_MS, sleep
-    assert sleep["blocked_ms"] >= 0.95 * sleep["window_s"] * 1000, sleep
+    assert sleep["blocked_ms"] + sleep["runq_wait_ms"] >= 0.97 * sleep["window_s"] * 1000, sleep
+    assert sleep["blocked_ms"] >= 0.7 * sleep["window_s"] * 1000, sleep
     # totals: the process's own stat (ticks) against the sum of the threads (schedstat)
     tot = data["totals"]
     assert tot["cpu_pct"] == pytest.approx(tot["threads_cpu_pct"], abs=0.1 * tot["threads_cpu_pct"] + 2)
