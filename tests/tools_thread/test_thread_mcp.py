@@ -149,3 +149,17 @@ async def test_cancel_stops_the_window_and_the_server_keeps_serving(
             assert scope.cancelled_caught
             follow = await client.call_tool(TOOL, {"pid": proc.pid, "duration_s": 1})
     assert ok_data(follow)["threads_total"] == 4
+
+
+async def test_quiet_control_has_no_warning(test_users: helpers.TestUsers, shared_tmp: Path) -> None:
+    quiet = helpers.spawn_as(test_users.denied, ["/bin/sleep", "60"])
+    try:
+        async with helpers.mcp_client(test_users.granted, shared_tmp / "no-broker.sock") as client:
+            data = ok_data(await client.call_tool(TOOL, {"pid": quiet.pid, "duration_s": 2}))
+    finally:
+        helpers.stop_process(quiet)
+    assert data["comm"] == "sleep" and data["threads_total"] == 1 and data["findings"] == []
+    row = data["threads"][0]
+    assert row["cpu_pct"] == 0 and row["voluntary_switches_per_s"] == 0 and row["state"] == "S (sleeping)"
+    assert row["blocked_ms"] == pytest.approx(row["window_s"] * 1000, abs=1)
+    print(f"\nquiet control: {row}")

@@ -267,3 +267,57 @@ def test_offcpu_stacks_attach_to_their_threads() -> None:
     f = findings(a, default_thresholds(), PID, 5, offcpu_ran=True)
     blocked = next(x for x in f if x.id == "process.thread_blocked")
     assert "clock_nanosleep" in blocked.title and blocked.suggestion.startswith(f"perf_offcpu_profile with pid={PID}")
+
+
+# ---------------------------------------------------------------- collection: EACCES per file
+
+READER = """
+import json, sys
+from perf_mcp.threads import NotPermitted, read_process
+try:
+    s = read_process(int(sys.argv[1]), proc_root=sys.argv[2])
+except NotPermitted:
+    print(json.dumps("not permitted"))
+else:
+    print(json.dumps({"tasks": {t.tid: [t.schedstat is not None, t.switches is not None] for t in s.tasks.values()},
+                      "unreadable": s.unreadable, "warnings": list(s.warnings)}))
+"""
+
+
+def fake_proc(root: Path) -> Path:
+    """A copy of the fixture's second pass laid out as /proc/PID and /proc/PID/task/TID."""
+    base = root / str(PID)
+    for tid in META["passes"][1]["tasks"]:
+        task = base / "task" / tid
+        task.mkdir(parents=True)
+        for kind in ("stat", "status", "schedstat"):
+            (task / kind).write_bytes((FIX / "pass1" / f"{tid}.{kind}").read_bytes())
+    (base / "stat").write_bytes((FIX / "pass1" / "stat").read_bytes())
+    for d in [root, *root.rglob("*")]:
+        d.chmod(0o755 if d.is_dir() else 0o644)
+    return base
+
+
+@pytest.mark.root
+def test_unreadable_files_are_counted_and_their_fields_null(test_users, shared_tmp: Path) -> None:  # type: ignore[no-untyped-def]
+    """Run as perfmcp-denied, for whom chmod 000 means EACCES (root would read through it)."""
+    import subprocess
+
+    import helpers
+
+    base = fake_proc(shared_tmp / "proc")
+    (base / "task" / str(HALF) / "status").chmod(0)
+    (base / "task" / str(SLEEP) / "schedstat").chmod(0)
+    (base / "task" / str(BUSY) / "stat").chmod(0)
+
+    def read() -> object:
+        out = subprocess.run(helpers.as_user_argv(test_users.denied, [helpers.VENV_PYTHON, "-c", READER, str(PID),
+                                                                      str(shared_tmp / "proc")]),
+                             capture_output=True, check=True, env=helpers.user_env(test_users.denied), cwd="/")
+        return json.loads(out.stdout)
+
+    got = read()
+    assert got == {"tasks": {str(PID): [True, True], str(HALF): [True, False], str(SLEEP): [False, True]},
+                   "unreadable": {"stat": 1, "status": 1, "schedstat": 1}, "warnings": []}
+    (base / "stat").chmod(0)  # /proc mounted with hidepid=2: the process's own stat is denied
+    assert read() == "not permitted"
