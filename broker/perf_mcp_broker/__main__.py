@@ -47,13 +47,14 @@ def _bind_socket(path: str) -> socket.socket:
     except FileNotFoundError:
         pass
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    # Anyone may connect: authorisation is per job (polkit), not by file mode. The
+    # umask gives the socket mode 0666 as bind creates it; no chmod by path after
+    # it, which would follow a symlink put in the socket's place.
     old = os.umask(0o111)
     try:
         sock.bind(path)
     finally:
         os.umask(old)
-    # Anyone may connect: authorisation is per job (polkit), not by file mode.
-    os.chmod(path, 0o666)
     return sock
 
 

@@ -1,25 +1,34 @@
 """Who is on the other end of a connection: from the socket only, never a message.
 
 Invariants:
-- pid, uid and gid come from SO_PEERCRED at accept time.
-- A pidfd pins the peer process: SO_PEERPIDFD where the kernel has it (6.5+),
-  pidfd_open(pid) otherwise. `alive()` tells whether that same process still
-  exists and has not exited (a zombie has), so a pid reused by another
-  process is never mistaken for the peer.
-- The start time (for polkit's unix-process subject) is read while the pidfd
-  is alive before and after the read, so it belongs to the pinned process.
+- pid, uid and gid come from SO_PEERCRED (fixed at connect time).
+- A pidfd pins the peer process: SO_PEERPIDFD. Only a kernel that does not know
+  that option (ENOPROTOOPT: before 6.5) gets pidfd_open(pid) instead; any other
+  error (6.5 to ~6.15 fail it once the peer is reaped) means the peer is gone,
+  since the pid may already name another process.
+- The process found at pid must be the peer: its real uid is the SO_PEERCRED uid
+  and it started no later than the accept. With SO_PEERPIDFD that holds for any
+  live peer; with pidfd_open it refuses a pid reused since the accept or by
+  another uid. (Left open on kernels before 6.5: a pid reused between connect
+  and accept by a process of the same uid.)
+- `alive()` tells whether the pinned process still exists and has not exited (a
+  zombie has). Start time and uid are read while it is alive before and after
+  the read, so they belong to the pinned process.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import select
 import socket
 import struct
+import time
 from dataclasses import dataclass
 
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 _UCRED = struct.Struct("3i")
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 class PeerGone(Exception):
@@ -51,13 +60,24 @@ class Peer:
             self.pidfd = -1
 
 
+def boot_ticks() -> int:
+    """Now in clock ticks since boot: the unit of a start time in /proc/PID/stat."""
+    return time.clock_gettime_ns(time.CLOCK_BOOTTIME) * _CLK_TCK // 1_000_000_000
+
+
+def peer_uid(sock: socket.socket) -> int | None:
+    try:
+        return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))[1]
+    except OSError:
+        return None
+
+
 def _peer_pidfd(sock: socket.socket, pid: int) -> int:
     try:
-        fd = sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
-        if fd >= 0:
-            return fd
-    except OSError:
-        pass
+        return sock.getsockopt(socket.SOL_SOCKET, SO_PEERPIDFD)
+    except OSError as exc:
+        if exc.errno != errno.ENOPROTOOPT:
+            raise PeerGone(f"no pidfd for peer pid {pid} ({errno.errorcode.get(exc.errno, exc.errno)})") from None
     try:
         return os.pidfd_open(pid)
     except ProcessLookupError:
@@ -72,22 +92,34 @@ def start_time_of(pid: int) -> int:
     return int(rest[19])  # fields after comm start at field 3
 
 
-def identify(sock: socket.socket) -> Peer:
+def real_uid_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"Uid:"):
+                return int(line.split()[1])
+    raise ValueError(f"no Uid line for pid {pid}")
+
+
+def identify(sock: socket.socket, accepted: int) -> Peer:
+    """The peer of sock; accepted is boot_ticks() at the accept."""
     pid, uid, gid = _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
     if pid <= 0:
         raise PeerGone("peer has no pid in this namespace")
-    pidfd = _peer_pidfd(sock, pid)
-    peer = Peer(pid=pid, uid=uid, gid=gid, pidfd=pidfd, start_time=0)
+    peer = Peer(pid=pid, uid=uid, gid=gid, pidfd=_peer_pidfd(sock, pid), start_time=0)
+    why = "has exited"
     try:
-        if not peer.alive():
-            raise PeerGone(f"peer pid {pid} has exited")
-        peer.start_time = start_time_of(pid)
-        if not peer.alive():
-            raise PeerGone(f"peer pid {pid} has exited")
+        if peer.alive():
+            start, real_uid = start_time_of(pid), real_uid_of(pid)
+            if not peer.alive():
+                pass
+            elif real_uid != uid:
+                why = f"has real uid {real_uid}, not the connection's {uid}"
+            elif start > accepted:
+                why = "started after the accept (pid reused)"
+            else:
+                peer.start_time = start
+                return peer
     except (OSError, ValueError, IndexError):
-        peer.close()
-        raise PeerGone(f"peer pid {pid} has exited") from None
-    except PeerGone:
-        peer.close()
-        raise
-    return peer
+        pass
+    peer.close()
+    raise PeerGone(f"peer pid {pid} {why}")

@@ -4,12 +4,18 @@ Invariants:
 - Hello, then exactly one request, then events and one final message. Anything
   else (a frame over the limit, undecodable bytes, a wrong type, a second
   request, silence past the handshake time-out) closes that connection only.
+- A uid other than root holds at most MAX_CONNECTIONS_PER_UID connections: more
+  are closed right after the accept. Every send is bounded by SEND_TIMEOUT_S, so
+  a client that stops reading loses its connection instead of holding it.
 - Identity comes from the socket (peer.py); authorisation from authz.py; the argv
-  from the dispatch table in jobs.py. Nothing here builds an argv.
+  from the dispatch table in jobs.py. Nothing here builds an argv. Nothing about
+  the request (not even whether its pid exists) is answered before authorisation.
 - The client closing its end while a job runs cancels the job; runner.run_step
   kills the job's whole process group before returning.
-- Per-uid and global job limits: over them the answer is BUSY, never a queue.
-- Every job leaves one audit line (who, what, argv, outcome, duration).
+- Per-uid limits for every job class and a global one: over them the answer is
+  BUSY, never a queue. The job slot is released before the final send.
+- Every job leaves one audit line (who, what, argv, outcome, duration); client
+  text reaches the log only quoted (repr or JSON), never as a line of its own.
 """
 
 from __future__ import annotations
@@ -51,19 +57,22 @@ from . import __version__
 from .authz import ACTION_IDS, Authorizer
 from . import jobs
 from .jobs import BUILDERS, READERS, ProgramMissing, Unsupported
-from .peer import Peer, PeerGone, identify
+from .peer import Peer, PeerGone, boot_ticks, identify, peer_uid
 from .runner import pid_exists, run_step
 
 log = logging.getLogger("perf_mcp_broker")
 audit = logging.getLogger("perf_mcp_broker.audit")
 
-MAX_CONNECTIONS = 64
 GRANT_HINT = (
     "ask an administrator to grant the polkit action {action} (for example: add the user to the "
     "'perf-mcp' group with the rules file shipped in polkit/50-perf-mcp.rules), or run as root"
 )
-# Job classes that count against the one-job-per-uid limit.
-_PER_UID_CLASSES = {JobClass.PROFILE, JobClass.TRACE}
+# Job classes under max_jobs_per_uid; the others are under MAX_LIGHT_JOBS_PER_UID.
+_HEAVY_CLASSES = {JobClass.PROFILE, JobClass.TRACE}
+
+
+class ClientStalled(Exception):
+    """The client did not read what the broker sent within SEND_TIMEOUT_S."""
 
 
 def _read_int(path: str) -> int | None:
@@ -119,15 +128,16 @@ class Broker:
         self.authorizer = authorizer or Authorizer()
         self.max_jobs_per_uid = max_jobs_per_uid
         self.max_jobs = max_jobs
-        self._jobs_by_uid: collections.Counter[int] = collections.Counter()
+        self._jobs_by_uid: collections.Counter[tuple[int, bool]] = collections.Counter()  # (uid, heavy)
         self._jobs = 0
         self._ids = itertools.count(1)
-        self._connections = trio.Semaphore(MAX_CONNECTIONS)
+        self._connections = trio.Semaphore(limits.MAX_CONNECTIONS)
+        self._connections_by_uid: collections.Counter[int] = collections.Counter()
 
     @property
     def idle(self) -> bool:
         """No connection is being served (serve_listener's own waiting slot aside)."""
-        return self._connections.value >= MAX_CONNECTIONS - 1
+        return self._connections.value >= limits.MAX_CONNECTIONS - 1
 
     def hello(self) -> BrokerHello:
         return BrokerHello(
@@ -156,7 +166,7 @@ class Broker:
                     log.warning("accept failed: %s", exc)
                     await trio.sleep(0.1)
                     continue
-                nursery.start_soon(self._handle_counted, conn)
+                nursery.start_soon(self._handle_counted, conn, boot_ticks())
 
     async def serve_fd_channel(self, control: trio.socket.SocketType) -> None:
         """Connections handed over as fds (SCM_RIGHTS) by our own parent: sudo mode.
@@ -176,22 +186,33 @@ class Broker:
                 for fd in fds:
                     conn = trio.socket.from_stdlib_socket(socket.socket(fileno=fd))
                     await self._connections.acquire()
-                    nursery.start_soon(self._handle_counted, conn)
+                    nursery.start_soon(self._handle_counted, conn, boot_ticks())
                 if not msg and not fds:
                     nursery.cancel_scope.cancel()
                     return
 
-    async def _handle_counted(self, conn: trio.socket.SocketType) -> None:
+    async def _handle_counted(self, conn: trio.socket.SocketType, accepted: int) -> None:
         try:
-            await self.handle(conn)
+            uid = peer_uid(conn)
+            if uid is None or (uid != 0 and self._connections_by_uid[uid] >= limits.MAX_CONNECTIONS_PER_UID):
+                log.warning("refusing a connection from uid %s: it has %d open", uid, self._connections_by_uid[uid])
+                conn.close()
+                return
+            self._connections_by_uid[uid] += 1
+            try:
+                await self.handle(conn, accepted)
+            finally:
+                self._connections_by_uid[uid] -= 1
+                if not self._connections_by_uid[uid]:
+                    del self._connections_by_uid[uid]
         finally:
             self._connections.release()
 
-    async def handle(self, conn: trio.socket.SocketType) -> None:
+    async def handle(self, conn: trio.socket.SocketType, accepted: int) -> None:
         stream = trio.SocketStream(conn)
         peer: Peer | None = None
         try:
-            peer = identify(conn)
+            peer = identify(conn, accepted)
             reader = FrameReader(stream)
             with trio.fail_after(limits.HANDSHAKE_TIMEOUT_S):
                 hello = decode_client_message(await reader.read_frame(limits.MAX_REQUEST_FRAME))
@@ -207,16 +228,18 @@ class Broker:
             await self._dispatch(peer, stream, request)
         except PeerGone as exc:
             log.info("connection dropped: %s", exc)
-        except ProtocolError as exc:
-            log.warning("closing connection from uid %s pid %s: %s", peer and peer.uid, peer and peer.pid, exc)
+        except ProtocolError as exc:  # its text may quote the client: logged as a repr
+            log.warning("closing connection from uid %s pid %s: %r", peer and peer.uid, peer and peer.pid, str(exc))
         except trio.TooSlowError:
             log.warning("closing connection from uid %s: handshake time-out", peer and peer.uid)
+        except ClientStalled:
+            log.warning("closing connection from uid %s: it read nothing for %.0f s", peer and peer.uid, limits.SEND_TIMEOUT_S)
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             log.info("client uid %s went away", peer and peer.uid)
         except Exception:
             # A bug in one job must not take the broker down for everyone else.
             log.exception("internal error serving uid %s", peer and peer.uid)
-            with trio.move_on_after(1), contextlib.suppress(Exception):
+            with contextlib.suppress(Exception):
                 await self._send(stream, ErrorReply(ErrorCode.INTERNAL, "internal broker error; see the broker's log"))
         finally:
             if peer is not None:
@@ -226,7 +249,10 @@ class Broker:
 
     @staticmethod
     async def _send(stream: trio.SocketStream, message) -> None:
-        await stream.send_all(encode_frame(message))
+        with trio.move_on_after(limits.SEND_TIMEOUT_S) as scope:
+            await stream.send_all(encode_frame(message))
+        if scope.cancelled_caught:
+            raise ClientStalled()
 
     # ------------------------------------------------------------ jobs
 
@@ -235,27 +261,27 @@ class Broker:
             await self._send(stream, await self._access(peer))
             return
         job_class = REQUEST_CLASS[type(request)]
-        pid = getattr(request, "pid", None)
-        if pid is not None and not pid_exists(pid):
-            await self._send(stream, ErrorReply(ErrorCode.PID_NOT_FOUND, f"no process with pid {pid}"))
-            return
         decision = await self.authorizer.check(peer, job_class)
         if not decision.allowed:
             self._audit(peer, request, None, [], "denied", 0.0, decision.reason)
             hint = GRANT_HINT.format(action=ACTION_IDS[job_class]) if job_class else ""
             await self._send(stream, ErrorReply(ErrorCode.PERMISSION_DENIED, f"{decision.reason}; {hint}"))
             return
+        pid = getattr(request, "pid", None)
+        if pid is not None and not pid_exists(pid):
+            await self._send(stream, ErrorReply(ErrorCode.PID_NOT_FOUND, f"no process with pid {pid}"))
+            return
         if not self._reserve(peer.uid, job_class):
             self._audit(peer, request, None, [], "busy", 0.0, "")
             await self._send(stream, ErrorReply(ErrorCode.BUSY, self._busy_message()))
             return
         try:
-            if type(request) in READERS:
-                await self._run_reader(peer, stream, request, job_class)
-            else:
-                await self._run_job(peer, stream, request, job_class)
+            run = self._run_reader if type(request) in READERS else self._run_job
+            final = await run(peer, stream, request, job_class)
         finally:
             self._release(peer.uid, job_class)
+        if final is not None:  # sent with the slot free: a client that does not read holds no slot
+            await self._send(stream, final)
 
     async def _access(self, peer: Peer) -> AccessReply:
         granted, denied, reasons = [], [], []
@@ -266,28 +292,30 @@ class Broker:
         return AccessReply(granted=granted, denied=denied, uid=peer.uid, detail="; ".join(reasons))
 
     def _reserve(self, uid: int, job_class: JobClass | None) -> bool:
-        per_uid = job_class in _PER_UID_CLASSES
-        if self._jobs >= self.max_jobs or (per_uid and self._jobs_by_uid[uid] >= self.max_jobs_per_uid):
+        key = (uid, job_class in _HEAVY_CLASSES)
+        per_uid = self.max_jobs_per_uid if key[1] else limits.MAX_LIGHT_JOBS_PER_UID
+        if self._jobs >= self.max_jobs or self._jobs_by_uid[key] >= per_uid:
             return False
         self._jobs += 1
-        if per_uid:
-            self._jobs_by_uid[uid] += 1
+        self._jobs_by_uid[key] += 1
         return True
 
     def _release(self, uid: int, job_class: JobClass | None) -> None:
+        key = (uid, job_class in _HEAVY_CLASSES)
         self._jobs -= 1
-        if job_class in _PER_UID_CLASSES:
-            self._jobs_by_uid[uid] -= 1
-            if not self._jobs_by_uid[uid]:
-                del self._jobs_by_uid[uid]
+        self._jobs_by_uid[key] -= 1
+        if not self._jobs_by_uid[key]:
+            del self._jobs_by_uid[key]
 
     def _busy_message(self) -> str:
         return (
-            f"the broker runs at most {self.max_jobs_per_uid} profiling/tracing job per user and "
-            f"{self.max_jobs} jobs in total; wait for the running job to finish"
+            f"the broker runs at most {self.max_jobs_per_uid} profiling/tracing job and "
+            f"{limits.MAX_LIGHT_JOBS_PER_UID} other jobs per user, and {self.max_jobs} jobs in total; "
+            "wait for the running job to finish"
         )
 
-    async def _run_job(self, peer: Peer, stream: trio.SocketStream, request, job_class) -> None:
+    async def _run_job(self, peer: Peer, stream: trio.SocketStream, request, job_class):
+        """Run the job; return the final message to send (None when the client went away)."""
         job_id = next(self._ids)
         started = time.monotonic()
         workdir = tempfile.mkdtemp(prefix=f"job{job_id}-", dir=self.workroot)
@@ -299,12 +327,10 @@ class Broker:
             except ProgramMissing as exc:
                 outcome, detail = "program-missing", exc.program
                 why = "disabled by the administrator" if exc.program in self.disabled else "not installed on this host"
-                await self._send(stream, ErrorReply(ErrorCode.PROGRAM_MISSING, f"{exc.program} is {why}"))
-                return
+                return ErrorReply(ErrorCode.PROGRAM_MISSING, f"{exc.program} is {why}")
             except Unsupported as exc:
                 outcome, detail = "invalid", str(exc)
-                await self._send(stream, ErrorReply(ErrorCode.INVALID_REQUEST, f"this job has no {exc} backend"))
-                return
+                return ErrorReply(ErrorCode.INVALID_REQUEST, f"this job has no {exc} backend")
             await self._send(stream, Accepted(job_id=job_id, job_class=job_class))
             expected = sum(max((s.stop_after_s or 0.0) for s in stage) for stage in _stages(steps))
             finished = False
@@ -325,14 +351,14 @@ class Broker:
                 nursery.cancel_scope.cancel()
             if not finished:
                 outcome = "cancelled"  # the client went away; its job's group is gone
-                return
+                return None
             outcome = "ok" if all(_step_ok(r) for r in results) and len(results) == len(steps) else "failed"
-            await self._send(stream, JobResult(job_id=job_id, steps=results, wall_s=round(time.monotonic() - started, 3)))
+            return JobResult(job_id=job_id, steps=results, wall_s=round(time.monotonic() - started, 3))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
             self._audit(peer, request, job_id, ran, outcome, time.monotonic() - started, detail)
 
-    async def _run_reader(self, peer: Peer, stream: trio.SocketStream, request, job_class) -> None:
+    async def _run_reader(self, peer: Peer, stream: trio.SocketStream, request, job_class):
         job_id = next(self._ids)
         started = time.monotonic()
         outcome = "error"
@@ -342,10 +368,9 @@ class Broker:
                 result = await trio.to_thread.run_sync(READERS[type(request)], request, self.output_cap)
             except (FileNotFoundError, ProcessLookupError):
                 outcome = "pid-not-found"
-                await self._send(stream, ErrorReply(ErrorCode.PID_NOT_FOUND, f"process {request.pid} has exited"))
-                return
+                return ErrorReply(ErrorCode.PID_NOT_FOUND, f"process {request.pid} has exited")
             outcome = "ok"
-            await self._send(stream, JobResult(job_id=job_id, steps=[result], wall_s=round(time.monotonic() - started, 3)))
+            return JobResult(job_id=job_id, steps=[result], wall_s=round(time.monotonic() - started, 3))
         finally:
             self._audit(peer, request, job_id, [type(request).__struct_config__.tag], outcome, time.monotonic() - started, "")
 
@@ -362,7 +387,7 @@ class Broker:
             await trio.sleep(1.0)
             try:
                 await self._send(stream, Progress(step=current["step"], elapsed_s=round(time.monotonic() - started, 1), expected_s=expected))
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError, ClientStalled):
                 scope.cancel()
                 return
 

@@ -3,8 +3,9 @@
 Invariants:
 - The length is checked against the reader's limit before a single byte of the
   body is read or buffered, so a peer cannot make us allocate more than the limit.
-- A frame over its limit, a body that does not decode, or a message of a type the
-  reader does not expect raises ProtocolError; the caller closes that connection.
+- A frame over its limit, a body that does not decode (nested too deep included),
+  or a message of a type the reader does not expect raises ProtocolError; the
+  caller closes that connection.
 - The reader never buffers more than one frame plus one receive chunk.
 """
 
@@ -65,6 +66,8 @@ def decode_client_message(body: bytes) -> Any:
         return _client_decoder.decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise ProtocolError(f"bad request: {exc}") from None
+    except RecursionError:  # msgspec skipping a deeply nested unknown value
+        raise ProtocolError("bad request: nested too deep") from None
 
 
 def decode_broker_message(body: bytes) -> Any:
@@ -72,6 +75,8 @@ def decode_broker_message(body: bytes) -> Any:
         return _broker_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"bad reply: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("bad reply: nested too deep") from None
 
 
 class FrameReader:

@@ -39,12 +39,21 @@ JOB_GRACE_S = 20.0
 # After SIGINT (normal stop) / SIGTERM, how long before the next signal.
 STOP_ESCALATION_S = 2.0
 
-# Concurrency: one profiling/tracing job per uid, a few in total.
+# Concurrency: one profiling/tracing job per uid, a few in total. Jobs of the
+# other classes (inspect, tool features) are quick, but limited per uid too.
 MAX_JOBS_PER_UID = 1
+MAX_LIGHT_JOBS_PER_UID = 2
 MAX_JOBS_GLOBAL = 4
 
+# Connections served at once, and per uid other than root (extra ones of a uid are
+# closed at once, so one user cannot hold every slot).
+MAX_CONNECTIONS = 128
+MAX_CONNECTIONS_PER_UID = 16
+
 # A client must send Hello and its request promptly.
-HANDSHAKE_TIMEOUT_S = 10.0
+HANDSHAKE_TIMEOUT_S = 3.0
+# A client must read what the broker sends: a send blocked this long closes the connection.
+SEND_TIMEOUT_S = 10.0
 # The broker's polkit call (it may wait on an authentication agent).
 POLKIT_TIMEOUT_S = 60.0
 

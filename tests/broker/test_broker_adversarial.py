@@ -96,7 +96,12 @@ def fixed_cases() -> list[Case]:
         Case("hello version 0", (msgpack_frame({"type": "hello", "protocol_version": 0}),)),
         Case("hello version string", (msgpack_frame({"type": "hello", "protocol_version": "1"}),)),
         Case("hello version 65536", (msgpack_frame({"type": "hello", "protocol_version": 65536}),)),
-        Case("hello version 2", (msgpack_frame({"type": "hello", "protocol_version": 2}),), "error:PROTOCOL_MISMATCH", protocol_error=False),
+        Case(
+            "hello of the next protocol version",
+            (msgpack_frame({"type": "hello", "protocol_version": limits.PROTOCOL_VERSION + 1}),),
+            "error:PROTOCOL_MISMATCH",
+            protocol_error=False,
+        ),
         Case("body is a list", (raw_frame(msgspec.msgpack.encode(["hello", 1])),)),
         Case("body is nil", (raw_frame(msgspec.msgpack.encode(None)),)),
         Case("body is a string", (raw_frame(msgspec.msgpack.encode("hello")),)),
