@@ -6,7 +6,9 @@ Invariants:
 - Every way out (normal exit, SIGINT stop, deadline, output cap, cancellation of
   the caller) ends with the whole process group killed and the child reaped: the
   leader is reaped only after its group has been killed, so the group id cannot
-  be reused in between. No zombie and no pipe fd outlives run_step.
+  be reused in between. No zombie and no pipe fd outlives run_step. The exit is
+  awaited on the pidfd, so a child stuck in uninterruptible sleep stalls its own
+  job only, never the event loop.
 - stdout and stderr are read with caps; at a cap the group is killed and the
   stream is marked truncated, so memory stays bounded whatever the child prints.
 - Children are forked from the main thread (subprocess.Popen called directly,
@@ -175,6 +177,9 @@ async def run_step(step: Step, stdout_cap: int, stderr_cap: int = limits.STDERR_
             if not exited.is_set():  # cancelled from outside: watch_exit is gone
                 await escalate(signal.SIGINT, lambda: trio.lowlevel.wait_readable(pidfd))
             kill_group()
+            # A child in uninterruptible sleep (D) outlives SIGKILL until it wakes:
+            # wait for its exit here, where only this job waits, not in proc.wait().
+            await trio.lowlevel.wait_readable(pidfd)
             os.close(pidfd)
             proc.wait()
             for fd in (out_r, err_r):
