@@ -105,11 +105,34 @@ def _run_broker(control: socket.socket, child: int, trusted_uid: int) -> int:
     return os.waitstatus_to_exitcode(status)
 
 
+def _check_root_code() -> None:
+    """The broker's integrity check, before this root process imports the broker: what
+    it runs and has imported so far, its import path, the job programs and polkit's
+    files must be root's alone; every later import is checked before its code runs
+    (perf_mcp_broker.boot). Raises SystemExit with the refusal otherwise."""
+    from perf_mcp_broker import boot  # standard library only
+
+    problems = boot.guard_process()
+    if not problems:
+        try:
+            import perf_mcp_broker.__main__  # noqa: F401  (what the parent serves with, each module checked)
+        except boot.ImportRefused as exc:
+            problems = exc.problems
+    if not problems:
+        from perf_mcp_broker import integrity
+        from perf_mcp_broker.jobs import resolve_programs
+
+        problems = integrity.startup_problems(resolve_programs()[0].values())
+    if problems:
+        raise SystemExit("perf-mcp: " + boot.refusal_message(problems))
+
+
 def separate(user: str) -> PassedConnector:
     """Fork; return in the unprivileged child, never return in the root parent."""
     if os.geteuid() != 0:
         raise RuntimeError("separate() is for a process started as root")
     pw = pwd.getpwnam(user)  # fail before forking when the user does not exist
+    _check_root_code()
     parent_end, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     sys.stdout.flush()
     sys.stderr.flush()
@@ -117,12 +140,13 @@ def separate(user: str) -> PassedConnector:
     child = os.fork()
     if child == 0:
         parent_end.close()
+        _drop_to(user)
         import prctl
 
+        # Armed after the drop: a change of uid clears the parent-death signal.
         prctl.set_pdeathsig(signal.SIGTERM)
         if os.getppid() != root_pid:  # the parent died before pdeathsig was armed
             os._exit(1)
-        _drop_to(user)
         return PassedConnector(child_end)
     child_end.close()
     try:
