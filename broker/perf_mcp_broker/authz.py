@@ -2,7 +2,8 @@
 
 Invariants:
 - polkit is asked about subject unix-process {pid, start-time, uid} taken from the
-  socket (peer.py), never from a message.
+  socket (peer.py), never from a message. (polkit 123+ also takes a "pidfd";
+  polkit 122, Debian 12's, does not, so none is sent.)
 - Only an explicit "authorized" answer allows. polkit missing, a D-Bus error, a
   time-out, or a challenge answer all mean denied.
 - After polkit answers yes, the peer's pidfd must still be alive: a client that
