@@ -207,12 +207,18 @@ ensure_venv() {
     [ -f "$STAMP" ] && have="$(cat "$STAMP")"
     if [ "$want" = "$have" ] && [ -x "$VENV/bin/perf-mcp" ]; then
         log "venv: up to date"
-        return
+    else
+        log "venv: installing perf-mcp[test] (editable)"
+        "$VENV/bin/pip" install -q --disable-pip-version-check wheel
+        "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
+        printf '%s\n' "$want" >"$STAMP"
     fi
-    log "venv: installing perf-mcp[test] (editable)"
-    "$VENV/bin/pip" install -q --disable-pip-version-check wheel
-    "$VENV/bin/pip" install -q --disable-pip-version-check -e "$REPO[test]"
-    printf '%s\n' "$want" >"$STAMP"
+    # The broker's launcher is not pip's console script: that wrapper runs a normal
+    # interpreter, which processes the venv's .pth files before any of our code. This
+    # one (a copy of broker/perf_mcp_broker/boot.py) starts `python -IS` and checks
+    # before it imports anything. Rewritten only when it differs.
+    /usr/bin/python3 -I -S "$REPO/packaging/install.py" venv-launcher "$VENV"
+    log "venv: $VENV/bin/perf-mcp-broker is the isolated launcher"
 }
 
 # ---------------------------------------------------------------- 8. readability

@@ -10,8 +10,10 @@ What goes where (PREFIX /usr/local for `install`, /usr for the Debian package):
     PREFIX/lib/perf-mcp/site/          the broker, the protocol package and their pinned
                                        dependencies (packaging/broker-requirements.txt,
                                        installed with pip --require-hashes), byte-compiled
-    PREFIX/sbin/perf-mcp-broker        `#!/usr/bin/python3 -IS` launcher: no PYTHON*
-                                       variables, no site-packages, only the dir above
+    PREFIX/sbin/perf-mcp-broker        `#!/usr/bin/python3 -IS` launcher (a copy of
+                                       perf_mcp_broker/boot.py): no PYTHON* variables,
+                                       no site processing, only the dir above; checks
+                                       before it imports anything
     UNITDIR/perf-mcp-broker.{socket,service}   /usr/lib/systemd/system (package) or
                                        /etc/systemd/system (local install)
     SYSUSERSDIR/perf-mcp-broker.conf   the group perf-mcp
@@ -35,6 +37,7 @@ import json
 import os
 import re
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -56,21 +59,58 @@ RULES = "/etc/polkit-1/rules.d/50-perf-mcp.rules"
 UNIT_BROKER_PATH = "/usr/sbin/perf-mcp-broker"
 UNIT_DOC_PATH = "/usr/share/doc/perf-mcp-broker"
 
-LAUNCHER = '''#!{python} -IS
-# perf-mcp-broker, installed by perf-mcp (packaging/install.py). Do not edit.
-# -I: PYTHON* variables and the user's site-packages are ignored; -S: no
-# site-packages at all. The broker imports only the standard library and the
-# root-owned directory below, and checks at start-up that nobody else can write
-# any of it (perf_mcp_broker/integrity.py).
-import sys
+BOOT = REPO / "broker" / "perf_mcp_broker" / "boot.py"
+IMPORT_PATH_LINE = "IMPORT_PATH: tuple = ()\n"
 
-sys.dont_write_bytecode = True
-sys.path.append({site!r})
 
-from perf_mcp_broker.__main__ import main
+def launcher_text(python: str, import_path: list[str]) -> str:
+    """A launcher of the broker: boot.py with its interpreter (`#!PYTHON -IS`: isolated,
+    no site processing) and its import path filled in. Its first code checks the
+    interpreter, what it has loaded and the import path, and guards every import that
+    follows (perf_mcp_broker/boot.py), before the broker or a dependency is imported."""
+    text = BOOT.read_text()
+    first, rest = text.split("\n", 1)
+    if not first.startswith("#!") or rest.count(IMPORT_PATH_LINE) != 1:
+        raise InstallError(f"{BOOT}: no shebang line or no single {IMPORT_PATH_LINE.strip()!r} line")
+    header = "# perf-mcp-broker launcher, written by packaging/install.py from perf_mcp_broker/boot.py. Do not edit.\n"
+    return f"#!{python} -IS\n{header}" + rest.replace(IMPORT_PATH_LINE, f"IMPORT_PATH: tuple = {tuple(import_path)!r}\n")
 
-sys.exit(main())
-'''
+
+def write_file_atomically(path: Path, data: bytes, mode: int) -> bool:
+    """Replace path with data (mode, root-owned when run as root); False if it was the same already."""
+    try:
+        if path.read_bytes() == data and stat.S_IMODE(path.stat().st_mode) == mode:
+            return False
+    except FileNotFoundError:
+        pass
+    tmp = path.with_name(f".{path.name}.perf-mcp-new")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+    return True
+
+
+def venv_launcher(venv: Path, source: Path = REPO) -> Path:
+    """VENV/bin/perf-mcp-broker for a development virtualenv with perf-mcp installed
+    editable: the venv's interpreter, isolated, with the source tree's broker and
+    protocol packages and the venv's site-packages as its import path. pip's console
+    script wrapper would process the venv's .pth files before any check; this one
+    never does."""
+    import sysconfig
+
+    python = venv / "bin" / "python"
+    # The venv's layout for this Python (the venv's base): its interpreter is not run.
+    purelib = sysconfig.get_path("purelib", "venv", vars={"base": os.fspath(venv), "platbase": os.fspath(venv)})
+    if not os.path.isdir(purelib):
+        raise InstallError(f"{venv} has no {purelib}: not a virtualenv of {sys.executable}?")
+    import_path = [os.fspath(source / "broker"), os.fspath(source / "protocol"), purelib]
+    dest = venv / "bin" / "perf-mcp-broker"
+    if write_file_atomically(dest, launcher_text(os.fspath(python), import_path).encode(), 0o755):
+        log(f"wrote {dest} (isolated launcher)")
+    return dest
 
 
 def log(msg: str) -> None:
@@ -202,8 +242,7 @@ def stage(root: Path, layout: Layout, python: str = PYTHON) -> None:
     # checked-hash: the bytecode is valid for its source whatever the file times.
     run([python, "-m", "compileall", "-q", "-j", "0", "--invalidation-mode", "checked-hash", str(site)],
         stdout=subprocess.DEVNULL)
-    launcher = LAUNCHER.format(python=python, site=layout.site_dir)
-    _write(root, layout.broker_bin, launcher.encode(), 0o755)
+    _write(root, layout.broker_bin, launcher_text(python, [layout.site_dir]).encode(), 0o755)
     for name in UNITS:
         _write(root, f"{layout.unit_dir}/{name}", unit_text(name, layout).encode(), 0o644)
     _write(root, layout.sysusers, (PACKAGING / "systemd" / "perf-mcp-broker.sysusers").read_bytes(), 0o644)
@@ -458,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
     s = sub.add_parser("stage")
     s.add_argument("destdir")
     s.add_argument("--prefix", default="/usr")
+    s = sub.add_parser("venv-launcher", help="write VENV/bin/perf-mcp-broker (development set-up)")
+    s.add_argument("venv")
     args = p.parse_args(argv)
     if getattr(args, "prefix", "/usr") not in ("/usr", "/usr/local") and not args.prefix.startswith("/opt/"):
         p.error("--prefix must be /usr, /usr/local or under /opt")
@@ -468,6 +509,8 @@ def main(argv: list[str] | None = None) -> int:
             uninstall(Layout(args.prefix))
         elif args.command == "deb":
             print(build_deb(Path(args.out)))
+        elif args.command == "venv-launcher":
+            venv_launcher(Path(args.venv).resolve())
         else:
             stage(Path(args.destdir), Layout(args.prefix))
     except (InstallError, subprocess.CalledProcessError) as exc:

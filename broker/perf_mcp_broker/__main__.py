@@ -15,6 +15,13 @@ import socket
 import stat
 import sys
 
+if __name__ == "__main__" and os.geteuid() == 0:
+    # `python -m perf_mcp_broker` has been through site processing: start again
+    # isolated, through the launcher's check, before any third-party import (boot.py).
+    from perf_mcp_broker.boot import reexec_isolated
+
+    reexec_isolated(sys.argv[1:])
+
 import trio
 
 from perf_mcp_protocol import limits
@@ -153,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         log.error("perf-mcp-broker must run as root (it runs perf and BPF tools for authorised users)")
         return 1
+    if not integrity.guarded():  # not started by a launcher (boot.py): start again through one
+        from .boot import reexec_isolated
+
+        reexec_isolated(sys.argv[1:] if argv is None else list(argv))
     problems = integrity.startup_problems(resolve_programs()[0].values())
     if problems:
         log.error("%s", integrity.refusal_message(problems))
