@@ -70,6 +70,12 @@ WAITING = frozenset({
     "read", "readv", "recvfrom", "recvmsg", "recvmmsg", "accept", "accept4", "msgrcv", "semop", "semtimedop",
     "io_getevents", "io_pgetevents", "io_uring_enter", "mq_timedreceive", "sigsuspend", "select", "connect",
 })
+# Slow by nature: creating a process or loading a program (the time is the work itself).
+SPAWNING = frozenset({"execve", "execveat", "vfork", "fork", "clone", "clone3"})
+# Failures that are part of a call's protocol, not a fault: a futex whose value changed
+# (EAGAIN) or whose timed wait expired, isatty() probes (ioctl ENOTTY), interrupted calls.
+FUTEXES = frozenset({"futex", "futex_wait", "futex_waitv", "futex_wake", "futex_requeue"})
+EAGAIN, EINTR, ENOTTY, ETIMEDOUT = 11, 4, 25, 110
 FILE_LOOKUPS = frozenset({"open", "openat", "openat2", "stat", "lstat", "newfstatat", "statx", "access",
                           "faccessat", "faccessat2", "readlink", "readlinkat", "execve", "execveat"})
 
@@ -85,7 +91,8 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     ] | None = None
     top_n: Annotated[int, Meta(ge=1, le=50, description="Rows listed per table (syscalls, processes).")] = 20
     include_latency: Annotated[bool, Meta(description=(
-        "Also time each call from entry to exit: total, mean (and max with bpftrace) per syscall."))] = False
+        "Also time each call from entry to exit: total, mean (and max with bpftrace) per syscall. Adds a "
+        "probe on every system call's entry, about doubling the tracing cost per call."))] = False
     per_process: Annotated[bool, Meta(description="Also count per process (pid, comm).")] = False
     include_errors: Annotated[bool, Meta(description=(
         "Also count failed calls (return value < 0) per syscall and, where the backend can, per errno "
@@ -438,8 +445,8 @@ def findings(d: SyscallCountData, rows: list[SyscallRow], p: Params) -> list[Fin
             suggestion=_next_for_calls(p, d, top.name),
         ))
     if d.errors is not None:
-        bad = [r for r in rows if r.failed is not None and r.failed >= FAIL_MIN
-               and _visible_failures(r) >= FAIL_MIN and (r.failed_pct or 0) >= FAIL_PCT]
+        bad = [r for r in rows if r.failed and _visible_failures(r) >= FAIL_MIN
+               and 100.0 * _visible_failures(r) / max(r.count, 1) >= FAIL_PCT]
         for r in sorted(bad, key=lambda r: -(r.failed or 0))[:MAX_ERROR_FINDINGS]:
             codes = ", ".join(f"{e.name} {e.count:,}" for e in (r.errnos or [])[:3])
             how = codes if r.errnos is not None else "errno not known (syscount counts failures per syscall only)"
@@ -473,7 +480,8 @@ def findings(d: SyscallCountData, rows: list[SyscallRow], p: Params) -> list[Fin
                             if waiting and p.pid and _served("perf_offcpu_profile") else
                             _next_for_calls(p, d, slowest.name)),
             ))
-        slow = [r for r in timed if r.name not in WAITING and (r.mean_us or 0) >= SLOW_MEAN_US and r.count >= 10]
+        slow = [r for r in timed if r.name not in WAITING | SPAWNING and (r.mean_us or 0) >= SLOW_MEAN_US
+                and r.count >= 10]
         for r in sorted(slow, key=lambda r: -(r.mean_us or 0))[:2]:
             out.append(Finding(
                 id=f"syscall.slow.{r.name}", severity="warning", resource="process" if p.pid else "cpu",
@@ -487,11 +495,18 @@ def findings(d: SyscallCountData, rows: list[SyscallRow], p: Params) -> list[Fin
     return sort_findings(out)
 
 
+def _benign(name: str, errno: int) -> bool:
+    return (errno >= 512 or errno == EINTR or (name in FUTEXES and errno in (EAGAIN, ETIMEDOUT))
+            or (name == "ioctl" and errno == ENOTTY))
+
+
 def _visible_failures(r: SyscallRow) -> int:
-    """Failed calls the program saw: restart codes (interrupted, restarted by the kernel) left out."""
+    """Failed calls worth a finding: restart codes (interrupted, restarted by the kernel) and
+    failures that are part of the call's protocol (see _benign) left out. Without the errno
+    (syscount), a futex's failures are assumed to be its protocol."""
     if r.errnos is None:
-        return r.failed or 0
-    return sum(e.count for e in r.errnos if not e.kernel_internal)
+        return 0 if r.name in FUTEXES else (r.failed or 0)
+    return sum(e.count for e in r.errnos if not _benign(r.name, e.errno))
 
 
 def summarise(d: SyscallCountData) -> str:
