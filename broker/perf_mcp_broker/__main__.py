@@ -65,11 +65,57 @@ def _bind_socket(path: str) -> socket.socket:
     return sock
 
 
-def _workroot() -> str:
+def _workroot(stale_after_s: float = 600.0) -> str:
+    """The jobs directory (RUNTIME_DIRECTORY/jobs), with stale job directories purged.
+
+    A broker killed mid-job (SIGKILL, a crash, a power cut without tmpfs) leaves
+    its job directories behind, perf.data of up to 256 MB each. Brokers started by
+    hand share /run/perf-mcp-broker/jobs, so a directory is purged only when it is
+    certainly no live job's: nothing in it or under it changed for stale_after_s
+    (longer than any job lasts) and no process has a file in it open.
+    """
+    import shutil
+    import time
+
     base = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or "/run/perf-mcp-broker"
     path = os.path.join(base, "jobs")
     os.makedirs(path, mode=0o700, exist_ok=True)
     os.chmod(path, 0o700)
+    try:
+        entries = [e for e in os.scandir(path) if e.name.startswith("job") and e.is_dir(follow_symlinks=False)]
+    except OSError:
+        return path
+    now = time.time()
+
+    def newest(entry: os.DirEntry) -> float:
+        latest = entry.stat(follow_symlinks=False).st_mtime
+        for root, dirs, files in os.walk(entry.path):
+            for name in dirs + files:
+                try:
+                    latest = max(latest, os.lstat(os.path.join(root, name)).st_mtime)
+                except OSError:
+                    pass
+        return latest
+
+    old = [e.path for e in entries if now - newest(e) > stale_after_s]
+    if old:
+        in_use: set[str] = set()
+        for fd_dir in (f"/proc/{p}/fd" for p in os.listdir("/proc") if p.isdecimal()):
+            try:
+                fds = os.listdir(fd_dir)
+            except OSError:  # gone, or a kernel thread
+                continue
+            for fd in fds:
+                try:
+                    target = os.readlink(f"{fd_dir}/{fd}")
+                except OSError:  # closed meanwhile
+                    continue
+                if target.startswith(path + "/"):
+                    in_use.add(target)
+        for job_dir in old:
+            if not any(t.startswith(job_dir + "/") for t in in_use):
+                log.info("removing the stale job directory %s", job_dir)
+                shutil.rmtree(job_dir, ignore_errors=True)
     return path
 
 

@@ -114,25 +114,67 @@ def _traced(name: str, argv, duration: float, *, stop: bool = False, stage: int 
                 stop_after_s=duration if stop else None, stage=stage)
 
 
+# perf_cpu_profile bounds. Samples a profile may take, all CPUs together: the
+# frequency is lowered so that frequency x duration x CPUs stays under it (the
+# frontend reads the rate used back from the record argv). At ~100 bytes of
+# perf.data and ~180 bytes of perf script text per sample, this keeps perf.data
+# near 40 MB and the text within the default output cap.
+CPU_PROFILE_MAX_SAMPLES = 360_000
+# A hard bound on perf.data whatever the sample size (deep stacks): perf record
+# stops writing there.
+PERF_DATA_MAX_SIZE = "256M"
+# perf script's fields: the fewest the fold needs (measured in bench/bench_cpu_profile.py:
+# tid and period cost output and parsing, and name nothing the profile uses).
+CPU_PROFILE_SCRIPT_FIELDS = "comm,pid,ip,sym,dso"
+# perf script processes over time slices of perf.data, side by side (1: one process).
+CPU_PROFILE_SCRIPT_SLICES = 1
+
+
+def cpu_profile_frequency(req: CpuProfile, cpus: int | None = None) -> int:
+    """The requested frequency, lowered so frequency x duration x CPUs <= CPU_PROFILE_MAX_SAMPLES."""
+    cpus = max(1, cpus or os.cpu_count() or 1)
+    ceiling = int(CPU_PROFILE_MAX_SAMPLES / (float(req.duration_s) * cpus))
+    return max(1, min(int(req.frequency_hz), ceiling))
+
+
+def _time_slices(n: int) -> list[str]:
+    """perf script --time percentage slices that partition the recording (perf makes each
+    slice's end exclusive, the last one's inclusive)."""
+    bounds = [round(100 * i / n) for i in range(n + 1)]
+    return [f"{a}%-{b}%" for a, b in zip(bounds, bounds[1:])]
+
+
 def build_cpu_profile(req: CpuProfile, programs: dict[str, str], workdir: str) -> list[Step]:
+    """BPFTRACE: stacks counted in the kernel by profile.bt, no perf.data. PERF: perf
+    record then perf script (in CPU_PROFILE_SCRIPT_SLICES time slices side by side).
+
+    perf writes only into workdir: -N (no build-id cache: with HOME unset and cwd /,
+    perf record would copy every sampled binary into /.debug), -B (no build-id pass
+    over the samples at exit), --max-size, and a frequency bounded by
+    cpu_profile_frequency. The record argv ends with `-o PATH`."""
+    frequency = cpu_profile_frequency(req)
+    duration = float(req.duration_s)
     if req.backend is Backend.BPFTRACE:
-        argv = _script(programs, "profile", req.frequency_hz, int(req.duration_s), req.pid or 0,
+        argv = _script(programs, "profile", frequency, max(1, round(duration)), req.pid or 0,
                        int(req.include_kernel))
-        return [_traced("profile", argv, float(req.duration_s))]
+        return [_traced("profile", argv, float(max(1, round(duration))))]
     if req.backend is not Backend.PERF:
         raise Unsupported(req.backend)
     perf = _program(programs, "perf")
     data = os.path.join(workdir, "perf.data")
     event = "cpu-clock" if req.include_kernel else "cpu-clock:u"
-    record = [perf, "record", "-e", event, "-F", str(int(req.frequency_hz)), "-g"]
+    record = [perf, "record", "-e", event, "-F", str(frequency), "-g", "-N", "-B",
+              "--max-size", PERF_DATA_MAX_SIZE]
     record += ["-p", str(int(req.pid))] if req.pid is not None else ["-a"]
     record += ["-o", data]
-    script = [perf, "script", "-i", data, "-F", "comm,pid,tid,period,ip,sym,dso"]
-    duration = float(req.duration_s)
-    return [
-        Step("record", tuple(record), deadline_s=duration + limits.JOB_GRACE_S, stop_after_s=duration),
-        Step("script", tuple(script), deadline_s=60.0 + 4 * duration, stage=1),
-    ]
+    script = [perf, "script", "-i", data, "-F", CPU_PROFILE_SCRIPT_FIELDS]
+    steps = [Step("record", tuple(record), deadline_s=duration + limits.JOB_GRACE_S, stop_after_s=duration)]
+    slices = _time_slices(CPU_PROFILE_SCRIPT_SLICES) if CPU_PROFILE_SCRIPT_SLICES > 1 else [None]
+    for i, span in enumerate(slices):
+        name = "script" if span is None else f"script{i + 1}"
+        argv = script if span is None else [*script, "--time", span]
+        steps.append(Step(name, tuple(argv), deadline_s=60.0 + 4 * duration, stage=1))
+    return steps
 
 
 class Unsupported(Exception):

@@ -39,7 +39,8 @@ class ScriptedBroker:
         self.steps = list(steps)
 
     async def run(self, request: Any, *, timeout_s: float, on_progress: Any = None) -> BrokerReply:
-        hello = BrokerHello(protocol_version=limits.PROTOCOL_VERSION, broker_version="t", programs={}, missing=[],
+        hello = BrokerHello(protocol_version=limits.PROTOCOL_VERSION, broker_version="t",
+                            programs={"perf": "/usr/bin/perf"}, missing=["bpftrace"],
                             job_kinds=[], output_cap=limits.DEFAULT_OUTPUT_CAP, max_jobs_per_uid=1, max_jobs=4,
                             kernel=KernelFeatures(btf=True, tracefs=True, kprobe_events=False,
                                                   perf_event_paranoid=2, kptr_restrict=0))
@@ -69,7 +70,10 @@ async def test_recorded_output_gives_a_profile_and_artifacts() -> None:
     assert d.method.startswith("perf record -g (cpu-clock)")
     assert {a.name for a in d.artifacts} == {"flamegraph.svg", "stacks.folded", "perf-script.txt"}
     assert store.get(d.artifacts[0].uri) is not None
-    assert out.warnings == [] and out.truncated is False
+    # the bpftrace rung serves process profiles only: the one warning says why it was skipped
+    assert d.backend == "perf" and [s.backend for s in d.skipped] == ["bpftrace"]
+    assert "system-wide" in d.skipped[0].reason
+    assert out.warnings == [f"{d.skipped[0].method} skipped: {d.skipped[0].reason}"] and out.truncated is False
     assert out.summary.splitlines()[0].startswith("CPU profile of system-wide")
 
 

@@ -1,13 +1,15 @@
-"""Fold `perf script -F comm,pid,tid,period,ip,sym,dso` output into stacks (pure).
+"""Fold `perf script -F comm,pid,ip,sym,dso` output into stacks (pure).
 
 Input (perf record -g): one sample per block, blocks separated by a blank line.
 
-    python3  5089/5089    10101010
+    python3  5089
     \t          fcc67 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)
     \t    7f8e5aa129c0 [unknown] ([unknown])
 
-The header is `comm pid/tid period` (comm may hold spaces, so it is split from
-the right); frame lines start with a tab and list the leaf first. The folded
+The header is `comm pid` (the broker's fields since the fewer-fields change) or
+`comm pid/tid period` (-F comm,pid,tid,period,...: older brokers, fixtures);
+comm may hold spaces, so it is split from the right. Frame lines start with a
+tab and list the leaf first. The folded
 form is `comm;root;...;leaf count`, one line per distinct stack, as
 stackcollapse-perf.pl and `perf script report stackcollapse` write it, except
 that an [unknown] symbol in a known DSO is shown as the DSO's basename in
@@ -101,8 +103,15 @@ def parse_frame_line(line: str) -> _FrameInfo | None:
 
 
 def parse_header(line: str) -> str | None:
-    """'comm pid/tid period' -> comm (may be empty), or None when it is not a header."""
+    """'comm pid/tid period' or 'comm pid' -> comm (may be empty), or None when it is not a header."""
     parts = line.rsplit(None, 2)
+    if parts and (parts[-1].isdecimal() or parts[-1] == "-1") and "/" not in line.rsplit(None, 1)[-1]:
+        # 'comm pid': the last word is the pid, unless it is the period of 'comm pid/tid period'
+        if len(parts) < 2 or "/" not in parts[-2]:
+            comm, _, pid = line.rstrip().rpartition(" ")
+            if pid.isdecimal() or pid == "-1":
+                return comm.replace(";", ":").strip()
+            return None
     if len(parts) == 3:
         comm, pidtid, period = parts
     elif len(parts) == 2:

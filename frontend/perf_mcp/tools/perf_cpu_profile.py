@@ -1,7 +1,16 @@
-"""perf_cpu_profile: sample on-CPU stacks with `perf record -g` through the broker, fold them here.
+"""perf_cpu_profile: on-CPU stacks of one process or the whole system, folded here.
 
-Collection is the broker's CpuProfile job (steps "record" then "script"); parsing
-is profile.perf_script, analysis profile.analysis, the SVG profile.flamegraph.
+Ladder (RUNGS, first that works):
+1. bpftrace profile:hz (the broker's profile.bt): stacks counted in the kernel,
+   no perf.data, only the distinct stacks cross to us. Process profiles only:
+   bpftrace 0.17 names user frames at exit with one symbol cache per process
+   (76 s after a 10 s system-wide profile on a busy 2-CPU host) and its stack map
+   holds 4096 stacks; whole seconds only (interval:s).
+2. perf record -g + perf script (the broker's CpuProfile PERF job), folded by
+   profile.perf_script.
+
+Both give a profile.perf_script.Folded, so the analysis (profile.analysis), the
+flame graph (profile.flamegraph) and the artifacts are the same whichever ran.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import logging
 import math
 import os
 import signal
+import time
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -17,20 +27,25 @@ import msgspec
 import trio
 from msgspec import Meta
 
-from perf_mcp_protocol import CpuProfile, JobResult, Progress, StepResult, limits
+from perf_mcp_protocol import Backend, CpuProfile, JobResult, StepResult, limits
 
 from ..contract import ArtifactRef, Finding
 from ..errors import ErrorCode, ToolError
 from ..profile.analysis import FunctionStat, ProcessStat, StackStat, analyse, findings
+from ..profile.bpftrace_stacks import fold_profile_json
 from ..profile.flamegraph import render_svg
 from ..profile.perf_record import parse_record_stderr
 from ..profile.perf_script import Folded, fold, folded_text
 from ..registry import ToolContext, ToolOutput, ToolSpec
+from ..trace.ladder import Rung, RungFailed, Skipped, climb, find_step, run_job, step_failure
 
 log = logging.getLogger(__name__)
 
 NAME = "perf_cpu_profile"
-SCRIPT_ESTIMATE_S = 2.0  # progress budget for the perf script step
+SCRIPT_ESTIMATE_S = 2.0  # progress budget after sampling (perf script, bpftrace's exit)
+BPFTRACE_ATTACH_S = 1.0  # progress budget for bpftrace's compile and attach
+# The bpftrace rung gives way to perf when its stack map lost more than this share of the samples.
+BPFTRACE_MAX_LOST_PCT = 5.0
 INLINE_FOLDED_MAX = 256 * 1024  # output_format=collapsed pastes at most this much
 RAW_ARTIFACT_MAX = 32 * 1024 * 1024
 
@@ -49,13 +64,17 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 class CpuProfileData(msgspec.Struct, kw_only=True):
     method: str
+    backend: str  # the rung that answered: bpftrace or perf
+    skipped: list[Skipped]  # rungs above it and why they did not answer
     target: str
     pid: int | None
     duration_s: float
-    sample_rate_hz: int
+    sample_rate_hz: int  # the rate used (the broker lowers it for long system-wide profiles on many CPUs)
     include_kernel: bool
+    sampled_s: float  # the sampling window (bpftrace: from its own clock, after attaching)
     samples: int
-    expected_samples: int
+    expected_samples: int  # sampled_s x rate (x CPUs system-wide): what a fully busy target gives
+    after_sampling_s: float | None  # from the end of sampling to this answer (perf rung: from the broker's step times)
     idle_pct: float
     kernel_pct: float
     unknown_pct: float
@@ -90,10 +109,6 @@ def sampling_event(argv: list[str]) -> str:
     return "cpu-clock"
 
 
-def _step(result: JobResult, name: str) -> StepResult | None:
-    return next((s for s in result.steps if s.name == name), None)
-
-
 def _tail(data: bytes, lines: int = 5) -> str:
     return " | ".join(data.decode("utf-8", "replace").strip().splitlines()[-lines:])
 
@@ -117,52 +132,137 @@ def check_record_step(step: StepResult | None, pid: int | None) -> list[str]:
     return warnings
 
 
+def _bpftrace_unsupported(p: Params) -> str | None:
+    if p.pid is None:
+        return ("system-wide profiles: bpftrace 0.17 names user frames at exit with one symbol cache per "
+                "process (over a minute after 10 s on a busy host) and its stack map holds 4096 stacks")
+    if p.duration_s != int(p.duration_s):
+        return "bpftrace's profile runs whole seconds (duration_s is not a whole number)"
+    if not p.include_kernel and os.uname().machine != "x86_64":
+        return "user-only sampling on the bpftrace rung tells user from kernel mode by x86-64 addresses"
+    return None
+
+
+RUNGS: list[Rung[Params]] = [
+    Rung(Backend.BPFTRACE, "bpftrace profile:hz, stacks counted in the kernel (profile.bt)", programs=("bpftrace",),
+         unsupported=_bpftrace_unsupported),
+    Rung(Backend.PERF, "perf record -g + perf script, folded by perf-mcp", programs=("perf",)),
+]
+LADDER = RUNGS
+
+
+class _Collected(msgspec.Struct, kw_only=True):
+    """One rung's answer, before the (rung-independent) analysis."""
+
+    folded: Folded
+    method: str
+    raw_name: str  # the raw output's artifact
+    raw_desc: str
+    raw: bytes
+    rate_hz: int
+    sampled_s: float
+    sampling_end: float | None  # time.monotonic() when sampling ended, when known
+    warnings: list[str]
+    truncated: bool
+    argv: list[list[str]]
+
+
+def _rate_of(argv: list[str], asked: int) -> int:
+    """The -F the broker used (it lowers the rate of long profiles on many CPUs)."""
+    if "-F" in argv[:-1]:
+        value = argv[argv.index("-F") + 1]
+        if value.isdecimal():
+            return int(value)
+    return asked
+
+
+def _perf_collected(job: JobResult, p: Params) -> _Collected:
+    record = find_step(job, "record")
+    warnings = check_record_step(record, p.pid)
+    assert record is not None
+    scripts = [s for s in job.steps if s.name == "script" or (s.name.startswith("script") and s.name[6:].isdecimal())]
+    if not scripts:
+        raise ToolError(ErrorCode.EXECUTION_FAILED, "the broker's reply has no script step")
+    for script in scripts:
+        if script.exit_status not in (0, None) or script.timed_out:
+            raise ToolError(ErrorCode.EXECUTION_FAILED,
+                            f"perf script failed (exit {script.exit_status}): {_tail(script.stderr)}")
+        if script.stderr.strip():
+            warnings.append(f"perf script: {_tail(script.stderr, 3)}")
+    # Time slices (script1, script2, ...) are whole samples each: their texts concatenate.
+    raw = b"".join(s.stdout if s.stdout.endswith(b"\n") or not s.stdout else s.stdout + b"\n"
+                   for s in scripts[:-1]) + scripts[-1].stdout
+    truncated = any(s.stdout_truncated for s in scripts)
+    if truncated:
+        warnings.append(f"perf script output was cut at the broker's cap ({len(raw)} bytes): "
+                        "the profile covers the samples before the cut; lower duration_s or sample_rate_hz")
+    rate = _rate_of(record.argv, p.sample_rate_hz)
+    # Sampling ended when the broker stopped perf record; after it: perf record's exit, perf script.
+    after = max(0.0, record.wall_s - p.duration_s) + max(s.wall_s for s in scripts)
+    method = f"perf record -g ({sampling_event(record.argv)}) + perf script, folded by perf-mcp"
+    return _Collected(folded=Folded(stacks={}, samples=0), method=method, raw_name="perf-script.txt",
+                      raw_desc="Raw perf script output (" + _fields(scripts[0].argv) + ")", raw=raw, rate_hz=rate,
+                      sampled_s=float(p.duration_s), sampling_end=time.monotonic() - after, warnings=warnings,
+                      truncated=truncated, argv=[s.argv for s in job.steps])
+
+
+def _fields(argv: list[str]) -> str:
+    return argv[argv.index("-F") + 1] if "-F" in argv[:-1] else "perf script"
+
+
+def _bpftrace_collected(job: JobResult, p: Params) -> _Collected:
+    step = find_step(job, "profile")
+    reason = step_failure(step)
+    if reason is not None:
+        raise RungFailed(reason)
+    assert step is not None
+    prof = fold_profile_json(step.stdout)
+    warnings: list[str] = []
+    if not prof.attached and prof.samples_taken is None:
+        raise RungFailed(f"bpftrace printed no profile: {_tail(step.stderr, 3) or 'no message'}")
+    taken = prof.samples_taken or 0
+    if prof.lost and taken and 100.0 * prof.lost / taken > BPFTRACE_MAX_LOST_PCT:
+        raise RungFailed(f"bpftrace's stack map held {taken - prof.lost} of {taken} samples (too many distinct "
+                         "stacks for its 4096 entries)")
+    if prof.lost:
+        warnings.append(f"{prof.lost} of {taken} samples lost their stack (bpftrace's stack map was full)")
+    if step.stdout_truncated:
+        warnings.append(f"bpftrace's output was cut at the broker's cap ({len(step.stdout)} bytes): "
+                        "the stacks after the cut are missing")
+    if prof.folded.bad_lines:
+        warnings.append(f"{prof.folded.bad_lines} stack entries of bpftrace's output could not be read")
+    if p.pid is not None and prof.user_frames and process_name(p.pid) is None:
+        warnings.append(f"process {p.pid} exited before bpftrace named its frames: "
+                        f"{prof.unnamed_user_frames} of {prof.user_frames} user frames are left as addresses")
+    sampled = prof.sampled_s if prof.sampled_s is not None else float(p.duration_s)
+    end: float | None = None
+    if prof.sampling_end_ns is not None:  # bpftrace's nsecs is CLOCK_MONOTONIC, as time.monotonic()
+        end = prof.sampling_end_ns / 1e9
+    # profile.bt's parameters end the argv: hz, duration, pid, include_kernel.
+    rate = int(step.argv[-4]) if len(step.argv) >= 4 and step.argv[-4].isdecimal() else p.sample_rate_hz
+    method = "bpftrace profile:hz (stacks counted in the kernel, named at exit)"
+    return _Collected(folded=prof.folded, method=method, raw_name="bpftrace-profile.json",
+                      raw_desc="Raw bpftrace output (JSON: stack counts by pid, comm, kernel and user stack)",
+                      raw=step.stdout, rate_hz=rate, sampled_s=sampled, sampling_end=end, warnings=warnings,
+                      truncated=step.stdout_truncated, argv=[s.argv for s in job.steps])
+
+
 class _Outcome(msgspec.Struct):
     folded: Folded
     svg: str
     folded_file: str
 
 
-def _fold_and_render(raw: bytes, title: str, subtitle: str) -> _Outcome:
+def _fold_and_render(raw: bytes | None, folded: Folded | None, title: str, subtitle: str) -> _Outcome:
     """CPU-bound (tens of MB of text): runs in a worker thread."""
-    folded = fold(raw.decode("utf-8", "replace"))
+    if folded is None:
+        folded = fold(raw.decode("utf-8", "replace") if raw else "")
     svg = render_svg(folded.stacks, title=title, subtitle=subtitle, kernel_frames=folded.kernel_frames)
     return _Outcome(folded=folded, svg=svg, folded_file=folded_text(folded.stacks))
 
 
-async def _run_broker_job(ctx: ToolContext, request: CpuProfile) -> JobResult:
-    """The broker job, with MCP progress every second and broker Progress events as labels."""
-    total = request.duration_s + SCRIPT_ESTIMATE_S
-    state = {"label": "starting", "last": 0.0}
-    t0 = trio.current_time()
-
-    async def tick() -> None:
-        while True:
-            elapsed = trio.current_time() - t0
-            value = min(max(state["last"], elapsed), total * 0.99)
-            state["last"] = value
-            label = state["label"]
-            if elapsed <= request.duration_s:
-                label = f"recording {elapsed:.0f}/{request.duration_s:.0f} s"
-            elif label.startswith(("recording", "record")):
-                label = "folding stacks (perf script)"
-            await ctx.report_progress(round(value, 1), total, label)
-            await trio.sleep(1.0)
-
-    async def on_progress(p: Progress) -> None:
-        state["label"] = f"{p.step} {p.elapsed_s:.0f}/{p.expected_s:.0f} s"
-
-    # Longer than the broker's own limits (record: duration + grace; script: 60 s + 4 x duration),
-    # so that normally the broker times a job out and says why.
-    timeout = request.duration_s + limits.JOB_GRACE_S + 60.0 + 4 * request.duration_s + 15.0
-    async with trio.open_nursery() as nursery:
-        nursery.start_soon(tick)
-        reply = await ctx.broker.run(request, timeout_s=timeout, on_progress=on_progress)
-        nursery.cancel_scope.cancel()
-    await ctx.report_progress(total, total, "done")
-    if not isinstance(reply.final, JobResult):
-        raise ToolError(ErrorCode.EXECUTION_FAILED, f"unexpected broker reply {type(reply.final).__name__}")
-    return reply.final
+def _expected_s(backend: Backend, duration_s: float) -> float:
+    return duration_s + (BPFTRACE_ATTACH_S if backend is Backend.BPFTRACE else 0.0)
 
 
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:
@@ -172,36 +272,37 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         if comm is None:
             raise ToolError(ErrorCode.PID_NOT_FOUND, f"no process with pid {p.pid}")
         target = f"pid {p.pid} ({comm})" if comm else f"pid {p.pid}"
-    request = CpuProfile(duration_s=p.duration_s, frequency_hz=p.sample_rate_hz, pid=p.pid,
-                         include_kernel=p.include_kernel)
-    result = await _run_broker_job(ctx, request)
-    record = _step(result, "record")
-    warnings = check_record_step(record, p.pid)
-    script = _step(result, "script")
-    if script is None:
-        raise ToolError(ErrorCode.EXECUTION_FAILED, "the broker's reply has no script step")
-    if script.exit_status not in (0, None) or script.timed_out:
-        raise ToolError(ErrorCode.EXECUTION_FAILED,
-                        f"perf script failed (exit {script.exit_status}): {_tail(script.stderr)}")
-    truncated = script.stdout_truncated
-    if truncated:
-        warnings.append(f"perf script output was cut at the broker's cap ({len(script.stdout)} bytes): "
-                        "the profile covers the samples before the cut; lower duration_s or sample_rate_hz")
-    if script.stderr.strip():
-        warnings.append(f"perf script: {_tail(script.stderr, 3)}")
 
-    assert record is not None
-    method = f"perf record -g ({sampling_event(record.argv)}) + perf script, folded by perf-mcp"
-    subtitle = f"{target}, {p.duration_s:g} s at {p.sample_rate_hz} Hz, {method}"
-    outcome = await trio.to_thread.run_sync(_fold_and_render, script.stdout, "CPU flame graph", subtitle)
+    async def attempt(rung: Rung[Params]) -> tuple[_Collected, JobResult | None]:
+        assert rung.backend is not None
+        request = CpuProfile(duration_s=p.duration_s, frequency_hz=p.sample_rate_hz, pid=p.pid,
+                             include_kernel=p.include_kernel, backend=rung.backend)
+        job = await run_job(ctx, request, expected_s=_expected_s(rung.backend, p.duration_s), label=rung.method,
+                            after_s=SCRIPT_ESTIMATE_S)
+        if rung.backend is Backend.BPFTRACE:
+            return _bpftrace_collected(job, p), job
+        return _perf_collected(job, p), job
+
+    result = await climb(ctx, RUNGS, p, attempt)
+    got: _Collected = result.value
+    warnings = result.warnings() + got.warnings
+    truncated = got.truncated
+    if got.rate_hz != p.sample_rate_hz:
+        warnings.append(f"sampled at {got.rate_hz} Hz, not {p.sample_rate_hz} Hz: the broker bounds "
+                        "rate x duration x CPUs so perf.data and its text stay bounded")
+    subtitle = f"{target}, {got.sampled_s:.3g} s at {got.rate_hz} Hz, {got.method}"
+    is_perf = result.rung.backend is Backend.PERF
+    outcome = await trio.to_thread.run_sync(_fold_and_render, got.raw if is_perf else None,
+                                            None if is_perf else got.folded, "CPU flame graph", subtitle)
     folded = outcome.folded
+    raw_what = "perf script" if is_perf else "bpftrace"
     if folded.samples == 0 and truncated:
         raise ToolError(ErrorCode.OUTPUT_TRUNCATED,
-                        f"the broker's output cap ({len(script.stdout)} bytes) cut perf script before one whole sample")
-    if folded.samples == 0 and folded.bad_lines:
+                        f"the broker's output cap ({len(got.raw)} bytes) cut {raw_what} before one whole sample")
+    if folded.samples == 0 and folded.bad_lines and is_perf:
         raise ToolError(ErrorCode.PARSE_ERROR,
                         f"none of the {folded.bad_lines} lines of perf script output could be parsed")
-    if folded.bad_lines:
+    if folded.bad_lines and is_perf:
         warnings.append(f"{folded.bad_lines} lines of perf script output could not be parsed and were skipped")
     if folded.dropped_partial_sample:
         warnings.append("the last sample was cut short and was left out")
@@ -210,18 +311,18 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
 
     analysis = analyse(folded)
     cpus = os.cpu_count() or 1
-    expected = int(math.floor(p.duration_s * p.sample_rate_hz * (1 if p.pid else cpus)))
+    expected = int(math.floor(got.sampled_s * got.rate_hz * (1 if p.pid else cpus)))
     group = ctx.artifacts.new_group("cpu-profile")
     artifacts: list[ArtifactRef] = []
     for name, mime, content, desc in (
         ("flamegraph.svg", "image/svg+xml", outcome.svg, f"CPU flame graph of {target}"),
         ("stacks.folded", "text/plain", outcome.folded_file, "Folded stacks (comm;root;...;leaf count)"),
-        ("perf-script.txt", "text/plain", script.stdout if len(script.stdout) <= RAW_ARTIFACT_MAX else b"",
-         "Raw perf script output (comm,pid,tid,period,ip,sym,dso)"),
+        (got.raw_name, "application/json" if got.raw_name.endswith(".json") else "text/plain",
+         got.raw if len(got.raw) <= RAW_ARTIFACT_MAX else b"", got.raw_desc),
     ):
         if not content:
-            if name == "perf-script.txt" and script.stdout:
-                warnings.append(f"the raw perf script output ({len(script.stdout)} bytes) is over "
+            if name == got.raw_name and got.raw:
+                warnings.append(f"the raw {raw_what} output ({len(got.raw)} bytes) is over "
                                 f"{RAW_ARTIFACT_MAX} bytes and was not kept as a resource")
             continue
         ref = ctx.artifacts.put(group, name, mime, content, desc)
@@ -239,14 +340,18 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
             warnings.append(f"data.folded holds the first {cut} bytes of the folded stacks; "
                             "read the stacks.folded resource for all of them")
 
+    job = result.job
+    after = round(time.monotonic() - got.sampling_end, 3) if got.sampling_end is not None else None
     data = CpuProfileData(
-        method=method, target=target, pid=p.pid, duration_s=p.duration_s, sample_rate_hz=p.sample_rate_hz,
-        include_kernel=p.include_kernel, samples=folded.samples, expected_samples=expected,
+        method=got.method, backend=result.backend, skipped=result.skipped, target=target, pid=p.pid,
+        duration_s=p.duration_s, sample_rate_hz=got.rate_hz, include_kernel=p.include_kernel,
+        sampled_s=round(got.sampled_s, 3), samples=folded.samples, expected_samples=expected,
+        after_sampling_s=after,
         idle_pct=analysis.idle_pct, kernel_pct=analysis.kernel_pct, unknown_pct=analysis.unknown_pct,
         top_functions_self=analysis.top_self, top_functions_total=analysis.top_total,
         hottest_stacks=analysis.hottest_stacks, processes=analysis.processes,
-        findings=findings(analysis, target=target, rate_hz=p.sample_rate_hz),
-        artifacts=artifacts, folded=inline, argv=[s.argv for s in result.steps], broker_job_id=result.job_id,
+        findings=findings(analysis, target=target, rate_hz=got.rate_hz),
+        artifacts=artifacts, folded=inline, argv=got.argv, broker_job_id=job.job_id if job else None,
     )
     return ToolOutput(data=data, summary=summarise(data), warnings=warnings, truncated=truncated)
 
@@ -263,18 +368,18 @@ def summarise(d: CpuProfileData) -> str:
         s = d.hottest_stacks[0]
         lines.append(f"Hottest stack ({s.pct:.1f}%): " + " > ".join(s.stack[-6:]))
     lines += [f"{a.name}: {a.uri} ({a.size} bytes)" for a in d.artifacts]
-    lines.append(f"Method: {d.method}")
+    lines.append(f"Method: {d.method}" + "".join(f"; {s.method} skipped: {s.reason}" for s in d.skipped))
     return "\n".join(lines)
 
 
 TOOL = ToolSpec(
     name=NAME,
-    title="CPU profile (perf record)",
+    title="CPU profile (bpftrace or perf record)",
     description=(
-        "Sample on-CPU call stacks of one process or the whole system with `perf record -g` (run by the "
-        "root broker) and fold them. Returns top functions by self and total share of samples, the hottest "
+        "Sample on-CPU call stacks of one process or the whole system (run by the root broker: bpftrace "
+        "profile:hz counting stacks in the kernel for a process, else `perf record -g`) and fold them. Returns top functions by self and total share of samples, the hottest "
         "stacks, per-process sample counts, findings, and links to a flame graph SVG, folded stacks and the "
-        "raw perf script output as MCP resources. Needs the perf-mcp broker and the 'profile' grant."
+        "raw output as MCP resources. data.method says which ran and data.skipped why the other did not. Needs the perf-mcp broker and the 'profile' grant."
     ),
     params=Params,
     data=CpuProfileData,
