@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from perf_mcp.trace.offcpu_parse import OffcpuParse, parse_offcputime
+from perf_mcp.trace.offcpu_parse import OffcpuParse, OffcpuStack, parse_offcputime
 
 FIX = Path(__file__).resolve().parent.parent / "fixtures" / "offcputime"
 
@@ -225,3 +225,35 @@ def test_analysis_and_folded_stacks():
     assert sum(folded.values()) == p.total_us
     assert "pmcp_reader;__libc_init_first;main;" + ";".join(READER_TAIL) in folded
     assert {"__schedule", "anon_pipe_read"} <= kernel and "perfmcp_wait_for_data" not in kernel
+
+
+def _stack(comm: str, tid: int, frames: list[str], kernel: int, us: int) -> OffcpuStack:
+    return OffcpuStack(comm=comm, pid=tid, tid=tid, tgid=tid, frames=frames, kernel_frames=kernel, offcpu_us=us)
+
+
+def test_findings_rules():
+    from perf_mcp.tools.perf_offcpu_profile import findings
+
+    disk = _stack("db", 10, ["main", "flush_log", "fdatasync", "entry_SYSCALL_64_after_hwframe", "do_fsync",
+                             "file_write_and_wait_range", "folio_wait_writeback", "io_schedule", "schedule",
+                             "__schedule"], 7, 1_800_000)
+    parked = _stack("worker", 11, ["start_thread", "pthread_cond_wait", "entry_SYSCALL_64_after_hwframe",
+                                   "do_futex", "futex_wait", "schedule", "__schedule"], 5, 2_000_000)
+    spinner = _stack("spin", 12, ["main", "spin", "asm_sysvec_apic_timer_interrupt", "irqentry_exit_to_user_mode",
+                                  "schedule", "__schedule"], 4, 900_000)
+    a = analyse([disk, parked, spinner], window_s=2.0, top_n=10, pid=None)
+    assert [(t.tid, t.wait_kind) for t in a.threads] == [(11, "lock"), (10, "disk I/O"), (12, "preempted")]
+    got = findings(a, window_s=2.0, duration_s=2, pid=None, target="system-wide", method="m", complete=True)
+    # System-wide: the disk wait is reported, the parked worker (futex) is not; 19% preempted is under 20%.
+    assert [(f.id, f.severity) for f in got] == [("offcpu.thread_blocked", "warning")]
+    assert got[0].title.endswith("blocked in fdatasync") and "perf_io_latency" in got[0].suggestion
+    assert got[0].evidence[0].value == 1800.0 and got[0].evidence[0].threshold == 1000.0
+    # For one process every thread blocked over half the window is reported; a futex one as info.
+    a = analyse([parked, spinner, spinner], window_s=2.0, top_n=10, pid=11)
+    got = findings(a, window_s=2.0, duration_s=2, pid=11, target="pid 11", method="m", complete=True)
+    ids = {(f.id, f.severity) for f in got}
+    assert ("offcpu.thread_blocked", "info") in ids and ("offcpu.preempted", "warning") in ids
+    lock = next(f for f in got if f.id == "offcpu.thread_blocked" and "pthread_cond_wait" in f.title)
+    assert "all of the 2 s window" in lock.title and "condition variable" in lock.detail
+    pre = next(f for f in got if f.id == "offcpu.preempted")
+    assert "perf_runq_latency pid=11" in pre.suggestion and pre.resource == "cpu"

@@ -306,17 +306,24 @@ def findings(a: Analysis, *, window_s: float, duration_s: int, pid: int | None, 
         if len(out) >= MAX_THREAD_FINDINGS or t.window_pct < BLOCKED_PCT:
             break
         # System-wide, idle kernel threads and event loops blocked all the time are the normal case.
-        if pid is None and t.wait_kind not in ("lock", "disk I/O", "page fault"):
+        # System-wide, idle kernel threads, event loops and workers parked on a condition variable
+        # (a futex wait too) are blocked all the time as a rule: only I/O waits are reported there.
+        if pid is None and t.wait_kind not in ("disk I/O", "page fault"):
             continue
-        severity = "warning" if t.wait_kind in ("lock", "disk I/O", "page fault") else "info"
+        severity = "warning" if t.wait_kind in ("disk I/O", "page fault") else "info"
+        note = (" A futex wait is either a contended lock or an idle thread parked on a condition variable: "
+                "the user frames above it tell which." if t.wait_kind == "lock" else "")
         stack = next((s for s in a.stacks if t.tid in s.tids and s.blocked_in == t.blocked_in), None)
         sample = " > ".join(stack.frames[-8:]) if stack else t.blocked_in
         out.append(Finding(
             id="offcpu.thread_blocked", severity=severity, resource="process",
-            title=(f"Thread {t.comm} (tid {t.tid}) was off-CPU {t.window_pct:.0f}% of the {window_s:g} s window, "
-                   f"blocked in {t.blocked_in}"),
+            # A block that ends while the program prints its maps is counted too: a thread blocked
+            # throughout can show a few % over the window; the title says "all of" then.
+            title=(f"Thread {t.comm} (tid {t.tid}) was off-CPU "
+                   + (f"{t.window_pct:.0f}% of" if t.window_pct < 99.5 else "all of")
+                   + f" the {window_s:g} s window, blocked in {t.blocked_in}"),
             detail=(f"{t.offcpu_ms / 1000:.2f} s of {window_s:g} s off-CPU, mostly {KIND_TEXT.get(t.wait_kind, 'blocked')}"
-                    f" (kernel: {t.waiting_in}); {target}, {method}."),
+                    f" (kernel: {t.waiting_in}); {target}, {method}.{note}"),
             confidence=0.9 if complete and not t.blocked_in.startswith("[") else 0.7,
             metrics={"offcpu_ms": t.offcpu_ms, "window_pct": t.window_pct},
             evidence=[Evidence(tool=NAME, counter="offcpu_ms", value=t.offcpu_ms,
@@ -404,8 +411,10 @@ def _read_rung(backend: Backend, job: JobResult, p: Params) -> _RungAnswer:
         raw = step.stdout
         if backend is Backend.LIBBPF:
             parsed = parse_offcputime(raw.decode("utf-8", "replace"))
-            if b"Missed" in step.stderr:
-                warnings.append("offcputime missed some stacks (stack map full or unwinding failed)")
+            missed = step.stderr.count(b"[Missed")
+            if missed:
+                warnings.append(f"offcputime could not read {missed} kernel or user stacks (stack map full or "
+                                "unwinding failed); their time is missing")
         else:
             parsed = parse_bpftrace_offcpu(raw)
     if step.stdout_truncated:
