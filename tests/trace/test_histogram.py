@@ -141,3 +141,10 @@ def test_bpftrace_json_lines_with_damage() -> None:
     out = parse_json_lines(raw)
     assert out.attached_probes == 3 and out.maps == {"@count": 12} and out.bad_lines == 1
     assert H.from_bpftrace(out.hists["@us"], "us", "log2").count == 2
+
+
+def test_bpftrace_json_lines_with_bytes_that_are_not_utf8() -> None:
+    raw = b'{"type": "map", "data": {"@c": {"ab\xffc": 3}}}\n{"type": "map", "data": {"@n": 2}}\n'
+    out = parse_json_lines(raw)
+    assert out.bad_lines == 0 and out.maps["@n"] == 2
+    assert out.maps["@c"] == {"ab\\xffc": 3}

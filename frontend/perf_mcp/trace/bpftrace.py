@@ -24,6 +24,12 @@ class BpftraceOutput:
     attached_probes: int | None = None
 
 
+def _escape_bad_bytes(line: bytes) -> bytes:
+    """Bytes that are not UTF-8 as the JSON text \\xNN (they sit inside JSON strings)."""
+    text = line.decode("utf-8", "surrogateescape")
+    return "".join(f"\\\\x{ord(c) - 0xDC00:02x}" if 0xDC80 <= ord(c) <= 0xDCFF else c for c in text).encode()
+
+
 def parse_json_lines(raw: bytes) -> BpftraceOutput:
     out = BpftraceOutput()
     for line in raw.splitlines():
@@ -35,6 +41,14 @@ def parse_json_lines(raw: bytes) -> BpftraceOutput:
         except msgspec.DecodeError:
             out.bad_lines += 1
             continue
+        except UnicodeDecodeError:
+            # bpftrace copies raw bytes of strings (comm, paths) into its JSON: keep the
+            # line, with the bytes that are not UTF-8 as \xNN
+            try:
+                obj = _decoder.decode(_escape_bad_bytes(line))
+            except msgspec.DecodeError:
+                out.bad_lines += 1
+                continue
         if not isinstance(obj, dict) or "type" not in obj:
             out.bad_lines += 1
             continue
