@@ -22,9 +22,13 @@ What goes where (PREFIX /usr/local for `install`, /usr for the Debian package):
     PREFIX/share/doc/perf-mcp-broker/README-install.md
 
 Everything is root-owned and writable by root alone: the broker checks that at
-start-up (broker/perf_mcp_broker/integrity.py) and refuses to run otherwise.
-Only the standard library is used here; pip runs in a throw-away venv made from the
-broker's own interpreter so that compiled modules match it.
+start-up (broker/perf_mcp_broker/boot.py, integrity.py) and refuses to run otherwise.
+Only the standard library is used here. Nothing from PyPI runs as root: the
+dependencies are fetched and built as the user who ran sudo (or nobody) in a venv of
+the broker's own interpreter, with pinned, hashed build dependencies
+(broker-build-requirements.txt, --no-build-isolation); root then installs only the
+resulting wheels, by path and sha256, with no index (--only-binary=:all:
+--require-hashes); pure-Python wheels must match their pinned hashes.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PACKAGING = REPO / "packaging"
 REQUIREMENTS = PACKAGING / "broker-requirements.txt"
+BUILD_REQUIREMENTS = PACKAGING / "broker-build-requirements.txt"
 OWN_PACKAGES = (REPO / "broker" / "perf_mcp_broker", REPO / "protocol" / "perf_mcp_protocol")
 UNITS = ("perf-mcp-broker.socket", "perf-mcp-broker.service")
 SOCKET_UNIT, SERVICE_UNIT = UNITS
@@ -198,18 +203,138 @@ def unit_text(name: str, layout: Layout) -> str:
     return text.replace(UNIT_BROKER_PATH, layout.broker_bin).replace(UNIT_DOC_PATH, layout.doc_dir)
 
 
-def install_dependencies(site: Path, python: str) -> None:
-    """The pinned, hash-checked dependencies into site, built for `python`."""
+# The pins that are source distributions: built into wheels by the unprivileged
+# builder. Every other pin is a wheel and must arrive byte for byte as pinned.
+BUILT_FROM_SOURCE = ("msgspec", "python-prctl")
+_PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+)\s+--hash=sha256:([0-9a-f]{64})\s*$")
+
+
+def read_pins(path: Path) -> dict[str, tuple[str, str]]:
+    """{normalised name: (version, sha256)} of a hashed requirements file (one pin a line)."""
+    pins = {}
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _PIN.match(line)
+        if not match:
+            raise InstallError(f"{path}: not 'name==version --hash=sha256:HEX': {raw!r}")
+        pins[_normalise(match.group(1))] = (match.group(2), match.group(3))
+    return pins
+
+
+def _normalise(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _wheel_name_version(wheel: Path) -> tuple[str, str]:
+    name, version = wheel.name.split("-")[:2]
+    return _normalise(name), version
+
+
+def builder_account() -> tuple[int, int] | None:
+    """Who builds the wheels: None for this process when it is not root; as root, the
+    user who ran sudo (SUDO_UID), else nobody. Never root."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if sudo_uid.isdecimal() and int(sudo_uid) != 0:
+        try:
+            pw = pwd.getpwuid(int(sudo_uid))
+            return pw.pw_uid, pw.pw_gid
+        except KeyError:
+            pass
+    pw = pwd.getpwnam("nobody")
+    return pw.pw_uid, pw.pw_gid
+
+
+def _as_builder(account: tuple[int, int] | None, home: Path) -> dict:
+    """run() arguments for a command of the unprivileged build."""
+    env = {k: v for k, v in os.environ.items() if k.startswith(("PIP_", "HTTP_", "HTTPS_", "NO_PROXY")) or
+           k in ("PATH", "LANG", "http_proxy", "https_proxy", "no_proxy", "SSL_CERT_FILE", "SOURCE_DATE_EPOCH")}
+    env.update(HOME=str(home), TMPDIR=str(home), PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1",
+               PIP_CACHE_DIR=str(home / "cache"), PYTHONDONTWRITEBYTECODE="1")
+    env.setdefault("PATH", "/usr/bin:/bin")
+    kwargs: dict = {"env": env, "cwd": str(home)}
+    if account is not None:
+        kwargs.update(user=account[0], group=account[1], extra_groups=[], process_group=0)
+    return kwargs
+
+
+def build_wheels(python: str, out: Path) -> list[Path]:
+    """Wheels of every pin, made without root: as builder_account(), in its own temp
+    dir, a venv of `python` gets the pinned, hashed build dependencies
+    (broker-build-requirements.txt, wheels only) and `pip wheel --require-hashes
+    --no-build-isolation` fetches the pinned wheels and builds the pinned source
+    distributions with them. Then the wheels are copied into `out` (root's, 0700) so
+    that the builder cannot change them after they are checked."""
+    account = builder_account()
     with tempfile.TemporaryDirectory(prefix="perf-mcp-build-") as tmp:
+        os.chmod(tmp, 0o711)  # the builder may pass through to its own directory, no more
+        home = Path(tmp) / "build"
+        home.mkdir(mode=0o700)
+        for req in (REQUIREMENTS, BUILD_REQUIREMENTS):
+            shutil.copy(req, home / req.name)
+        if account is not None:
+            for path in (home, *home.iterdir()):
+                os.chown(path, *account)
+        builder = _as_builder(account, home)
+        venv = home / "venv"
+        pip = [str(venv / "bin" / "python"), "-m", "pip"]
+        run([python, "-m", "venv", str(venv)], **builder)
+        run([*pip, "install", "-qq", "--require-hashes", "--no-deps", "--only-binary=:all:",
+             "-r", str(home / BUILD_REQUIREMENTS.name)], **builder)
+        run([*pip, "wheel", "-qq", "--require-hashes", "--no-deps", "--no-build-isolation", "--use-pep517",
+             "--wheel-dir", str(home / "wheels"), "-r", str(home / REQUIREMENTS.name)], **builder)
+        out.mkdir(mode=0o700)
+        wheels = []
+        for wheel in sorted((home / "wheels").glob("*.whl")):
+            if wheel.is_symlink() or not wheel.is_file():
+                raise InstallError(f"the build left {wheel.name}, not a regular file")
+            wheels.append(Path(shutil.copyfile(wheel, out / wheel.name)))
+    return wheels
+
+
+def checked_wheel_requirements(wheels: list[Path], pins: dict[str, tuple[str, str]]) -> str:
+    """A requirements file naming each wheel by path with its sha256: exactly one wheel
+    per pin, at the pinned version; a pin that is a wheel arrives with the pinned hash."""
+    found: dict[str, Path] = {}
+    for wheel in wheels:
+        name, version = _wheel_name_version(wheel)
+        if name not in pins or name in found:
+            raise InstallError(f"the build made {wheel.name}, which is not pinned (or twice)")
+        if version != pins[name][0]:
+            raise InstallError(f"the build made {wheel.name}, not version {pins[name][0]}")
+        if name not in BUILT_FROM_SOURCE and sha256(wheel) != pins[name][1]:
+            raise InstallError(f"{wheel.name} does not have the pinned sha256")
+        found[name] = wheel
+    if set(found) != set(pins):
+        raise InstallError(f"no wheel for {', '.join(sorted(set(pins) - set(found)))}")
+    return "".join(f"{found[n]} --hash=sha256:{sha256(found[n])}\n" for n in sorted(found))
+
+
+def install_dependencies(site: Path, python: str) -> None:
+    """The pinned dependencies into site, built for `python`. Nothing from PyPI runs as
+    root: the wheels are built unprivileged (build_wheels), and root installs only those
+    wheels, by path and hash (--no-index --only-binary=:all: --require-hashes; pip
+    installing a wheel runs none of its code)."""
+    pins = read_pins(REQUIREMENTS)
+    read_pins(BUILD_REQUIREMENTS)  # well-formed: every build dependency pinned and hashed
+    with tempfile.TemporaryDirectory(prefix="perf-mcp-wheels-") as tmp:
+        wheels = build_wheels(python, Path(tmp) / "wheels")
+        requirements = Path(tmp) / "wheels.txt"
+        requirements.write_text(checked_wheel_requirements(wheels, pins))
         venv = Path(tmp) / "venv"
         run([python, "-m", "venv", str(venv)])
-        env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PIP_NO_INPUT="1")
         run(
             [
-                str(venv / "bin" / "pip"), "install", "-qq", "--require-hashes", "--no-deps",
-                "--use-pep517", "--no-warn-script-location", "--target", str(site), "-r", str(REQUIREMENTS),
+                str(venv / "bin" / "python"), "-m", "pip", "install", "-qq", "--isolated", "--no-index",
+                "--only-binary=:all:", "--require-hashes", "--no-deps", "--no-compile", "--no-warn-script-location",
+                "--disable-pip-version-check", "--target", str(site), "-r", str(requirements),
             ],
-            env=env,
+            env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONDONTWRITEBYTECODE": "1"},
         )
     shutil.rmtree(site / "bin", ignore_errors=True)  # console scripts of dependencies: unused
 
@@ -236,7 +361,7 @@ def stage(root: Path, layout: Layout, python: str = PYTHON) -> None:
     """Build the installed tree under root (as if root were /)."""
     site = _dest(root, layout.site_dir)
     site.mkdir(parents=True)
-    log(f"installing the pinned dependencies into {layout.site_dir} (pip --require-hashes)")
+    log(f"building the pinned dependencies unprivileged, installing their wheels into {layout.site_dir} by hash")
     install_dependencies(site, python)
     copy_own_packages(site)
     # checked-hash: the bytecode is valid for its source whatever the file times.
