@@ -17,6 +17,12 @@ import time
 
 from perf_mcp_protocol import (
     Backend,
+    BioLatency,
+    DnsLatency,
+    FileTrace,
+    IoLayers,
+    TcpTrace,
+    VfsLatency,
     CpuProfile,
     ExecTrace,
     FdTable,
@@ -41,6 +47,14 @@ PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
     "tcplife": ("/usr/sbin/tcplife",),
     "gethostlatency": ("/usr/sbin/gethostlatency",),
     "exitsnoop": ("/usr/sbin/exitsnoop",),
+    # Programs whose rungs need kprobes or fentry: listed so that --disable and perf_info
+    # name them; the frontend's ladders skip them where the kernel lacks what they need.
+    "biosnoop": ("/usr/sbin/biosnoop",),
+    "fsslower": ("/usr/sbin/fsslower",),
+    "filelife": ("/usr/sbin/filelife",),
+    "vfsstat": ("/usr/sbin/vfsstat",),
+    "tcpconnect": ("/usr/sbin/tcpconnect",),
+    "cachestat": ("/usr/sbin/cachestat",),
 }
 
 # The broker's own bpftrace scripts: shipped files next to this module, root-owned
@@ -54,7 +68,8 @@ BPFTRACE_START_S = 15.0
 
 @dataclass(frozen=True)
 class Step:
-    """One program run of a job.
+    """One program run of a job. Steps run one after another (a later one only if the
+    earlier ones ended normally) unless with_previous puts a step beside the one before it.
 
     stop_after_s: when set, the step is stopped normally with SIGINT after that
     many seconds (perf record has no duration of its own without `-- sleep`).
@@ -66,7 +81,7 @@ class Step:
     argv: tuple[str, ...]
     deadline_s: float
     stop_after_s: float | None = None
-    stage: int = 0  # steps of the same stage run side by side; stages run in order
+    with_previous: bool = False  # runs side by side with the step before it (execsnoop + exitsnoop)
 
 
 def resolve_programs(paths: dict[str, tuple[str, ...]] = PROGRAM_PATHS) -> tuple[dict[str, str], list[str]]:
@@ -107,11 +122,11 @@ def _opt_pid(pid: int | None) -> list[str]:
     return ["-p", str(int(pid))] if pid is not None else []
 
 
-def _traced(name: str, argv, duration: float, *, stop: bool = False, stage: int = 0) -> Step:
+def _traced(name: str, argv, duration: float, *, stop: bool = False, with_previous: bool = False) -> Step:
     """A tracing step ends on its own at its duration; stop=True for programs that
     run until SIGINT (execsnoop). The deadline covers BPF compile and attach."""
     return Step(name, tuple(argv), deadline_s=duration + BPFTRACE_START_S + limits.JOB_GRACE_S,
-                stop_after_s=duration if stop else None, stage=stage)
+                stop_after_s=duration if stop else None, with_previous=with_previous)
 
 
 # perf_cpu_profile bounds. Samples a profile may take, all CPUs together: the
@@ -173,7 +188,7 @@ def build_cpu_profile(req: CpuProfile, programs: dict[str, str], workdir: str) -
     for i, span in enumerate(slices):
         name = "script" if span is None else f"script{i + 1}"
         argv = script if span is None else [*script, "--time", span]
-        steps.append(Step(name, tuple(argv), deadline_s=60.0 + 4 * duration, stage=1))
+        steps.append(Step(name, tuple(argv), deadline_s=60.0 + 4 * duration, with_previous=i > 0))
     return steps
 
 
@@ -205,7 +220,7 @@ def build_offcpu_profile(req: OffcpuProfile, programs: dict[str, str], workdir: 
                   "-F", "comm,pid,tid,time,trace,ip,sym,dso"]
         return [
             Step("record", tuple(record), deadline_s=d + limits.JOB_GRACE_S, stop_after_s=float(d)),
-            Step("script", tuple(script), deadline_s=60.0 + 4 * d, stage=1),
+            Step("script", tuple(script), deadline_s=60.0 + 4 * d),
         ]
     raise Unsupported(req.backend)
 
@@ -229,9 +244,9 @@ def build_syscall_count(req: SyscallCount, programs: dict[str, str], workdir: st
         latency = ["-L"] if req.latency else []
         steps = [_traced("syscount", [syscount, *common, *latency], d)]
         if req.per_process:  # syscount -P counts by process only: the per-syscall rows come from the first step
-            steps.append(_traced("syscount_processes", [syscount, *common, "-P", *latency], d))
+            steps.append(_traced("syscount_processes", [syscount, *common, "-P", *latency], d, with_previous=True))
         if req.errors:  # failed calls per syscall, side by side with the counts
-            steps.append(_traced("syscount_failures", [syscount, *common, "-x"], d))
+            steps.append(_traced("syscount_failures", [syscount, *common, "-x"], d, with_previous=True))
         return steps
     if req.backend is Backend.BPFTRACE:
         # two scripts: an attached sys_enter probe costs every syscall, so only the latency one has it
@@ -250,13 +265,37 @@ def build_exec_trace(req: ExecTrace, programs: dict[str, str], workdir: str) -> 
         execsnoop += ["-u", str(int(req.uid))] if req.uid is not None else []
         steps = [_traced("execsnoop", execsnoop, d, stop=True)]
         if "exitsnoop" in programs:  # lifetimes and exit codes; without it execsnoop still answers
-            steps.append(_traced("exitsnoop", [programs["exitsnoop"], "-t"], d, stop=True))
+            steps.append(_traced("exitsnoop", [programs["exitsnoop"], "-t"], d, stop=True, with_previous=True))
         return steps
     if req.backend is Backend.BPFTRACE:
         # All uids: 4294967295 (INVALID_UID, as execsnoop); bpftrace 0.17 takes "-1" for an option.
         uid = 0xFFFF_FFFF if req.uid is None else req.uid
         argv = _script(programs, "execsnoop", d, int(req.include_failed), req.max_args, uid)
         return [_traced("execsnoop", argv, d)]
+    raise Unsupported(req.backend)
+
+
+def build_bio_latency(req: BioLatency, programs: dict[str, str], workdir: str) -> list[Step]:
+    raise Unsupported(req.backend)
+
+
+def build_io_layers(req: IoLayers, programs: dict[str, str], workdir: str) -> list[Step]:
+    raise Unsupported(req.backend)
+
+
+def build_file_trace(req: FileTrace, programs: dict[str, str], workdir: str) -> list[Step]:
+    raise Unsupported(req.backend)
+
+
+def build_vfs_latency(req: VfsLatency, programs: dict[str, str], workdir: str) -> list[Step]:
+    raise Unsupported(req.backend)
+
+
+def build_tcp_trace(req: TcpTrace, programs: dict[str, str], workdir: str) -> list[Step]:
+    raise Unsupported(req.backend)
+
+
+def build_dns_latency(req: DnsLatency, programs: dict[str, str], workdir: str) -> list[Step]:
     raise Unsupported(req.backend)
 
 
@@ -268,6 +307,12 @@ BUILDERS = {
     RunqLatency: build_runq_latency,
     SyscallCount: build_syscall_count,
     ExecTrace: build_exec_trace,
+    BioLatency: build_bio_latency,
+    IoLayers: build_io_layers,
+    FileTrace: build_file_trace,
+    VfsLatency: build_vfs_latency,
+    TcpTrace: build_tcp_trace,
+    DnsLatency: build_dns_latency,
 }
 
 

@@ -410,10 +410,10 @@ class Broker:
 
 
 def _stages(steps: list) -> list[list]:
-    """Consecutive steps with the same stage number, in order."""
+    """Steps grouped into stages: a step with with_previous joins the stage before it."""
     out: list[list] = []
     for step in steps:
-        if out and out[-1][0].stage == step.stage:
+        if out and step.with_previous:
             out[-1].append(step)
         else:
             out.append([step])

@@ -16,6 +16,14 @@ from .codec import (
     frame_length,
 )
 from .messages import (
+    BioLatency,
+    IoLayers,
+    FileMode,
+    FileTrace,
+    VfsLatency,
+    TcpMode,
+    TcpTrace,
+    DnsLatency,
     REQUEST_CLASS,
     Accepted,
     AccessQuery,
@@ -45,6 +53,14 @@ from .messages import (
 )
 
 __all__ = [
+    "BioLatency",
+    "IoLayers",
+    "FileMode",
+    "FileTrace",
+    "VfsLatency",
+    "TcpMode",
+    "TcpTrace",
+    "DnsLatency",
     "limits",
     "ConnectionClosed",
     "FrameReader",

@@ -33,6 +33,8 @@ MIN_BLOCK_US = (1, 10_000_000)
 SYSCALL_TOP_N = (1, 500)
 EXEC_MAX_ARGS = (1, 60)
 UID_MAX = 4_294_967_294
+LINEAR_BUCKET_MS = (1, 100)
+MIN_LATENCY_MS = (0, 10_000)
 
 # Wall-clock grace added to a job's requested duration before it is killed.
 JOB_GRACE_S = 20.0

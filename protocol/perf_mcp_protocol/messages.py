@@ -144,11 +144,86 @@ class FdTable(_Message, tag="fd_table"):
     pid: Pid
 
 
-TraceRequest = Union[OffcpuProfile, RunqLatency, SyscallCount, ExecTrace]
-TRACE_REQUESTS: tuple[type, ...] = (OffcpuProfile, RunqLatency, SyscallCount, ExecTrace)
-Request = Union[CpuProfile, OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, AccessQuery, ToolFeatures, FdTable]
-ClientMessage = Union[Hello, CpuProfile, OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, AccessQuery,
-                      ToolFeatures, FdTable]
+class BioLatency(_Message, tag="bio_latency"):
+    """Block I/O latency histograms: biolatency or the broker's block tracepoint script.
+    A device filter is applied in the frontend on per-device histograms."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.TRACE_SHORT_DURATION_S)]
+    per_device: bool = False
+    queued: bool = False  # include the time queued in the OS (insert to issue)
+    milliseconds: bool = False
+    linear_bucket_ms: Annotated[int, _range(limits.LINEAR_BUCKET_MS)] | None = None  # None: log2 buckets
+
+
+class IoLayers(_Message, tag="io_layers"):
+    """What the syscalls asked for (read/write bytes and ops) against what reached the block layer."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.TRACE_SHORT_DURATION_S)]
+    per_process: bool = False
+
+
+class FileMode(enum.Enum):
+    OPENS = "opens"
+    SLOW_OPS = "slow_ops"
+    FILE_LIFECYCLE = "file_lifecycle"
+    ALL = "all"
+
+
+class FileTrace(_Message, tag="file_trace"):
+    """File opens (path, process, errors), slow reads/writes/fsyncs with the path, files created and deleted."""
+
+    backend: Backend
+    mode: FileMode
+    duration_s: Annotated[int, _range(limits.TRACE_SHORT_DURATION_S)]
+    pid: Pid | None = None
+    min_latency_ms: Annotated[int, _range(limits.MIN_LATENCY_MS)] = 10
+
+
+class VfsLatency(_Message, tag="vfs_latency"):
+    """Slow VFS operations by type and file, latency distribution per operation."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.TRACE_SHORT_DURATION_S)]
+    pid: Pid | None = None
+    min_latency_ms: Annotated[int, _range(limits.MIN_LATENCY_MS)] = 10
+
+
+class TcpMode(enum.Enum):
+    LIFECYCLE = "lifecycle"
+    CONNECTIONS = "connections"
+
+
+Port = Annotated[int, Meta(ge=1, le=65535)]
+
+
+class TcpTrace(_Message, tag="tcp_trace"):
+    """TCP sessions (lifecycle: bytes each way, duration) or new connections, accepts and retransmits."""
+
+    backend: Backend
+    mode: TcpMode
+    duration_s: Annotated[int, _range(limits.TRACE_LONG_DURATION_S)]
+    pid: Pid | None = None
+    local_port: Port | None = None
+    remote_port: Port | None = None
+
+
+class DnsLatency(_Message, tag="dns_latency"):
+    """Name lookups (getaddrinfo, gethostbyname) with their process and latency, through uprobes on libc."""
+
+    backend: Backend
+    duration_s: Annotated[int, _range(limits.TRACE_SHORT_DURATION_S)]
+    pid: Pid | None = None
+
+
+TraceRequest = Union[OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, BioLatency, IoLayers, FileTrace, VfsLatency,
+                     TcpTrace, DnsLatency]
+TRACE_REQUESTS: tuple[type, ...] = (OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, BioLatency, IoLayers,
+                                    FileTrace, VfsLatency, TcpTrace, DnsLatency)
+Request = Union[CpuProfile, TraceRequest, AccessQuery, ToolFeatures, FdTable]
+ClientMessage = Union[Hello, CpuProfile, OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, BioLatency, IoLayers,
+                      FileTrace, VfsLatency, TcpTrace, DnsLatency, AccessQuery, ToolFeatures, FdTable]
 
 # Which class of authorisation each request needs; None means any local user.
 REQUEST_CLASS: dict[type, JobClass | None] = {
@@ -157,6 +232,12 @@ REQUEST_CLASS: dict[type, JobClass | None] = {
     RunqLatency: JobClass.TRACE,
     SyscallCount: JobClass.TRACE,
     ExecTrace: JobClass.TRACE,
+    BioLatency: JobClass.TRACE,
+    IoLayers: JobClass.TRACE,
+    FileTrace: JobClass.TRACE,
+    VfsLatency: JobClass.TRACE,
+    TcpTrace: JobClass.TRACE,
+    DnsLatency: JobClass.TRACE,
     AccessQuery: None,
     ToolFeatures: None,
     FdTable: JobClass.INSPECT,

@@ -25,7 +25,15 @@ from perf_mcp_protocol import (
     BrokerMessage,
     ClientMessage,
     Backend,
+    BioLatency,
     CpuProfile,
+    DnsLatency,
+    FileMode,
+    FileTrace,
+    IoLayers,
+    TcpMode,
+    TcpTrace,
+    VfsLatency,
     ErrorCode,
     ExecTrace,
     OffcpuProfile,
@@ -78,6 +86,20 @@ syscall_count = st.builds(SyscallCount, backend=backends, duration_s=st.integers
 exec_trace = st.builds(ExecTrace, backend=backends, duration_s=st.integers(*limits.TRACE_SHORT_DURATION_S),
                        include_failed=st.booleans(), max_args=st.integers(*limits.EXEC_MAX_ARGS),
                        uid=st.none() | st.integers(0, limits.UID_MAX))
+short = st.integers(*limits.TRACE_SHORT_DURATION_S)
+ports = st.none() | st.integers(1, 65535)
+latency_ms = st.integers(*limits.MIN_LATENCY_MS)
+bio_latency = st.builds(BioLatency, backend=backends, duration_s=short, per_device=st.booleans(),
+                        queued=st.booleans(), milliseconds=st.booleans(),
+                        linear_bucket_ms=st.none() | st.integers(*limits.LINEAR_BUCKET_MS))
+io_layers = st.builds(IoLayers, backend=backends, duration_s=short, per_process=st.booleans())
+file_trace = st.builds(FileTrace, backend=backends, mode=st.sampled_from(list(FileMode)), duration_s=short,
+                       pid=opt_pid, min_latency_ms=latency_ms)
+vfs_latency = st.builds(VfsLatency, backend=backends, duration_s=short, pid=opt_pid, min_latency_ms=latency_ms)
+tcp_trace = st.builds(TcpTrace, backend=backends, mode=st.sampled_from(list(TcpMode)),
+                      duration_s=st.integers(*limits.TRACE_LONG_DURATION_S), pid=opt_pid, local_port=ports,
+                      remote_port=ports)
+dns_latency = st.builds(DnsLatency, backend=backends, duration_s=short, pid=opt_pid)
 access_query = st.just(AccessQuery())
 tool_features = st.just(ToolFeatures())
 fd_table = st.builds(FdTable, pid=st.integers(limits.PID_MIN, limits.PID_MAX))
@@ -134,7 +156,9 @@ error_reply = st.builds(ErrorReply, code=st.sampled_from(list(ErrorCode)), messa
 
 CLIENT_STRATEGIES = {Hello: hello, CpuProfile: cpu_profile, AccessQuery: access_query, ToolFeatures: tool_features,
                      FdTable: fd_table, OffcpuProfile: offcpu_profile, RunqLatency: runq_latency,
-                     SyscallCount: syscall_count, ExecTrace: exec_trace}
+                     SyscallCount: syscall_count, ExecTrace: exec_trace, BioLatency: bio_latency,
+                     IoLayers: io_layers, FileTrace: file_trace, VfsLatency: vfs_latency, TcpTrace: tcp_trace,
+                     DnsLatency: dns_latency}
 BROKER_STRATEGIES = {
     BrokerHello: broker_hello,
     Accepted: accepted,
