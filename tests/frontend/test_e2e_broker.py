@@ -20,6 +20,13 @@ from perf_mcp.profile.perf_script import parse_folded
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
 
+@pytest.fixture
+def broker(broker_factory: Any) -> helpers.RunningBroker:
+    """perf_cpu_profile's perf rung (bpftrace, its first rung for a pid, is disabled): these
+    tests are about perf record and perf script; tests/tools_cpu runs every rung."""
+    return broker_factory("--disable", "bpftrace")
+
+
 def perf_under(pid: int) -> list[int]:
     """perf processes among the descendants of pid (the broker's jobs)."""
     out = []
@@ -92,7 +99,8 @@ async def test_collapsed_output_and_user_only(
     assert data["kernel_pct"] == 0.0
 
 
-async def test_perf_info_with_broker(broker: helpers.RunningBroker, test_users: helpers.TestUsers) -> None:
+async def test_perf_info_with_broker(broker_factory: Any, test_users: helpers.TestUsers) -> None:
+    broker = broker_factory()  # every program enabled: the features come from bpftrace --info
     async with helpers.mcp_client(test_users.granted, broker.socket_path) as client:
         granted = envelope(await client.call_tool("perf_info", {}))
     async with helpers.mcp_client(test_users.denied, broker.socket_path) as client:
@@ -201,7 +209,7 @@ async def test_second_profile_of_the_same_user_is_busy(
 async def test_output_cap_truncates_with_a_warning(
     broker_factory: Any, test_users: helpers.TestUsers, busy_process_factory: Any
 ) -> None:
-    small = broker_factory(output_cap=16 * 1024)
+    small = broker_factory("--disable", "bpftrace", output_cap=16 * 1024)
     busy = busy_process_factory(test_users.granted)
     async with helpers.mcp_client(test_users.granted, small.socket_path) as client:
         result = await client.call_tool("perf_cpu_profile", {"pid": busy.pid, "duration_s": 3, "sample_rate_hz": 499})

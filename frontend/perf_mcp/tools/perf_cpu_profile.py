@@ -99,6 +99,15 @@ def process_name(pid: int) -> str | None:
         return "" if os.path.exists(f"/proc/{pid}") else None
 
 
+def _running(pid: int) -> bool:
+    """The process exists and is not a zombie (a zombie's memory maps are gone: nothing to name frames by)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rfind(")") + 2 : stat.rfind(")") + 3] not in ("Z", "X")
+
+
 def sampling_event(argv: list[str]) -> str:
     """The event perf sampled on: -e from the argv, else cycles when a CPU PMU exists, else cpu-clock."""
     if "-e" in argv[:-1]:
@@ -231,9 +240,12 @@ def _bpftrace_collected(job: JobResult, p: Params) -> _Collected:
                         "the stacks after the cut are missing")
     if prof.folded.bad_lines:
         warnings.append(f"{prof.folded.bad_lines} stack entries of bpftrace's output could not be read")
-    if p.pid is not None and prof.user_frames and process_name(p.pid) is None:
+    if p.pid is not None and prof.user_frames and not _running(p.pid):
         warnings.append(f"process {p.pid} exited before bpftrace named its frames: "
                         f"{prof.unnamed_user_frames} of {prof.user_frames} user frames are left as addresses")
+    elif prof.user_frames and prof.unnamed_user_frames * 2 > prof.user_frames:
+        warnings.append(f"{prof.unnamed_user_frames} of {prof.user_frames} user frames have no symbol "
+                        "(stripped binaries, JIT code, or processes that exited before bpftrace named them)")
     sampled = prof.sampled_s if prof.sampled_s is not None else float(p.duration_s)
     end: float | None = None
     if prof.sampling_end_ns is not None:  # bpftrace's nsecs is CLOCK_MONOTONIC, as time.monotonic()

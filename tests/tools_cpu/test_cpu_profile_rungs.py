@@ -1,0 +1,254 @@
+"""perf_cpu_profile on each rung of its ladder, through the real MCP client as perfmcp-granted,
+against a real root broker: the bpftrace rung (profile.bt) with a full broker, the perf rung with
+`--disable bpftrace`.
+
+Known answer: a busy C loop (tests/helpers.py's source, built at -O0 so the leaf has a frame, with
+a main that can return, so frame-pointer unwinding sees every frame) spends all its CPU time in
+perfmcp_busy_leaf, called from perfmcp_busy_loop, called from main. A cpu-clock sample fires per
+1/rate of CPU time the process ran, so the sample count is its CPU time in the sampling window
+(from /proc/PID/schedstat, polled) x rate, within 15 % + 50 ms of CPU time. helpers' own binary
+(leaf without a frame, noreturn main) is profiled too: leaf on top on both rungs.
+
+Also: perf writes nothing outside the broker's job directory (no /.debug, no ~root/.debug, nothing
+new in /; perf script's own vdso copy, /tmp/perf-vdso.so-XXXXXX, is removed by perf at exit and is
+not checked: other perf processes on a shared machine make and remove theirs meanwhile), and a process that exits before bpftrace names its frames is said so.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import helpers
+
+pytestmark = [pytest.mark.root, pytest.mark.slow]
+
+RATE = 499
+DURATION = 3
+REL_TOL = 0.15
+ABS_TOL_CPU_S = 0.05
+LEAF, LOOP = helpers.BUSY_LEAF_SYMBOL, helpers.BUSY_LOOP_SYMBOL
+
+FRAMED_C = r"""
+#include <stdlib.h>
+#include <unistd.h>
+
+volatile unsigned long perfmcp_sink;
+volatile int perfmcp_stop;
+
+__attribute__((noinline)) void perfmcp_busy_leaf(void)
+{
+    for (unsigned long i = 0; i < 100000UL; i++)
+        perfmcp_sink += i;
+}
+
+__attribute__((noinline)) void perfmcp_busy_loop(void)
+{
+    while (!perfmcp_stop)
+        perfmcp_busy_leaf();
+}
+
+int main(int argc, char **argv)
+{
+    alarm(argc > 1 ? (unsigned)atoi(argv[1]) : 600);
+    perfmcp_busy_loop();
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def binaries() -> Iterator[dict[str, Path]]:
+    directory = helpers.make_shared_tmpdir("pmcp-cpurung-")
+    try:
+        plain = helpers.build_busy_binary(directory)
+        framed_dir = directory / "framed"
+        framed_dir.mkdir(mode=0o755)
+        src = framed_dir / "framed.c"
+        src.write_text(FRAMED_C)
+        framed = framed_dir / helpers.BUSY_COMM
+        # -O0: every function, the leaf too, sets up its frame (gcc's -O1 leaves the leaf without one)
+        subprocess.run([shutil.which("cc") or "cc", "-O0", "-g", "-fno-omit-frame-pointer", "-fno-inline",
+                        "-o", str(framed), str(src)],
+                       check=True, capture_output=True)
+        framed.chmod(0o755)
+        framed_dir.chmod(0o755)
+        yield {"plain": plain, "framed": framed}
+    finally:
+        helpers.remove_tree(directory)
+
+
+@pytest.fixture(scope="module")
+def brokers(module_broker_factory: Any) -> dict[str, helpers.RunningBroker]:
+    return {"bpftrace": module_broker_factory(), "perf": module_broker_factory("--disable", "bpftrace")}
+
+
+class CpuTime:
+    """Polls a process's on-CPU time (schedstat, ns) with monotonic timestamps."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.points: list[tuple[float, float]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                ns = int(Path(f"/proc/{self.pid}/schedstat").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return
+            self.points.append((time.monotonic(), ns / 1e9))
+            time.sleep(0.02)
+
+    def __enter__(self) -> CpuTime:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def at(self, t: float) -> float:
+        pts = self.points
+        for (t0, c0), (t1, c1) in zip(pts, pts[1:]):
+            if t0 <= t <= t1:
+                return c0 + (c1 - c0) * (t - t0) / (t1 - t0) if t1 > t0 else c0
+        return pts[0][1] if t < pts[0][0] else pts[-1][1]
+
+
+async def profile(broker: helpers.RunningBroker, user: helpers.UnixUser, args: dict[str, Any],
+                  cpu: CpuTime | None = None) -> tuple[dict[str, Any], dict[str, Any], float]:
+    async with helpers.mcp_client(user, broker.socket_path) as client:
+        result = await client.call_tool("perf_cpu_profile", args)
+        answered = time.monotonic()
+    env = helpers.envelope(result)
+    assert result.is_error is False, env
+    return env, env["data"], answered
+
+
+def check_known_answer(rung: str, env: dict[str, Any], data: dict[str, Any], answered: float, cpu: CpuTime) -> None:
+    assert data["backend"] == rung
+    if rung == "bpftrace":
+        assert data["skipped"] == [] and data["method"].startswith("bpftrace profile:hz")
+        assert data["argv"][0][-4:] == [str(RATE), str(DURATION), str(cpu.pid), "1"]
+    else:
+        assert data["method"].startswith("perf record -g (cpu-clock)")
+        [skip] = data["skipped"]
+        assert skip["backend"] == "bpftrace" and "disabled by the administrator" in skip["reason"]
+        assert any("bpftrace" in w and "skipped" in w for w in env["warnings"])
+        record = data["argv"][0]
+        assert {"-N", "-B", "--max-size"} <= set(record) and record[-2] == "-o"
+    top = data["top_functions_self"][0]
+    assert top["function"] == LEAF and top["self_pct"] >= 85, data["top_functions_self"][:3]
+    stack = data["hottest_stacks"][0]["stack"]
+    assert stack[0] == helpers.BUSY_COMM and stack[-3:] == ["main", LOOP, LEAF], stack
+    assert data["idle_pct"] == 0.0 and data["processes"][0]["comm"] == helpers.BUSY_COMM
+    # samples = CPU time in the sampling window x rate
+    end = answered - (data["after_sampling_s"] or 0.0)
+    cpu_s = cpu.at(end) - cpu.at(end - data["sampled_s"])
+    expected = cpu_s * RATE
+    samples = data["samples"]
+    print(f"{rung}: {samples} samples; CPU time in the {data['sampled_s']:.2f} s window {cpu_s:.3f} s x {RATE} Hz = "
+          f"{expected:.0f}; duration x rate = {DURATION * RATE}; answer {data['after_sampling_s']} s after sampling")
+    assert abs(samples - expected) <= REL_TOL * expected + ABS_TOL_CPU_S * RATE, (samples, expected)
+    assert samples >= 0.1 * DURATION * RATE  # the busy loop got some CPU even on a loaded machine
+    assert {a["name"] for a in data["artifacts"]} >= {"flamegraph.svg", "stacks.folded"}
+
+
+@pytest.mark.parametrize("rung", ["bpftrace", "perf"])
+async def test_known_answer_on_each_rung(rung: str, brokers: dict[str, helpers.RunningBroker],
+                                         binaries: dict[str, Path], test_users: helpers.TestUsers) -> None:
+    busy = helpers.start_busy(binaries["framed"], test_users.granted, max_seconds=60)
+    try:
+        time.sleep(0.2)
+        with CpuTime(busy.pid) as cpu:
+            env, data, answered = await profile(brokers[rung], test_users.granted,
+                                                {"pid": busy.pid, "duration_s": DURATION, "sample_rate_hz": RATE})
+        check_known_answer(rung, env, data, answered, cpu)
+    finally:
+        busy.proc.kill()
+        busy.proc.wait()
+
+
+@pytest.mark.parametrize("rung", ["bpftrace", "perf"])
+async def test_helpers_busy_binary_on_each_rung(rung: str, brokers: dict[str, helpers.RunningBroker],
+                                                binaries: dict[str, Path], test_users: helpers.TestUsers) -> None:
+    """helpers' binary: its leaf has no frame and main never returns, so frame pointers skip the
+    loop and main's return address lies past main's end (perf: _fini; bpftrace: an address)."""
+    busy = helpers.start_busy(binaries["plain"], test_users.granted, max_seconds=60)
+    try:
+        time.sleep(0.2)
+        env, data, _ = await profile(brokers[rung], test_users.granted,
+                                     {"pid": busy.pid, "duration_s": 2, "sample_rate_hz": RATE,
+                                      "include_kernel": False})
+    finally:
+        busy.proc.kill()
+        busy.proc.wait()
+    assert data["backend"] == rung
+    top = data["top_functions_self"][0]
+    assert top["function"] == LEAF and top["self_pct"] >= 95  # user mode only: no interrupt frames
+    stack = data["hottest_stacks"][0]["stack"]
+    assert stack[1] == "__libc_start_call_main" and stack[-1] == LEAF, stack
+    assert data["kernel_pct"] == 0.0
+    print(f"{rung} (helpers' binary, user only): {data['samples']} samples, stack {stack}")
+
+
+def _tree(path: Path) -> dict[str, tuple[int, float]] | None:
+    if not path.exists():
+        return None
+    out = {}
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            p = Path(root) / name
+            st = p.lstat()
+            out[str(p)] = (st.st_size, st.st_mtime)
+    return out
+
+
+def _outside_state() -> dict[str, Any]:
+    return {
+        "/.debug": _tree(Path("/.debug")),
+        "/root/.debug": _tree(Path("/root/.debug")),
+        "cwd /": sorted(p.name for p in Path("/").iterdir()),
+    }
+
+
+async def test_perf_writes_nothing_outside_its_job_directory(
+    brokers: dict[str, helpers.RunningBroker], test_users: helpers.TestUsers
+) -> None:
+    """System-wide (every running binary is sampled): without -N perf record would copy them
+    into /.debug (HOME unset, cwd /)."""
+    before = _outside_state()
+    env, data, _ = await profile(brokers["perf"], test_users.granted, {"duration_s": 2, "sample_rate_hz": 199})
+    after = _outside_state()
+    assert data["backend"] == "perf" and data["samples"] > 0
+    job_dir = Path(data["argv"][0][-1]).parent
+    assert not job_dir.exists()  # the broker removed it with perf.data
+    assert after == before, {k: (before[k], after[k]) for k in before if before[k] != after[k]}
+    print(f"system-wide 2 s: {data['samples']} samples; /.debug, ~root/.debug and / unchanged")
+
+
+async def test_bpftrace_rung_process_exits_before_its_frames_are_named(
+    brokers: dict[str, helpers.RunningBroker], binaries: dict[str, Path], test_users: helpers.TestUsers
+) -> None:
+    busy = helpers.start_busy(binaries["framed"], test_users.granted, max_seconds=4)  # SIGALRM after 4 s
+    try:
+        env, data, _ = await profile(brokers["bpftrace"], test_users.granted,
+                                     {"pid": busy.pid, "duration_s": 6, "sample_rate_hz": RATE})
+    finally:
+        busy.proc.kill()
+        busy.proc.wait()
+    assert data["backend"] == "bpftrace" and data["samples"] > 0
+    assert any(f"process {busy.pid} exited before bpftrace named its frames" in w for w in env["warnings"])
+    # its frames are addresses now, folded as the binary's name: the leaf is not claimed
+    assert all(f["function"] != LEAF for f in data["top_functions_self"])
+    print(f"exited process: {data['samples']} samples, top {data['top_functions_self'][0]['function']}")
