@@ -198,3 +198,14 @@ def test_random_damage_to_real_output_never_raises(data: st.DataObject) -> None:
     folded = fold(text[:start] + junk + text[end:])
     assert folded.samples == sum(folded.stacks.values())
     assert folded.samples <= RECORDED_SAMPLES["pid_dash"] + junk.count("\n")
+
+
+def test_comm_pid_headers_of_the_five_field_script() -> None:
+    """-F comm,pid,ip,sym,dso: the header is 'comm pid'; comm may hold '/', ':' and digits."""
+    text = ("kworker/0:1-ev 123 \n\t ffffffff8136013d handle_softirqs ([kernel.kallsyms])\n\n"
+            "swapper     0 \n\t ffffffff821f1409 default_idle ([kernel.kallsyms])\n\n"
+            "app 2 77 \n\t 1155 leaf (/bin/app)\n\t 119c main (/bin/app)\n\n")
+    f = fold(text)
+    assert f.samples == 3 and f.bad_lines == 0
+    assert f.stacks == {"kworker/0:1-ev;handle_softirqs": 1, "swapper;default_idle": 1, "app 2;main;leaf": 1}
+    assert parse_header("x 12/ab 100") is None  # garbled 'pid/tid period', not 'comm pid'

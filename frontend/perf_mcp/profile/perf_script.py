@@ -102,26 +102,19 @@ def parse_frame_line(line: str) -> _FrameInfo | None:
     return _FrameInfo(name=name, dso=dso_name, kernel=kernel)
 
 
+def _pid_or_tid(s: str) -> bool:
+    return s.isdecimal() or s == "-1"
+
+
 def parse_header(line: str) -> str | None:
     """'comm pid/tid period' or 'comm pid' -> comm (may be empty), or None when it is not a header."""
     parts = line.rsplit(None, 2)
-    if parts and (parts[-1].isdecimal() or parts[-1] == "-1") and "/" not in line.rsplit(None, 1)[-1]:
-        # 'comm pid': the last word is the pid, unless it is the period of 'comm pid/tid period'
-        if len(parts) < 2 or "/" not in parts[-2]:
-            comm, _, pid = line.rstrip().rpartition(" ")
-            if pid.isdecimal() or pid == "-1":
-                return comm.replace(";", ":").strip()
-            return None
-    if len(parts) == 3:
-        comm, pidtid, period = parts
-    elif len(parts) == 2:
-        comm, (pidtid, period) = "", parts
-    else:
-        return None
-    if "/" not in pidtid or not period.isdecimal():
-        return None
-    pid, _, tid = pidtid.partition("/")
-    if not (pid.isdecimal() or pid == "-1") or not (tid.isdecimal() or tid == "-1"):
+    if len(parts) >= 2 and parts[-1].isdecimal():
+        pid, slash, tid = parts[-2].partition("/")
+        if slash and _pid_or_tid(pid):  # 'comm pid/tid period'
+            return (parts[0] if len(parts) == 3 else "").replace(";", ":").strip() if _pid_or_tid(tid) else None
+    comm, _, pid = line.rstrip().rpartition(" ")  # 'comm pid' (comm may hold '/' and digits)
+    if not _pid_or_tid(pid):
         return None
     return comm.replace(";", ":").strip()
 
