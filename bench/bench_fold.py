@@ -6,7 +6,7 @@ Records a system-wide profile (perf record -a -g at 499 Hz under `stress-ng --cp
 into a temp dir, unless --data names an existing perf.data, then times on that
 same file, alternating the two, several repetitions each:
 
-- ours: `perf script -F comm,pid,tid,period,ip,sym,dso` (the text the broker
+- ours: `perf script -F comm,pid,ip,sym,dso` (jobs.CPU_PROFILE_SCRIPT_FIELDS, the text the broker
   returns) decoded and folded by perf_mcp.profile.perf_script.fold, the function
   perf_cpu_profile uses; perf script and fold are also shown apart;
 - reference: `perf script report stackcollapse -i FILE` (perf's Python script).
@@ -32,8 +32,9 @@ import time
 from pathlib import Path
 
 from perf_mcp.profile.perf_script import fold, parse_folded
+from perf_mcp_broker.jobs import CPU_PROFILE_SCRIPT_FIELDS
 
-SCRIPT_FIELDS = "comm,pid,tid,period,ip,sym,dso"  # the broker's perf script argv (jobs.py)
+SCRIPT_FIELDS = CPU_PROFILE_SCRIPT_FIELDS  # the broker's perf script argv (jobs.py); the candidates: bench_cpu_profile.py
 TOP = 20
 _BRACKETED = re.compile(r"^\[.*\]$")
 
