@@ -61,7 +61,8 @@ PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
 # and covered by the start-up integrity check. A builder picks one by name from
 # this fixed set; the client only ever chooses a Backend.
 SCRIPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpftrace")
-SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "syscount_latency", "execsnoop"})
+SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "syscount_latency", "execsnoop", "vfslat",
+                     "iolayers"})
 # bpftrace needs time to compile and attach before its interval timer starts.
 BPFTRACE_START_S = 15.0
 
@@ -280,6 +281,13 @@ def build_bio_latency(req: BioLatency, programs: dict[str, str], workdir: str) -
 
 
 def build_io_layers(req: IoLayers, programs: dict[str, str], workdir: str) -> list[Step]:
+    """LIBBPF: vfsstat, one interval of duration_s (VFS calls counted system-wide; the
+    frontend reads the block side from /proc/diskstats). BPFTRACE: iolayers.bt."""
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        return [_traced("vfsstat", [_program(programs, "vfsstat"), str(d), "1"], d)]
+    if req.backend is Backend.BPFTRACE:
+        return [_traced("iolayers", _script(programs, "iolayers", d, int(req.per_process)), d)]
     raise Unsupported(req.backend)
 
 
@@ -287,7 +295,19 @@ def build_file_trace(req: FileTrace, programs: dict[str, str], workdir: str) -> 
     raise Unsupported(req.backend)
 
 
+# fsslower traces one file system type; the broker's is the root file system's usual one.
+FSSLOWER_FS = "ext4"
+
+
 def build_vfs_latency(req: VfsLatency, programs: dict[str, str], workdir: str) -> list[Step]:
+    """LIBBPF: fsslower -t ext4 in CSV. BPFTRACE: vfslat.bt on the syscall tracepoints."""
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        argv = [_program(programs, "fsslower"), "-t", FSSLOWER_FS, "-c", "-m", str(int(req.min_latency_ms)),
+                "-d", str(d), *_opt_pid(req.pid)]
+        return [_traced("fsslower", argv, d)]
+    if req.backend is Backend.BPFTRACE:
+        return [_traced("vfslat", _script(programs, "vfslat", d, req.pid or 0, req.min_latency_ms), d)]
     raise Unsupported(req.backend)
 
 
