@@ -62,7 +62,7 @@ PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
 # this fixed set; the client only ever chooses a Backend.
 SCRIPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpftrace")
 SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "syscount_latency", "execsnoop", "vfslat",
-                     "iolayers"})
+                     "iolayers", "biolatency"})
 # bpftrace needs time to compile and attach before its interval timer starts.
 BPFTRACE_START_S = 15.0
 
@@ -276,7 +276,25 @@ def build_exec_trace(req: ExecTrace, programs: dict[str, str], workdir: str) -> 
     raise Unsupported(req.backend)
 
 
+# biolatency.bt with linear buckets: this many buckets of linear_bucket_ms, then the overflow bucket.
+BIO_LINEAR_BUCKETS = 50
+
+
 def build_bio_latency(req: BioLatency, programs: dict[str, str], workdir: str) -> list[Step]:
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        if req.linear_bucket_ms is not None:  # biolatency has log2 buckets only
+            raise Unsupported(req.backend)
+        argv = [_program(programs, "biolatency"), *(["-D"] if req.per_device else []),
+                *(["-Q"] if req.queued else []), *(["-m"] if req.milliseconds else []), str(d), "1"]
+        return [_traced("biolatency", argv, d)]
+    if req.backend is Backend.BPFTRACE:
+        linear = req.linear_bucket_ms is not None
+        # the bucket width in the histogram's unit (us unless milliseconds); log2: 1 and 1 (unused)
+        step = (req.linear_bucket_ms if req.milliseconds else req.linear_bucket_ms * 1000) if linear else 1
+        argv = _script(programs, "biolatency", d, int(req.queued), int(req.per_device), int(req.milliseconds),
+                       int(linear), step, step * BIO_LINEAR_BUCKETS if linear else 1)
+        return [_traced("biolatency", argv, d)]
     raise Unsupported(req.backend)
 
 
