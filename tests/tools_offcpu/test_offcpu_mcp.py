@@ -57,7 +57,10 @@ class Workload:
         self.pid = proc.pid
         self.tids: dict[str, int] = {}
         for task in Path(f"/proc/{self.pid}/task").iterdir():
-            self.tids[(task / "comm").read_text().strip()] = int(task.name)
+            try:
+                self.tids[(task / "comm").read_text().strip()] = int(task.name)
+            except OSError:
+                pass
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +77,10 @@ def workload(test_users: helpers.TestUsers) -> Iterator[Workload]:
         proc = helpers.spawn_as(test_users.granted, [exe, str(FEED_US), str(NAP_US), "600"], start_new_session=True,
                                 stdout=subprocess.DEVNULL)
         try:
-            assert helpers.wait_until(lambda: len(list(Path(f"/proc/{proc.pid}/task").iterdir())) >= 4, 5.0)
+            names = {"pmcp_reader", "pmcp_feeder", "pmcp_napper"}
+            # The threads name themselves (prctl) just after they start.
+            assert helpers.wait_until(lambda: set(Workload(proc).tids) >= names, 10.0), Workload(proc).tids
             w = Workload(proc)
-            assert set(w.tids) >= {"pmcp_reader", "pmcp_feeder", "pmcp_napper"}, w.tids
             assert w.tids["pmcp_reader"] == w.pid
             yield w
         finally:

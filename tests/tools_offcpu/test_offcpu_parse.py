@@ -257,3 +257,14 @@ def test_findings_rules():
     assert "all of the 2 s window" in lock.title and "condition variable" in lock.detail
     pre = next(f for f in got if f.id == "offcpu.preempted")
     assert "perf_runq_latency pid=11" in pre.suggestion and pre.resource == "cpu"
+
+
+def test_bpftrace_reports_its_window_and_min_block():
+    # offcpu.bt 2 13051 50000 on the workload (a later run: pid 13051, feeder 13053, napper 13054).
+    p = parse_bpftrace_offcpu((FIX / "bpftrace_pid_m50000.json").read_bytes())
+    assert p.bad_lines == 0 and not p.truncated
+    assert p.window_s == 2.1  # @window_us 2099992: 2 s from the first switch, checked every 100 ms
+    assert {s.comm for s in p.stacks} == {"pmcp_reader", "pmcp_feeder"}  # the 2 ms naps are under 50 ms
+    reader = next(s for s in p.stacks if s.comm == "pmcp_reader")
+    assert "perfmcp_wait_for_data" in reader.frames and 0.7 * 2.1e6 <= reader.offcpu_us <= 2.1e6
+    assert parse_bpftrace_offcpu((FIX / "bpftrace_pid.json").read_bytes()).window_s is None  # older script

@@ -353,7 +353,6 @@ def findings(a: Analysis, *, window_s: float, duration_s: int, pid: int | None, 
 class _RungAnswer(msgspec.Struct):
     parse: OffcpuParse
     warnings: list[str]
-    window_s: float | None = None  # the traced window when the rung measures it (perf)
 
 
 def _tail(data: bytes, lines: int = 3) -> str:
@@ -375,7 +374,6 @@ def _failure(step: StepResult | None) -> str | None:
 def _read_rung(backend: Backend, job: JobResult, p: Params) -> _RungAnswer:
     """Parse one rung's job; RungFailed when the program could not trace."""
     warnings: list[str] = []
-    window: float | None = None
     if backend is Backend.PERF:
         record = find_step(job, "record")
         reason = step_failure(record, stopped_by_us=True)
@@ -395,7 +393,6 @@ def _read_rung(backend: Backend, job: JobResult, p: Params) -> _RungAnswer:
         assert step is not None
         perf = parse_perf_offcpu(step.stdout.decode("utf-8", "replace"), min_block_us=p.min_block_us, pid=p.pid)
         parsed = perf.parse
-        window = perf.window_s if perf.window_s > 0 else None
         if perf.open_blocks:
             warnings.append(f"{perf.open_blocks} threads were still off-CPU when the trace ended; "
                             "those last blocks are not counted")
@@ -425,7 +422,7 @@ def _read_rung(backend: Backend, job: JobResult, p: Params) -> _RungAnswer:
     if not parsed.stacks and step.stdout_truncated:
         raise ToolError(ErrorCode.OUTPUT_TRUNCATED, "the broker's output cap cut the off-CPU output before one "
                                                     "whole stack", suggestion="Pass pid= or a shorter duration_s.")
-    return _RungAnswer(parsed, warnings, window)
+    return _RungAnswer(parsed, warnings)
 
 
 def _expected_s(backend: Backend, duration_s: int) -> float:
@@ -467,8 +464,9 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         warnings.append(f"no block of {p.min_block_us} us or more ended in the window ({target}); "
                         "a thread blocked for the whole window shows none")
 
-    # offcputime and bpftrace trace for duration_s once attached; perf's first to last event is measured.
-    window_s = answer.window_s or float(p.duration_s)
+    # offcputime traces for duration_s once attached; bpftrace reports its window, perf's is its first
+    # to last event.
+    window_s = parsed.window_s or float(p.duration_s)
     a = analyse(parsed.stacks, window_s=window_s, top_n=p.top_n, pid=p.pid)
     method = result.method
     artifacts = await _artifacts(ctx, parsed.stacks, target, p, method, warnings)

@@ -66,6 +66,7 @@ class OffcpuParse(msgspec.Struct, kw_only=True):
     bad_lines: int = 0
     truncated: bool = False  # the text ended inside an entry (dropped)
     lost_entries: int = 0  # entries the program printed without their trailer (dropped)
+    window_s: float | None = None  # the traced window, when the program reports it (bpftrace, perf)
 
     @property
     def total_us(self) -> int:
@@ -251,7 +252,9 @@ def parse_bpftrace_offcpu(raw: bytes | str) -> OffcpuParse:
                                   kernel_frames=len(kernel), offcpu_us=value))
     # bpftrace prints the map at exit; output cut before it (or mid-line) leaves no map or a bad line.
     truncated = table is None and (out.bad_lines > 0 or out.attached_probes is not None)
-    return OffcpuParse(stacks=_merge(stacks), bad_lines=bad, truncated=truncated)
+    window_us = out.maps.get("@window_us")
+    window = round(window_us / 1e6, 3) if isinstance(window_us, int) and window_us > 0 else None
+    return OffcpuParse(stacks=_merge(stacks), bad_lines=bad, truncated=truncated, window_s=window)
 
 
 # ---------------------------------------------------------------- perf (record sched_switch -g --switch-events)
@@ -375,5 +378,7 @@ def parse_perf_offcpu(text: str, *, min_block_us: int = 1, pid: int | None = Non
     stacks = [OffcpuStack(comm=c, pid=tg, tid=tid, tgid=tg, frames=list(fr), kernel_frames=k, offcpu_us=us)
               for (c, tg, tid, fr, k), us in totals.items()]
     window = (last_t - first_t) / 1e9 if first_t is not None else 0.0
-    return PerfOffcpu(parse=OffcpuParse(stacks=stacks, bad_lines=bad, truncated=truncated), blocks=blocks,
+    window_s = round(window, 3) if window > 0 else None
+    return PerfOffcpu(parse=OffcpuParse(stacks=stacks, bad_lines=bad, truncated=truncated, window_s=window_s),
+                      blocks=blocks,
                       open_blocks=len(pending), short_blocks=short, window_s=round(window, 3))
