@@ -211,12 +211,13 @@ def build_offcpu_profile(req: OffcpuProfile, programs: dict[str, str], workdir: 
         # again (sched_switch samples from the idle task go missing here, so the IN side is not read
         # from them). perf sched timehist is not used: it prints every user frame as [unknown] on
         # perf 6.1. -N -B: no build-id cache and no build-id pass, so perf writes nothing outside
-        # the job directory. min_block_us is applied by the frontend.
+        # the job directory; --max-size bounds perf.data (perf script's output reaches the broker's
+        # output cap well before it). min_block_us is applied by the frontend.
         perf = _program(programs, "perf")
         data = os.path.join(workdir, "perf.data")
         target = _opt_pid(req.pid) or ["-a", "-m", "256"]
         record = [perf, "record", "-e", "sched:sched_switch", "-g", "--switch-events", *target, "-N", "-B",
-                  "-o", data]
+                  "--max-size", PERF_DATA_MAX_SIZE, "-o", data]
         script = [perf, "script", "-i", data, "--ns", "--show-switch-events",
                   "-F", "comm,pid,tid,time,trace,ip,sym,dso"]
         return [
