@@ -176,7 +176,7 @@ def bpftrace_system_wide(sock: Path, duration: int) -> tuple[float, int]:
 
 
 def record(path: Path, seconds: int) -> None:
-    subprocess.run([perf(), "record", "-e", "cpu-clock", "-F", str(RATE), "-a", "-g", "-N", "-o", str(path),
+    subprocess.run([perf(), "record", "-e", "cpu-clock", "-F", str(RATE), "-a", "-g", "-N", "--no-bpf-event", "-o", str(path),
                     "--", "sleep", str(seconds)], check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    stderr=subprocess.PIPE, cwd="/", env={"PATH": "/usr/sbin:/usr/bin", "LANG": "C"})
 

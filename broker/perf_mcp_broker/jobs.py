@@ -179,8 +179,10 @@ def build_cpu_profile(req: CpuProfile, programs: dict[str, str], workdir: str) -
     perf = _program(programs, "perf")
     data = os.path.join(workdir, "perf.data")
     event = "cpu-clock" if req.include_kernel else "cpu-clock:u"
+    # --no-bpf-event: perf script 6.1 fails (exit 242, "failed to process type: 17") on the
+    # KSYMBOL records of BPF programs loaded meanwhile (other tools' bpftrace jobs).
     record = [perf, "record", "-e", event, "-F", str(frequency), "-g", "-N", "-B",
-              "--max-size", PERF_DATA_MAX_SIZE]
+              "--max-size", PERF_DATA_MAX_SIZE, "--no-bpf-event"]
     record += ["-p", str(int(req.pid))] if req.pid is not None else ["-a"]
     record += ["-o", data]
     script = [perf, "script", "-i", data, "-F", CPU_PROFILE_SCRIPT_FIELDS]
