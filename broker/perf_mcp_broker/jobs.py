@@ -62,7 +62,7 @@ PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
 # this fixed set; the client only ever chooses a Backend.
 SCRIPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpftrace")
 SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "syscount_latency", "execsnoop", "vfslat",
-                     "iolayers", "biolatency"})
+                     "iolayers", "biolatency", "opens", "fileslow", "filelife"})
 # bpftrace needs time to compile and attach before its interval timer starts.
 BPFTRACE_START_S = 15.0
 
@@ -313,7 +313,39 @@ def build_io_layers(req: IoLayers, programs: dict[str, str], workdir: str) -> li
 
 
 def build_file_trace(req: FileTrace, programs: dict[str, str], workdir: str) -> list[Step]:
-    raise Unsupported(req.backend)
+    """Steps named "opens", "slow_ops", "file_lifecycle" (mode ALL: all three side by side).
+
+    LIBBPF: opensnoop -T -U -e (ends itself at -d), fsslower -c (ends itself at -d), filelife
+    (runs until SIGINT). BPFTRACE: opens.bt, fileslow.bt (min latency in us), filelife.bt."""
+    d = req.duration_s
+    mode = req.mode.value
+    parts = ["opens", "slow_ops", "file_lifecycle"] if mode == "all" else [mode]
+    steps: list[Step] = []
+    for part in parts:
+        if req.backend is Backend.LIBBPF:
+            if part == "opens":
+                argv = [_program(programs, "opensnoop"), "-T", "-U", "-e", *_opt_pid(req.pid), "-d", str(d)]
+                step = _traced(part, argv, d, with_previous=bool(steps))
+            elif part == "slow_ops":
+                argv = [_program(programs, "fsslower"), "-t", "ext4", "-c", "-m", str(int(req.min_latency_ms)),
+                        *_opt_pid(req.pid), "-d", str(d)]  # one file system type: the usual root's
+                step = _traced(part, argv, d, with_previous=bool(steps))
+            else:
+                argv = [_program(programs, "filelife"), *_opt_pid(req.pid)]
+                step = _traced(part, argv, d, stop=True, with_previous=bool(steps))
+        elif req.backend is Backend.BPFTRACE:
+            pid = req.pid or 0
+            if part == "opens":
+                argv = _script(programs, "opens", d, pid)
+            elif part == "slow_ops":
+                argv = _script(programs, "fileslow", d, pid, int(req.min_latency_ms) * 1000)
+            else:
+                argv = _script(programs, "filelife", d, pid)
+            step = _traced(part, argv, d, with_previous=bool(steps))
+        else:
+            raise Unsupported(req.backend)
+        steps.append(step)
+    return steps
 
 
 # fsslower traces one file system type; the broker's is the root file system's usual one.
