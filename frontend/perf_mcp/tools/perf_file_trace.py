@@ -255,18 +255,15 @@ _FLAG_NAMES = [(0o100, "O_CREAT"), (0o200, "O_EXCL"), (0o400, "O_NOCTTY"), (0o10
 
 
 def flag_names(flags: int) -> str:
+    """open(2) flags (x86-64/generic values) as O_ names; unknown bits in octal."""
     names = [_ACC.get(flags & 3, "O_ACCMODE3")]
     rest = flags & ~3
+    for combo, name in ((0o4010000, "O_SYNC"), (0o20200000, "O_TMPFILE")):  # these include another flag's bit
+        if rest & combo == combo:
+            names.append(name)
+            rest &= ~combo
     for bit, name in _FLAG_NAMES:
-        if name == "O_SYNC" and rest & 0o4010000 == 0o4010000:
-            names.append("O_SYNC")
-            rest &= ~0o4010000
-            continue
-        if name == "O_TMPFILE" and rest & 0o20200000 == 0o20200000:
-            names.append("O_TMPFILE")
-            rest &= ~0o20200000
-            continue
-        if rest & bit and name not in ("O_SYNC", "O_TMPFILE"):
+        if name not in ("O_SYNC", "O_TMPFILE") and rest & bit:
             names.append(name)
             rest &= ~bit
     if rest:

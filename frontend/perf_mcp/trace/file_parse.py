@@ -312,15 +312,15 @@ def parse_fsslower_csv(stdout: bytes, stderr: bytes = b"") -> SlowRecords:
         head, sep, tail = line.partition(b",")
         parts = tail.split(b",")
         try:
-            if not sep or len(parts) < 7:
+            if not sep or len(parts) < 6:
                 raise ValueError(line[:20])
-            # TASK may hold commas: find PID,TYPE,BYTES,OFFSET,LAT from the first field that fits
-            for i in range(len(parts) - 6):
+            # TASK may hold commas: PID,TYPE,BYTES,OFFSET,LAT from the first field that fits
+            for i in range(1, len(parts) - 5):
                 pid, kind, size, _off, lat = parts[i:i + 5]
                 if pid.isdigit() and kind.decode("ascii", "replace") in FSSLOWER_OPS and \
                         (size == b"LL_MAX" or size.lstrip(b"-").isdigit()) and lat.isdigit():
                     comm = b",".join(parts[:i])
-                    file = b",".join(parts[i + 6:]) if i + 6 < len(parts) else b""
+                    file = b",".join(parts[i + 5:])
                     end = _int(head)
                     t0 = end if t0 is None else min(t0, end)
                     out.ops.append(SlowOp(pid=int(pid), comm=text(comm), op=FSSLOWER_OPS[kind.decode()],
