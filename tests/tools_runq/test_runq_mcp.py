@@ -11,21 +11,30 @@ Known answers:
   be at most Δ(timeslices) (one switch-in per timeslice). A broken pid filter
   adds NAP's short waits (count far above Δslices, mean far below); a unit slip
   (ns or ms for us) is off by 1000.
-- LIGHT: rq-load spin 1 alone, the control: one busy thread on two CPUs waits
-  only for whatever else runs, so HEAVY's mean and p50 are several times
-  LIGHT's.
+- The light control: NAP alone. A waking sleeper preempts a CPU hog at once,
+  so its waits stay at microseconds (but for a few) even on a loaded machine,
+  while HEAVY's last up to a timeslice: HEAVY's mean and p90 are several times
+  NAP's.
 
-Tolerances: the schedstat window (the whole call: bpftrace's compile and
-attach included) is wider than the traced window, and the machine is shared, so
-the mean is not an exact match even when the script's sum is exact: the
-bpftrace rung must agree within a factor of BPFTRACE_TOL, the runqlat rung
-(mean from log2 bucket midpoints, each within x4/3 of the true value) within
-LIBBPF_TOL. Both fail a unit slip (x1000) and a lost pid filter (NAP's
-microsecond waits outnumber HEAVY's millisecond ones).
+Windows: the answer says when the trace ran (trace_start/trace_end: exact for
+the bpftrace script, which reads the clock after attaching and counts nothing
+after its timer; for runqlat, which attaches at once, the duration_s before
+the answer), and the test reads schedstat every 50 ms, so the kernel's account
+is taken over the same window (the whole call would include bpftrace's
+compile, seconds of a different load).
+
+Tolerances: bpftrace's mean is exact, yet the two accounts differ at the
+window's edges (schedstat read within 25 ms of them; a wait that straddles an
+edge is counted by one and not the other) and measured here 0.89-1.04: within
+BPFTRACE_TOL. runqlat's mean comes from log2 bucket midpoints, each within x4/3
+of the true value, and its window is approximate: within LIBBPF_TOL. Both fail
+a unit slip (x1000) and a lost pid filter (NAP's microsecond waits, thousands a
+second, outnumber HEAVY's millisecond ones and pull the mean down).
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import time
 from dataclasses import dataclass
@@ -49,9 +58,6 @@ BPFTRACE_TOL = 1.3
 LIBBPF_TOL = 1.8
 LOAD_BOUND_S = 90  # every workload ends itself after this, whatever happens to the test
 SAMPLE_S = 0.05
-# End of the traced window -> the MCP answer: runqlat prints and exits at once; bpftrace
-# takes ~0.4 s here to print its maps and detach (measured with nsecs printed by the script).
-ANSWER_DELAY_S = {"libbpf": 0.15, "bpftrace": 0.5}
 
 
 @pytest.fixture(scope="module")
@@ -77,10 +83,6 @@ def nap(exe: Path) -> Any:
     return workload([os.fspath(exe), "nap", "1", str(LOAD_BOUND_S), "500"], 2, spawn_granted)
 
 
-def light(exe: Path) -> Any:
-    return workload([os.fspath(exe), "spin", "1", str(LOAD_BOUND_S)], 2, spawn_granted)
-
-
 async def call(sock: Path, args: dict[str, Any], user: str = "granted") -> tuple[Any, Any]:
     users = helpers.lookup_test_users()
     async with helpers.mcp_client(getattr(users, user), sock) as client:
@@ -90,7 +92,7 @@ async def call(sock: Path, args: dict[str, Any], user: str = "granted") -> tuple
 
 
 class Sampled:
-    """schedstat of one process every SAMPLE_S, with CLOCK_MONOTONIC times."""
+    """schedstat of one process every SAMPLE_S, with wall-clock times."""
 
     def __init__(self, pid: int) -> None:
         self.pid = pid
@@ -98,32 +100,39 @@ class Sampled:
 
     async def run(self) -> None:
         while True:
-            self.samples.append((time.monotonic(), schedstat(self.pid)))
+            self.samples.append((time.time(), schedstat(self.pid)))
             await trio.sleep(SAMPLE_S)
 
     def at(self, t: float) -> Schedstat:
         return min(self.samples, key=lambda s: abs(s[0] - t))[1]
 
 
+def epoch(iso: str) -> float:
+    return dt.datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()
+
+
 async def traced(sock: Path, pid: int, args: dict[str, Any], *, filtered: bool = True
                  ) -> tuple[dict[str, Any], Windows, Any]:
     """The tool on pid, with the kernel's schedstat account of pid across the call
-    and across the traced window (the last TRACE_S seconds before the answer,
-    less the time the answer takes to come back: bpftrace compiles first)."""
+    and across the traced window the answer states (exact for bpftrace, whose
+    script reads the clock; for runqlat the duration before the answer)."""
     sampled = Sampled(pid)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(sampled.run)
         await trio.sleep(SAMPLE_S)
         result, tool = await call(sock, {**({"pid": pid} if filtered else {}), "duration_s": TRACE_S, **args})
-        done = time.monotonic()
-        sampled.samples.append((done, schedstat(pid)))
+        sampled.samples.append((time.time(), schedstat(pid)))
         nursery.cancel_scope.cancel()
     env = envelope(result)
     jsonschema.validate(env, tool.output_schema)
-    end = done - ANSWER_DELAY_S[envelope(result).get("data", {}).get("backend", "libbpf")]
+    data = ok_data(result)
+    start, end = epoch(data["trace_start"]), epoch(data["trace_end"])
+    # bpftrace's timer may fire late on a loaded machine; the window says what was traced
+    assert TRACE_S - 0.01 <= end - start <= TRACE_S + (0.3 if data["trace_window_exact"] else 0.01)
+    assert data["trace_window_exact"] is (data["backend"] == "bpftrace")
     wins = Windows(call=window(sampled.samples[0][1], sampled.samples[-1][1]),
-                   trace=window(sampled.at(end - TRACE_S), sampled.at(end)))
-    return ok_data(result), wins, env
+                   trace=window(sampled.at(start), sampled.at(end)))
+    return data, wins, env
 
 
 @dataclass(frozen=True)
@@ -150,14 +159,18 @@ def check_against_schedstat(data: dict[str, Any], win: Windows, tol: float, labe
 
 
 def check_moved(data: dict[str, Any], ctl: dict[str, Any], ctl_win: Windows) -> None:
-    """HEAVY (six busy threads on two CPUs) against LIGHT (one): a wait behind a busy
-    sibling lasts a timeslice (ms); LIGHT mostly waits for short wakers (us)."""
+    """HEAVY (six busy threads on two CPUs) against the light control NAP alone (one
+    thread that sleeps 500 us between bits of work): a wait behind a busy sibling
+    lasts up to a timeslice (ms); a waking sleeper preempts a CPU hog at once, even
+    on a loaded machine, so its waits stay at microseconds but for a few."""
     h, c = data["histogram"], ctl["histogram"]
-    print(f"control LIGHT: {c['count']} waits, mean {c['mean_us'] / 1000:.3f} ms (schedstat "
-          f"{ctl_win.trace.mean_us / 1000:.3f} ms), p50 {c['p50_us']} us, p99 {c['p99_us']} us; HEAVY/LIGHT: "
-          f"p50 {h['p50_us'] / c['p50_us']:.0f}x, mean {h['mean_us'] / c['mean_us']:.1f}x")
+    print(f"control NAP alone: {c['count']} waits, mean {c['mean_us'] / 1000:.3f} ms (schedstat "
+          f"{ctl_win.trace.mean_us / 1000:.3f} ms), p50 {c['p50_us']} us, p90 {c['p90_us']} us, p99 {c['p99_us']} us; "
+          f"HEAVY/NAP: mean {h['mean_us'] / c['mean_us']:.1f}x, p90 {h['p90_us'] / c['p90_us']:.1f}x, "
+          f"p99 {h['p99_us'] / c['p99_us']:.1f}x")
     assert c["count"] <= ctl_win.call.slices * 1.02 + 2
-    assert h["p50_us"] >= 5 * c["p50_us"] and h["mean_us"] >= 2 * c["mean_us"], (h, c)
+    assert c["count"] >= 200  # ~2000 wakeups a second when nothing holds it back
+    assert h["mean_us"] >= 3 * c["mean_us"] and h["p90_us"] >= 3 * c["p90_us"], (h, c)
     assert h["p99_us"] >= c["p99_us"]
     if c["p99_us"] <= 10_000:  # a quiet control raises no warning
         assert [f for f in ctl["findings"] if f["severity"] != "info"] == []
@@ -197,8 +210,8 @@ async def test_runqlat_rung_pid_matches_schedstat_and_load_moves_the_histogram(
     check_against_schedstat(data, win, LIBBPF_TOL, "runqlat, pid=HEAVY")
     check_p99_finding(data, hv.pid)
 
-    with light(rq_load) as lt:
-        ctl, ctl_win, _ = await traced(broker.socket_path, lt.pid, {})
+    with nap(rq_load) as quiet:
+        ctl, ctl_win, _ = await traced(broker.socket_path, quiet.pid, {})
     check_moved(data, ctl, ctl_win)
 
 
@@ -269,8 +282,8 @@ async def test_bpftrace_rung_pid_matches_schedstat_exactly_and_load_moves_the_hi
     assert row["pid"] == hv.pid and row["comm"].startswith("rq-spin-") and row["waits"] == data["waits"]
     assert row["total_wait_ms"] == pytest.approx(data["total_wait_ms"], rel=1e-3)
 
-    with light(rq_load) as lt:
-        ctl, ctl_win, _ = await traced(broker.socket_path, lt.pid, {})
+    with nap(rq_load) as quiet:
+        ctl, ctl_win, _ = await traced(broker.socket_path, quiet.pid, {})
     check_moved(data, ctl, ctl_win)
 
 

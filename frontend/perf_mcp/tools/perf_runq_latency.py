@@ -16,9 +16,11 @@ in and a next step; no waits for a pid; CPUs far apart (per_cpu).
 
 from __future__ import annotations
 
+import datetime as _dt
 import json
 import math
 import os
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -81,6 +83,11 @@ class RunqLatencyData(msgspec.Struct, kw_only=True):
     target: str
     pid: int | None
     duration_s: int
+    # When the trace ran (UTC): exact from the bpftrace script's clock reads (after its
+    # compile and attach); for runqlat, which starts at once, the duration_s before its answer.
+    trace_start: str
+    trace_end: str
+    trace_window_exact: bool
     waits: int
     waits_per_s: float
     total_wait_ms: float | None  # sum of all waits; exact when histogram.mean_exact
@@ -163,6 +170,13 @@ def parse_step(rung: Rung[Params], job: JobResult, p: Params) -> RunqOutput:
 
 
 # ---------------------------------------------------------------- answer
+
+
+def wall_iso(monotonic_ns: int) -> str:
+    """A CLOCK_MONOTONIC reading (bpftrace's nsecs is the same clock) as UTC ISO 8601."""
+    wall = time.time_ns() - time.monotonic_ns() + monotonic_ns
+    return _dt.datetime.fromtimestamp(wall / 1e9, _dt.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
 
 
 def _r(x: float | None) -> float | None:
@@ -302,6 +316,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         return parse_step(rung, job, p), job
 
     result = await climb(ctx, RUNGS, p, attempt)
+    answered_ns = time.monotonic_ns()
     out: RunqOutput = result.value
     warnings = [*result.warnings(), *out.warnings]
     if p.pid is not None and process_name(p.pid) is None:
@@ -315,9 +330,12 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         warnings.append("the per-process histograms are missing from the output")
     job = result.job
     step = find_step(job, "runqlat") if job else None
+    start_ns, end_ns = out.window_ns or (answered_ns - p.duration_s * 1_000_000_000, answered_ns)
     data = RunqLatencyData(
         method=result.method, backend=result.backend, skipped=result.skipped, target=target, pid=p.pid,
-        duration_s=p.duration_s, waits=total.count, waits_per_s=round(total.count / p.duration_s, 2),
+        duration_s=p.duration_s, trace_start=wall_iso(start_ns), trace_end=wall_iso(end_ns),
+        trace_window_exact=out.window_ns is not None, waits=total.count,
+        waits_per_s=round(total.count / max((end_ns - start_ns) / 1e9, 0.001), 2),
         total_wait_ms=None if m is None else round(m * total.count / 1000.0, 3), histogram=hist,
         cpus=cpu_rows(out) if p.per_cpu else None, processes=processes, processes_seen=seen, findings=[],
         argv=list(step.argv) if step else [], broker_job_id=job.job_id if job else None,

@@ -53,6 +53,7 @@ class RunqOutput:
     warnings: list[str] = field(default_factory=list)
     bad_lines: int = 0
     counted: int | None = None  # bpftrace: the script's own count of waits (@count)
+    window_ns: tuple[int, int] | None = None  # bpftrace: CLOCK_MONOTONIC (start, end) of the trace
 
 
 def _empty() -> Hist:
@@ -227,8 +228,10 @@ def parse_runqlat_bpftrace(raw: bytes) -> RunqOutput:
         missing = [p for p, n in counts.items() if (_int(n) or 0) > 0 and p not in per_pid]
         if missing:
             warnings.append(f"the histograms of {len(missing)} processes are missing from the output")
+    start, end = _int(out.maps.get("@start_ns")), _int(out.maps.get("@end_ns"))
+    window = (start, end) if start is not None and end is not None and 0 < start <= end else None
     return RunqOutput(total=total, per_cpu=per_cpu, per_pid=per_pid, warnings=warnings, bad_lines=out.bad_lines,
-                      counted=count)
+                      counted=count, window_ns=window)
 
 
 def _comms(v: Any) -> dict[int, str]:
