@@ -21,6 +21,7 @@ from perf_mcp_protocol import (
     DnsLatency,
     FileTrace,
     IoLayers,
+    TcpMode,
     TcpTrace,
     VfsLatency,
     CpuProfile,
@@ -62,7 +63,7 @@ PROGRAM_PATHS: dict[str, tuple[str, ...]] = {
 # this fixed set; the client only ever chooses a Backend.
 SCRIPT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "bpftrace")
 SCRIPTS = frozenset({"profile", "offcpu", "runqlat", "syscount", "syscount_latency", "execsnoop", "vfslat",
-                     "iolayers", "biolatency", "opens", "fileslow", "filelife"})
+                     "iolayers", "biolatency", "opens", "fileslow", "filelife", "tcplife", "tcpconn", "dnslat"})
 # bpftrace needs time to compile and attach before its interval timer starts.
 BPFTRACE_START_S = 15.0
 
@@ -279,7 +280,8 @@ def build_exec_trace(req: ExecTrace, programs: dict[str, str], workdir: str) -> 
     raise Unsupported(req.backend)
 
 
-# biolatency.bt with linear buckets: this many buckets of linear_bucket_ms, then the overflow bucket.
+# biolatency.bt with linear buckets: this many buckets of linear_bucket_ms, then the overflow bucket
+# (at most 100: the script's lhist of the bucket index has constant bounds).
 BIO_LINEAR_BUCKETS = 50
 
 
@@ -293,10 +295,10 @@ def build_bio_latency(req: BioLatency, programs: dict[str, str], workdir: str) -
         return [_traced("biolatency", argv, d)]
     if req.backend is Backend.BPFTRACE:
         linear = req.linear_bucket_ms is not None
-        # the bucket width in the histogram's unit (us unless milliseconds); log2: 1 and 1 (unused)
+        # the bucket width in the histogram's unit (us unless milliseconds); log2: 1 (unused)
         step = (req.linear_bucket_ms if req.milliseconds else req.linear_bucket_ms * 1000) if linear else 1
         argv = _script(programs, "biolatency", d, int(req.queued), int(req.per_device), int(req.milliseconds),
-                       int(linear), step, step * BIO_LINEAR_BUCKETS if linear else 1)
+                       int(linear), step, BIO_LINEAR_BUCKETS)
         return [_traced("biolatency", argv, d)]
     raise Unsupported(req.backend)
 
@@ -365,10 +367,37 @@ def build_vfs_latency(req: VfsLatency, programs: dict[str, str], workdir: str) -
 
 
 def build_tcp_trace(req: TcpTrace, programs: dict[str, str], workdir: str) -> list[Step]:
+    """LIBBPF: tcplife (lifecycle; runs until SIGINT) or tcpconnect (connections; kprobes).
+    BPFTRACE: tcplife.bt (lifecycle) or tcpconn.bt (connects, accepts, retransmits).
+    Filters reach argv as integers only; 0 means none in the scripts."""
+    d = req.duration_s
+    lport, rport = req.local_port, req.remote_port
+    if req.backend is Backend.LIBBPF:
+        if req.mode is TcpMode.LIFECYCLE:
+            argv = [_program(programs, "tcplife"), "-T", "-w", *_opt_pid(req.pid)]
+            argv += ["-L", str(int(lport))] if lport is not None else []
+            argv += ["-D", str(int(rport))] if rport is not None else []
+            return [_traced("tcplife", argv, d, stop=True)]
+        if lport is not None:  # tcpconnect filters destination ports only
+            raise Unsupported(req.backend)
+        argv = [_program(programs, "tcpconnect"), "-t", "-U", *_opt_pid(req.pid)]
+        argv += ["-P", str(int(rport))] if rport is not None else []
+        return [_traced("tcpconnect", argv, d, stop=True)]
+    if req.backend is Backend.BPFTRACE:
+        script = "tcplife" if req.mode is TcpMode.LIFECYCLE else "tcpconn"
+        argv = _script(programs, script, d, req.pid or 0, lport or 0, rport or 0)
+        return [_traced(script, argv, d)]
     raise Unsupported(req.backend)
 
 
 def build_dns_latency(req: DnsLatency, programs: dict[str, str], workdir: str) -> list[Step]:
+    """LIBBPF: gethostlatency (uprobes on the libc it finds itself; runs until SIGINT).
+    BPFTRACE: dnslat.bt (uprobe:libc:..., bpftrace resolves libc by name)."""
+    d = req.duration_s
+    if req.backend is Backend.LIBBPF:
+        return [_traced("gethostlatency", [_program(programs, "gethostlatency"), *_opt_pid(req.pid)], d, stop=True)]
+    if req.backend is Backend.BPFTRACE:
+        return [_traced("dnslat", _script(programs, "dnslat", d, req.pid or 0), d)]
     raise Unsupported(req.backend)
 
 

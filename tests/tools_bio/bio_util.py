@@ -12,7 +12,7 @@
   completion latency and the block layer does not; a real-time thread runs at
   once, so fio's clat is the block latency plus the syscall's own path.
 - wait_attached: the tracing program the broker started has attached to
-  block_rq_complete (bpftool perf list), so a workload run after it falls
+  block_rq_issue and block_rq_complete (bpftool perf list), so a workload run after it falls
   inside the trace window.
 """
 
@@ -64,6 +64,17 @@ def loop_device() -> Iterator[LoopDevice]:
         if dev:
             subprocess.run(["losetup", "-d", dev], capture_output=True)
         backing.unlink(missing_ok=True)
+
+
+@contextmanager
+def io_scheduler(dev: LoopDevice, name: str) -> Iterator[None]:
+    """The loop device's I/O scheduler set to `name` for a while (none afterwards)."""
+    path = Path(f"/sys/block/{dev.name}/queue/scheduler")
+    path.write_text(name)
+    try:
+        yield
+    finally:
+        path.write_text("none")
 
 
 def diskstats_ios(name: str) -> int:
@@ -125,14 +136,15 @@ def _descendants(pid: int) -> set[int]:
 
 
 def attached(broker_pid: int) -> bool:
-    """A process the broker started has a BPF program on block_rq_complete."""
+    """A process the broker started has BPF programs on block_rq_issue and block_rq_complete."""
     try:
         rows = json.loads(subprocess.run(["bpftool", "-j", "perf", "list"], capture_output=True, text=True,
                                          timeout=10).stdout or "[]")
     except (json.JSONDecodeError, subprocess.TimeoutExpired):
         return False
     ours = _descendants(broker_pid)
-    return any(r.get("pid") in ours and "block_rq_complete" in str(r.get("tracepoint", "")) for r in rows)
+    points = {str(r.get("tracepoint", "")) for r in rows if r.get("pid") in ours}
+    return {"block_rq_issue", "block_rq_complete"} <= points
 
 
 def wait_attached(broker_pid: int, timeout: float = 30.0) -> float:
@@ -140,7 +152,7 @@ def wait_attached(broker_pid: int, timeout: float = 30.0) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
         if attached(broker_pid):
-            time.sleep(0.1)  # bpftrace: the other probes and BEGIN right after
+            time.sleep(0.3)  # bpftrace: the remaining probes and BEGIN right after
             return time.monotonic() - t0
         time.sleep(0.05)
     raise TimeoutError("the broker's tracing program did not attach to block_rq_complete")

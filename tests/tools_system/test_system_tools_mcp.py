@@ -58,7 +58,7 @@ async def test_tools_listed_with_schemas(test_users: helpers.TestUsers, no_broke
     io = tools["perf_io_latency"].input_schema["properties"]
     assert set(io) == {"device", "duration_s", "mode"}
     assert (io["duration_s"]["minimum"], io["duration_s"]["maximum"], io["duration_s"]["default"]) == (1, 30, 5.0)
-    assert io["mode"]["enum"] == ["snapshot"] and io["mode"]["default"] == "snapshot"
+    assert io["mode"]["enum"] == ["snapshot", "trace"] and io["mode"]["default"] == "snapshot"
     for name in TOOLS:
         t = tools[name]
         assert t.annotations.read_only_hint is True and t.annotations.open_world_hint is False
@@ -221,7 +221,7 @@ HOSTILE: list[tuple[str, dict[str, Any], str]] = [
     ("perf_io_latency", {"duration_s": 31}, "duration_s"),
     ("perf_io_latency", {"duration_s": "NaN"}, "duration_s"),
     ("perf_io_latency", {"duration_s": "-inf"}, "duration_s"),
-    ("perf_io_latency", {"mode": "trace"}, "mode"),
+    ("perf_io_latency", {"mode": "Trace"}, "mode"),
     ("perf_io_latency", {"mode": "snapshot; rm -rf /"}, "mode"),
     ("perf_io_latency", {"device": ""}, "device"),
     ("perf_io_latency", {"device": "../../etc/passwd"}, "device"),

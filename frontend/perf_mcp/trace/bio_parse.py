@@ -7,9 +7,10 @@ Two sources, one shape (BioOutput):
   (`msecs` with -m), or with -D one per disk, each under a `disk = NAME`
   label. Buckets are log2 of integer us (or ms). No sum is printed, so a
   mean is estimated from bucket midpoints. No histogram means no I/O.
-- the broker's bpftrace script biolatency.bt (`-f json`): @lat (log2 hist)
-  or @lat_lin (lhist) of integer us (or ms) with @sum_ns and @count (so the
-  mean is exact), per device @lat_dev/@lat_lin_dev/@sum_ns_dev/@count_dev
+- the broker's bpftrace script biolatency.bt (`-f json`): @lat (log2 hist
+  of integer us, or ms) or @lat_lin (the lhist of the linear bucket index,
+  value / @lin_width, @lin_buckets being the overflow) with @sum_ns and
+  @count (so the mean is exact), per device @lat_dev/@lat_lin_dev/@sum_ns_dev/@count_dev
   keyed by the kernel's dev_t (major << 20 | minor), the queue time of the
   requests inserted into the OS queue (@queue_ns, @queued) and the trace
   window (@start_ns, @end_ns).
@@ -168,7 +169,19 @@ def _keyed(v: Any) -> dict[int, Any]:
     return out
 
 
-def _hist(rows: Any, sum_ns: Any, count: Any, unit: str, kind: str, what: str, warnings: list[str]) -> Hist | None:
+def _linear(h: Hist, width: int, n: int) -> Hist:
+    """The script's lhist of bucket indexes (i: [i x width, (i+1) x width); n: the overflow) in values."""
+    out = []
+    for lo, _, c in h.buckets:
+        i = int(lo)
+        if i < 0:
+            continue  # lhist's underflow bucket: an index is never negative
+        out.append((float(i * width), float((i + 1) * width), c) if i < n else (float(n * width), float("inf"), c))
+    return Hist(h.unit, "linear", out, h.total)
+
+
+def _hist(rows: Any, sum_ns: Any, count: Any, unit: str, kind: str, what: str, warnings: list[str],
+          linear: tuple[int, int] | None = None) -> Hist | None:
     """One histogram with its exact sum when the script's count agrees with the buckets."""
     buckets = _rows(rows)
     if buckets is None:
@@ -180,8 +193,11 @@ def _hist(rows: Any, sum_ns: Any, count: Any, unit: str, kind: str, what: str, w
     except (TypeError, ValueError, OverflowError):
         warnings.append(f"{what}: the histogram has unreadable bucket bounds and was left out")
         return None
-    if kind == "linear":  # an lhist's underflow bucket (< 0) cannot hold a latency: it is always empty
-        h.buckets = [(max(lo, 0.0), hi, c) for lo, hi, c in h.buckets if not (hi <= 0 and c == 0)]
+    if kind == "linear":
+        if linear is None:
+            warnings.append(f"{what}: the linear bucket width is missing from the output; the histogram was left out")
+            return None
+        h = _linear(h, *linear)
     n, s = _int(count), _int(sum_ns)
     if n is not None and s is not None and n == h.count and s >= 0:
         h.total = s / (1000.0 if unit == "us" else 1_000_000.0)
@@ -207,9 +223,11 @@ def parse_biolatency_bpftrace(raw: bytes, *, unit: str = "us") -> BioOutput:
     linear = "@lat_lin" in out.hists or "@lat_lin_dev" in out.hists
     kind = "linear" if linear else "log2"
     name, dev_name = ("@lat_lin", "@lat_lin_dev") if linear else ("@lat", "@lat_dev")
+    width, nlin = _int(out.maps.get("@lin_width")), _int(out.maps.get("@lin_buckets"))
+    lin = (width, nlin) if width is not None and nlin is not None and width > 0 and 0 < nlin <= 1000 else None
     count = _int(out.maps.get("@count"))
-    total = _hist(out.hists.get(name), out.maps.get("@sum_ns"), count, unit, kind, "all requests", warnings) \
-        if name in out.hists else None
+    total = _hist(out.hists.get(name), out.maps.get("@sum_ns"), count, unit, kind, "all requests", warnings,
+                  lin) if name in out.hists else None
     if total is None:
         if count:  # requests were counted but their histogram is missing: the output was cut
             warnings.append(f"the script counted {count} requests but their histogram is missing from the output")
@@ -223,7 +241,7 @@ def parse_biolatency_bpftrace(raw: bytes, *, unit: str = "us") -> BioOutput:
         sums, counts = _keyed(out.maps.get("@sum_ns_dev")), _keyed(out.maps.get("@count_dev"))
         for dev, rows in sorted(_keyed(out.hists.get(dev_name)).items()):
             major, minor = dev_split(dev)
-            h = _hist(rows, sums.get(dev), counts.get(dev), unit, kind, f"device {major}:{minor}", warnings)
+            h = _hist(rows, sums.get(dev), counts.get(dev), unit, kind, f"device {major}:{minor}", warnings, lin)
             if h is not None:
                 devices.append(DeviceHist(None, (major, minor), h))
         seen = {d.dev for d in devices}
