@@ -83,11 +83,19 @@ def nap(exe: Path) -> Any:
     return workload([os.fspath(exe), "nap", "1", str(LOAD_BOUND_S), "500"], 2, spawn_granted)
 
 
+PROGRESS: list[tuple[float, float | None, str | None]] = []
+
+
 async def call(sock: Path, args: dict[str, Any], user: str = "granted") -> tuple[Any, Any]:
     users = helpers.lookup_test_users()
+    PROGRESS.clear()
+
+    async def on_progress(value: float, total: float | None, message: str | None) -> None:
+        PROGRESS.append((value, total, message))
+
     async with helpers.mcp_client(getattr(users, user), sock) as client:
         tool = next(t for t in (await client.list_tools()).tools if t.name == NAME)
-        result = await client.call_tool(NAME, args)
+        result = await client.call_tool(NAME, args, progress_callback=on_progress)
     return result, tool
 
 
@@ -207,6 +215,9 @@ async def test_runqlat_rung_pid_matches_schedstat_and_load_moves_the_histogram(
     assert row["pid"] == hv.pid and row["comm"].startswith("rq-spin-") and row["waits"] == data["waits"]
     assert data["histogram"]["mean_exact"] is False and data["total_wait_ms"] > 0
     assert data["target"] == f"pid {hv.pid} (rq-load)"
+    values = [v for v, _, _ in PROGRESS]
+    assert len(values) >= TRACE_S and values == sorted(values) and PROGRESS[-1][0] == PROGRESS[-1][1]
+    assert PROGRESS[0][2].startswith("runqlat: ") and PROGRESS[-1][2] == "runqlat: done"
     check_against_schedstat(data, win, LIBBPF_TOL, "runqlat, pid=HEAVY")
     check_p99_finding(data, hv.pid)
 
@@ -290,6 +301,15 @@ async def test_bpftrace_rung_pid_matches_schedstat_exactly_and_load_moves_the_hi
 # ---------------------------------------------------------------- typed errors
 
 
+def tracing(broker_pid: int) -> bool:
+    """A runqlat of this broker is running (its job has started)."""
+    for pid in helpers.descendants(broker_pid):
+        st = helpers.read_proc_stat(pid)
+        if st is not None and st.comm == "runqlat":
+            return True
+    return False
+
+
 async def test_typed_errors_and_the_server_keeps_serving(
     module_broker_factory: Any, system_bus: None, rq_load: Path
 ) -> None:
@@ -321,3 +341,18 @@ async def test_typed_errors_and_the_server_keeps_serving(
         env = envelope(await client.call_tool(NAME, {"duration_s": 1}))
     assert env["error"]["code"] == "PERMISSION_DENIED", env
     assert "usermod -aG perf-mcp" in env["error"]["suggestion"]
+    # one tracing job per user: a second call while the first runs is PROFILER_BUSY, and the first
+    # still answers
+    results: dict[str, Any] = {}
+
+    async def first() -> None:
+        async with helpers.mcp_client(users.granted, broker.socket_path) as client:
+            results["first"] = await client.call_tool(NAME, {"duration_s": 6})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(first)
+        assert await helpers.await_until(lambda: tracing(broker.pid), 20)
+        async with helpers.mcp_client(users.granted, broker.socket_path) as client:
+            busy = envelope(await client.call_tool(NAME, {"duration_s": 1}))
+    assert busy.get("error", {}).get("code") == "PROFILER_BUSY", (busy, tracing(broker.pid))
+    assert ok_data(results["first"])["waits"] > 0

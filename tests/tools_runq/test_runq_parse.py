@@ -342,3 +342,14 @@ def data_for(out: RunqOutput, p: tool.Params) -> tool.RunqLatencyData:
     d.findings = tool.findings(d, out.total, p, rows)
     msgspec.json.encode(d)
     return d
+
+
+def test_ladder_for_perf_info_and_the_per_cpu_skip_reason() -> None:
+    from perf_mcp.trace.ladder import host_ladders, why_not
+
+    assert tool.LADDER is tool.RUNGS and [r.backend.value for r in tool.RUNGS] == ["libbpf", "bpftrace"]
+    (mine,) = [lad for lad in host_ladders(None) if lad.tool == "perf_runq_latency"]  # params None: no crash
+    assert [r.backend for r in mine.rungs] == ["libbpf", "bpftrace"]
+    reason = why_not(tool.RUNGS[0], None, tool.Params(per_cpu=True))
+    assert reason is not None and "no per-CPU histograms" in reason
+    assert why_not(tool.RUNGS[0], None, tool.Params()) == "no broker"

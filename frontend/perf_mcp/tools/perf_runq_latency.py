@@ -100,8 +100,8 @@ class RunqLatencyData(msgspec.Struct, kw_only=True):
     broker_job_id: int | None
 
 
-def _libbpf_unsupported(p: Params) -> str | None:
-    if p.per_cpu:
+def _libbpf_unsupported(p: Params | None) -> str | None:
+    if p is not None and p.per_cpu:  # None: perf_info asks about the host, not a call
         return "runqlat has no per-CPU histograms (per_cpu=true); the bpftrace script keys its histogram by CPU"
     return None
 
