@@ -170,3 +170,20 @@ def test_flag_names() -> None:
     assert tool.flag_names(0o4010002) == "O_RDWR|O_SYNC"
     assert tool.flag_names(0o20200002) == "O_RDWR|O_TMPFILE"
     assert tool.flag_names(0o10000) == "O_RDONLY|O_DSYNC"
+
+
+def test_libbpf_duration_exit_is_a_normal_end() -> None:
+    from perf_mcp_protocol import StepResult
+
+    def step(status: int | None, out: bytes, err: bytes, sig: int | None = None) -> StepResult:
+        return StepResult(name="opens", argv=[], exit_status=status, signal=sig, stdout=out, stderr=err,
+                          stdout_truncated=False, stderr_truncated=False, timed_out=False, wall_s=1.0)
+
+    head = raw("opensnoop_pid.txt")
+    assert tool._duration_exit(step(1, head, b""))
+    assert tool._duration_exit(step(1, head, b"Lost 12 events on CPU #1!\n"))
+    assert tool._duration_exit(step(1, b"ENDTIME_ns,TASK,PID,TYPE,BYTES,OFFSET_b,LATENCY_us,FILE\n", b""))
+    assert not tool._duration_exit(step(1, b"", b"failed to attach BPF programs\n"))
+    assert not tool._duration_exit(step(1, head, b"failed to attach BPF programs\n"))
+    assert not tool._duration_exit(step(2, head, b""))
+    assert not tool._duration_exit(step(None, head, b"", sig=9))
