@@ -13,9 +13,10 @@ times, so the rate is read over exactly the part of the run the trace covered.
 Per round and rung: the workload alone (baseline), then the workload while a
 system-wide RunqLatency job of the broker runs (started by this script as root
 on a temp socket, with `--disable runqlat` for the bpftrace rung; stopped by
-its PID at the end). The traced window is the job's last duration_s seconds
-before its reply (less the program's exit time); the rate is taken over its
-middle, 0.5 s in from each edge. Overhead = 1 - traced / baseline, where the
+its PID at the end). The traced window is the script's own clock reads for
+bpftrace, and the job's last duration_s seconds before its reply (less
+runqlat's exit time) for runqlat; the rate is taken over its middle, 0.5 s in
+from each edge. Overhead = 1 - traced / baseline, where the
 baseline is the mean of the runs just before and after (the machine is shared,
 so the two baselines are printed too).
 """
@@ -43,7 +44,7 @@ from perf_mcp_protocol import Backend, RunqLatency  # noqa: E402
 from runq_util import build_rq_load  # noqa: E402
 
 VENV_BIN = REPO / ".venv" / "bin"
-EXIT_DELAY_S = {Backend.LIBBPF: 0.15, Backend.BPFTRACE: 0.5}  # end of trace -> reply
+EXIT_DELAY_S = {Backend.LIBBPF: 0.15, Backend.BPFTRACE: 0.5}  # end of trace -> reply, when not stated
 
 
 def start_broker(workdir: Path, *extra: str) -> tuple[subprocess.Popen[bytes], str]:
@@ -109,8 +110,12 @@ def traced(exe: Path, sock: str, backend: Backend, seconds: int) -> tuple[float,
         out, _ = work.communicate()
     (step,) = reply.final.steps
     parsed = (parse_runqlat_text if backend is Backend.LIBBPF else parse_runqlat_bpftrace)(step.stdout)
-    end = done - EXIT_DELAY_S[backend]
-    return rate(ticks(out), end - seconds + 0.5, end - 0.5), parsed.total.count, done - t_start
+    if parsed.window_ns is not None:  # bpftrace: the script's own CLOCK_MONOTONIC reads
+        start, end = parsed.window_ns[0] / 1e9, parsed.window_ns[1] / 1e9
+    else:
+        end = done - EXIT_DELAY_S[backend]
+        start = end - seconds
+    return rate(ticks(out), start + 0.5, end - 0.5), parsed.total.count, done - t_start
 
 
 def main() -> int:

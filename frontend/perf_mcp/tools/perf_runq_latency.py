@@ -361,7 +361,7 @@ def summarise(d: RunqLatencyData) -> str:
         lines.append("Per CPU: " + ", ".join(f"cpu{c.cpu} {c.histogram.count} waits p99 {_fmt_us(c.histogram.p99_us)}"
                                              for c in d.cpus))
     if d.processes:
-        lines.append("Most time waited: " + ", ".join(f"{r.pid} {r.comm} {r.total_wait_ms:.1f} ms/{r.waits}"
+        lines.append("Most time waited: " + ", ".join(f"{r.pid} {r.comm} {r.total_wait_ms:.1f} ms in {r.waits} waits"
                                                        for r in d.processes[:5]))
     lines.append(f"Method: {d.method}" + (f" ({len(d.skipped)} rung skipped: {d.skipped[0].reason})"
                                           if d.skipped else ""))
