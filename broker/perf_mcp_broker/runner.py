@@ -106,7 +106,7 @@ async def run_step(step: Step, stdout_cap: int, stderr_cap: int = limits.STDERR_
     """Run one step to completion; see the module invariants.
 
     On cancellation the group gets SIGINT, then SIGTERM, then SIGKILL (shielded,
-    bounded by STOP_ESCALATION_S each) and is reaped before Cancelled propagates.
+    bounded by CANCEL_ESCALATION_S each) and is reaped before Cancelled propagates.
     """
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
@@ -142,13 +142,13 @@ async def run_step(step: Step, stdout_cap: int, stderr_cap: int = limits.STDERR_
         await trio.lowlevel.wait_readable(pidfd)
         exited.set()
 
-    async def escalate(first: int, wait_exit) -> None:
-        """Send first, then SIGTERM, then SIGKILL, each after STOP_ESCALATION_S."""
+    async def escalate(first: int, wait_exit, grace: float = limits.STOP_ESCALATION_S) -> None:
+        """Send first, then SIGTERM, then SIGKILL, each after `grace` seconds."""
         for sig in (first, signal.SIGTERM, signal.SIGKILL):
             if exited.is_set():
                 return
             _killpg(pgid, sig)
-            with trio.move_on_after(limits.STOP_ESCALATION_S):
+            with trio.move_on_after(grace):
                 await wait_exit()
                 exited.set()
 
@@ -175,7 +175,10 @@ async def run_step(step: Step, stdout_cap: int, stderr_cap: int = limits.STDERR_
     finally:
         with trio.CancelScope(shield=True):
             if not exited.is_set():  # cancelled from outside: watch_exit is gone
-                await escalate(signal.SIGINT, lambda: trio.lowlevel.wait_readable(pidfd))
+                # Nobody wants the output any more: a short grace, so the job (and its
+                # BPF programs, released when the process exits) is gone within seconds.
+                await escalate(signal.SIGINT, lambda: trio.lowlevel.wait_readable(pidfd),
+                               grace=limits.CANCEL_ESCALATION_S)
             kill_group()
             # A child in uninterruptible sleep (D) outlives SIGKILL until it wakes:
             # wait for its exit here, where only this job waits, not in proc.wait().

@@ -40,6 +40,8 @@ MIN_LATENCY_MS = (0, 10_000)
 JOB_GRACE_S = 20.0
 # After SIGINT (normal stop) / SIGTERM, how long before the next signal.
 STOP_ESCALATION_S = 2.0
+# The same when the client has gone (cancel): the output is not wanted.
+CANCEL_ESCALATION_S = 0.5
 
 # Concurrency: one profiling/tracing job per uid, a few in total. Jobs of the
 # other classes (inspect, tool features) are quick, but limited per uid too.

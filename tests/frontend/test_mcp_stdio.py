@@ -27,6 +27,9 @@ async def test_tools_list_has_schemas_and_annotations(test_users: helpers.TestUs
     assert set(tools) == {
         "perf_info", "perf_cpu_profile", "perf_snapshot", "perf_use_check", "perf_io_latency",
         "perf_net_health", "perf_cgroup_summary", "perf_fd_trace",
+        "perf_thread_profile", "perf_offcpu_profile", "perf_runq_latency", "perf_syscall_count",
+        "perf_exec_trace", "perf_bio_latency", "perf_io_layers", "perf_file_trace", "perf_vfs_latency",
+        "perf_tcp_trace", "perf_dns_latency",
     }
     for tool in tools.values():
         assert tool.input_schema["type"] == "object"
