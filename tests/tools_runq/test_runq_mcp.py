@@ -135,8 +135,9 @@ async def traced(sock: Path, pid: int, args: dict[str, Any], *, filtered: bool =
     jsonschema.validate(env, tool.output_schema)
     data = ok_data(result)
     start, end = epoch(data["trace_start"]), epoch(data["trace_end"])
-    # bpftrace's timer may fire late on a loaded machine; the window says what was traced
-    assert TRACE_S - 0.01 <= end - start <= TRACE_S + (0.3 if data["trace_window_exact"] else 0.01)
+    # bpftrace's timer fires up to ~0.15 s late on a loaded machine (seen here); the window says
+    # what was traced, and schedstat is compared over it
+    assert TRACE_S - 0.01 <= end - start <= TRACE_S + (1.0 if data["trace_window_exact"] else 0.01), (start, end)
     assert data["trace_window_exact"] is (data["backend"] == "bpftrace")
     wins = Windows(call=window(sampled.samples[0][1], sampled.samples[-1][1]),
                    trace=window(sampled.at(start), sampled.at(end)))
