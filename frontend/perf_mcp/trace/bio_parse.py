@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bpftrace import parse_json_lines
+from .bpftrace import hist_rows, json_int, parse_json_lines
 from .histogram import Hist, from_bpftrace, parse_libbpf_text
 
 LIBBPF_BANNER = "Tracing block device I/O"
@@ -131,31 +131,8 @@ def _label(lines: list[str]) -> str | None:
 # ---------------------------------------------------------------- bpftrace biolatency.bt
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdecimal():
-        return int(v)
-    return None
 
 
-def _rows(v: Any) -> list[dict[str, Any]] | None:
-    """A bpftrace hist/lhist bucket list, or None when it is not one."""
-    if not isinstance(v, list):
-        return None
-    rows = []
-    for row in v:
-        if not isinstance(row, dict) or _int(row.get("count")) is None:
-            return None
-        lo, hi = row.get("min"), row.get("max")
-        if (lo is not None and _int(lo) is None) or (hi is not None and _int(hi) is None):
-            return None
-        if lo is None and hi is None:
-            return None
-        rows.append(row)
-    return rows
 
 
 def _keyed(v: Any) -> dict[int, Any]:
@@ -163,7 +140,7 @@ def _keyed(v: Any) -> dict[int, Any]:
         return {}
     out = {}
     for k, x in v.items():
-        key = _int(k)
+        key = json_int(k)
         if key is not None and key >= 0:
             out[key] = x
     return out
@@ -183,7 +160,7 @@ def _linear(h: Hist, width: int, n: int) -> Hist:
 def _hist(rows: Any, sum_ns: Any, count: Any, unit: str, kind: str, what: str, warnings: list[str],
           linear: tuple[int, int] | None = None) -> Hist | None:
     """One histogram with its exact sum when the script's count agrees with the buckets."""
-    buckets = _rows(rows)
+    buckets = hist_rows(rows)
     if buckets is None:
         if rows is not None:
             warnings.append(f"{what}: the histogram is not a bucket list and was left out")
@@ -198,7 +175,7 @@ def _hist(rows: Any, sum_ns: Any, count: Any, unit: str, kind: str, what: str, w
             warnings.append(f"{what}: the linear bucket width is missing from the output; the histogram was left out")
             return None
         h = _linear(h, *linear)
-    n, s = _int(count), _int(sum_ns)
+    n, s = json_int(count), json_int(sum_ns)
     if n is not None and s is not None and n == h.count and s >= 0:
         h.total = s / (1000.0 if unit == "us" else 1_000_000.0)
     elif n is not None and n != h.count:
@@ -223,9 +200,9 @@ def parse_biolatency_bpftrace(raw: bytes, *, unit: str = "us") -> BioOutput:
     linear = "@lat_lin" in out.hists or "@lat_lin_dev" in out.hists
     kind = "linear" if linear else "log2"
     name, dev_name = ("@lat_lin", "@lat_lin_dev") if linear else ("@lat", "@lat_dev")
-    width, nlin = _int(out.maps.get("@lin_width")), _int(out.maps.get("@lin_buckets"))
+    width, nlin = json_int(out.maps.get("@lin_width")), json_int(out.maps.get("@lin_buckets"))
     lin = (width, nlin) if width is not None and nlin is not None and width > 0 and 0 < nlin <= 1000 else None
-    count = _int(out.maps.get("@count"))
+    count = json_int(out.maps.get("@count"))
     total = _hist(out.hists.get(name), out.maps.get("@sum_ns"), count, unit, kind, "all requests", warnings,
                   lin) if name in out.hists else None
     if total is None:
@@ -245,18 +222,18 @@ def parse_biolatency_bpftrace(raw: bytes, *, unit: str = "us") -> BioOutput:
             if h is not None:
                 devices.append(DeviceHist(None, (major, minor), h))
         seen = {d.dev for d in devices}
-        missing = [dev_split(d) for d, n in counts.items() if (_int(n) or 0) > 0 and dev_split(d) not in seen]
+        missing = [dev_split(d) for d, n in counts.items() if (json_int(n) or 0) > 0 and dev_split(d) not in seen]
         if missing:
             warnings.append("the histograms of devices " + ", ".join(f"{a}:{b}" for a, b in sorted(missing))
                             + " are missing from the output")
-    start, end = _int(out.maps.get("@start_ns")), _int(out.maps.get("@end_ns"))
+    start, end = json_int(out.maps.get("@start_ns")), json_int(out.maps.get("@end_ns"))
     window = (start, end) if start is not None and end is not None and 0 < start <= end else None
     queue: dict[tuple[int, int], tuple[int, int]] | None = None
     if "@queue_ns" in out.maps or "@queued" in out.maps:
         queue = {}
         ns_by, n_by = _keyed(out.maps.get("@queue_ns")), _keyed(out.maps.get("@queued"))
         for dev in sorted(set(ns_by) | set(n_by)):
-            ns, n = _int(ns_by.get(dev)), _int(n_by.get(dev))
+            ns, n = json_int(ns_by.get(dev)), json_int(n_by.get(dev))
             if ns is None or n is None or ns < 0 or n < 0:
                 warnings.append(f"device {':'.join(map(str, dev_split(dev)))}: the queue time is damaged and was left out")
                 continue

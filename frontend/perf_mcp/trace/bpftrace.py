@@ -64,3 +64,29 @@ def parse_json_lines(raw: bytes) -> BpftraceOutput:
         else:
             out.other.append(obj)
     return out
+
+
+def json_int(v: Any) -> int | None:
+    """An integer from bpftrace's JSON (int, or a decimal string), None for anything else (bool too)."""
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, str) and v.strip().lstrip("-").isdecimal():
+        return int(v)
+    return None
+
+
+def hist_rows(v: Any) -> list[dict[str, Any]] | None:
+    """A hist/lhist bucket list ({min, max, count} with at least one bound), None when it is not one."""
+    if not isinstance(v, list):
+        return None
+    for row in v:
+        if not isinstance(row, dict) or json_int(row.get("count")) is None:
+            return None
+        lo, hi = row.get("min"), row.get("max")
+        if lo is None and hi is None:
+            return None
+        if (lo is not None and json_int(lo) is None) or (hi is not None and json_int(hi) is None):
+            return None
+    return v

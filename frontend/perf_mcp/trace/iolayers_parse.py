@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bpftrace import parse_json_lines
+from .bpftrace import json_int, parse_json_lines
 
 READ, WRITE, OTHER = 0, 1, 2
 FILE_CLASS, OTHER_CLASS = 0, 1
@@ -64,21 +64,13 @@ class IoLayersOutput:
     window_ns: tuple[int, int] | None = None
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdecimal():
-        return int(v)
-    return None
 
 
 def _keys(key: Any, n: int) -> tuple[int, ...] | None:
     """"12,0,1" -> (12, 0, 1) when it holds n integers."""
     if not isinstance(key, str):
         return None
-    parts = [_int(p) for p in key.split(",")]
+    parts = [json_int(p) for p in key.split(",")]
     if len(parts) != n or any(p is None for p in parts):
         return None
     return tuple(parts)  # type: ignore[arg-type]
@@ -112,7 +104,7 @@ def parse_iolayers_bpftrace(raw: bytes) -> IoLayersOutput:
         acc: dict[tuple[int, ...], Counts] = {}
         for name, is_bytes in ((bname, True), (oname, False)):
             for key, v in _map(out, name).items():
-                k, val = _keys(key, n), _int(v)
+                k, val = _keys(key, n), json_int(v)
                 if k is None or val is None or val < 0:
                     bad += 1
                     continue
@@ -127,7 +119,7 @@ def parse_iolayers_bpftrace(raw: bytes) -> IoLayersOutput:
     blk = {k[0]: c for k, c in counts2("@blk_bytes", "@blk_ops", 1).items()}
     blk_dev: dict[tuple[int, int], int] = {}
     for key, v in _map(out, "@blk_dev_bytes").items():
-        k, val = _keys(key, 2), _int(v)
+        k, val = _keys(key, 2), json_int(v)
         if k is None or val is None:
             bad += 1
             continue
@@ -145,7 +137,7 @@ def parse_iolayers_bpftrace(raw: bytes) -> IoLayersOutput:
                 per_pid[pid].comm = comm
     if bad:
         warnings.append(f"{bad} map entries had unreadable keys or values and were skipped")
-    start, end = _int(out.maps.get("@start_ns")), _int(out.maps.get("@end_ns"))
+    start, end = json_int(out.maps.get("@start_ns")), json_int(out.maps.get("@end_ns"))
     window = (start, end) if start is not None and end is not None and 0 < start <= end else None
     return IoLayersOutput(sys=sys, blk=blk, blk_dev=blk_dev, per_pid=per_pid, warnings=warnings,
                           bad_lines=out.bad_lines + bad, window_ns=window)
@@ -158,7 +150,7 @@ def _comms(v: dict[str, Any]) -> dict[int, str]:
         if not isinstance(key, str) or "," not in key:
             continue
         pid_s, comm = key.split(",", 1)
-        pid, seen = _int(pid_s), _int(n)
+        pid, seen = json_int(pid_s), json_int(n)
         if pid is None or seen is None:
             continue
         if pid not in best or seen > best[pid][0]:

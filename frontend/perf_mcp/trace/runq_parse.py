@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bpftrace import parse_json_lines
+from .bpftrace import hist_rows, json_int, parse_json_lines
 from .histogram import Hist, from_bpftrace, parse_libbpf_text
 
 LIBBPF_BANNER = "Tracing run queue latency"
@@ -119,29 +119,8 @@ def _label(lines: list[str]) -> tuple[int, str] | None:
 # ---------------------------------------------------------------- bpftrace runqlat.bt
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdecimal():
-        return int(v)
-    return None
 
 
-def _rows(v: Any) -> list[dict[str, Any]] | None:
-    """A bpftrace hist bucket list, or None when it is not one."""
-    if not isinstance(v, list):
-        return None
-    rows = []
-    for row in v:
-        if not isinstance(row, dict) or _int(row.get("count")) is None:
-            return None
-        lo, hi = row.get("min"), row.get("max")
-        if (lo is not None and _int(lo) is None) or (hi is not None and _int(hi) is None):
-            return None
-        rows.append(row)
-    return rows
 
 
 def _keyed(v: Any) -> dict[int, Any]:
@@ -150,7 +129,7 @@ def _keyed(v: Any) -> dict[int, Any]:
         return {}
     out = {}
     for k, x in v.items():
-        key = _int(k)
+        key = json_int(k)
         if key is not None:
             out[key] = x
     return out
@@ -158,7 +137,7 @@ def _keyed(v: Any) -> dict[int, Any]:
 
 def _hist(rows: Any, sum_ns: Any, count: Any, what: str, warnings: list[str]) -> Hist | None:
     """One histogram with its exact sum when the script's count agrees with the buckets."""
-    buckets = _rows(rows)
+    buckets = hist_rows(rows)
     if buckets is None:
         if rows is not None:
             warnings.append(f"{what}: the histogram is not a bucket list and was left out")
@@ -168,7 +147,7 @@ def _hist(rows: Any, sum_ns: Any, count: Any, what: str, warnings: list[str]) ->
     except (TypeError, ValueError, OverflowError):
         warnings.append(f"{what}: the histogram has unreadable bucket bounds and was left out")
         return None
-    n, s = _int(count), _int(sum_ns)
+    n, s = json_int(count), json_int(sum_ns)
     if n is not None and s is not None and n == h.count and s >= 0:
         h.total = s / 1000.0
     elif n is not None and n != h.count:
@@ -194,7 +173,7 @@ def parse_runqlat_bpftrace(raw: bytes) -> RunqOutput:
     if out.bad_lines:
         warnings.append(f"{out.bad_lines} lines of bpftrace output could not be read (cut short or damaged) "
                         "and were skipped")
-    count = _int(out.maps.get("@count"))
+    count = json_int(out.maps.get("@count"))
     total = _hist(out.hists.get("@usecs"), out.maps.get("@sum_ns"), count, "all waits", warnings) \
         if "@usecs" in out.hists else None
     if total is None:
@@ -212,7 +191,7 @@ def parse_runqlat_bpftrace(raw: bytes) -> RunqOutput:
             h = _hist(rows, sums.get(cpu), counts.get(cpu), f"CPU {cpu}", warnings)
             if h is not None:
                 per_cpu[cpu] = h
-        missing = [c for c, n in counts.items() if (_int(n) or 0) > 0 and c not in per_cpu]
+        missing = [c for c, n in counts.items() if (json_int(n) or 0) > 0 and c not in per_cpu]
         if missing:
             warnings.append(f"the histograms of CPUs {sorted(missing)} are missing from the output")
 
@@ -225,10 +204,10 @@ def parse_runqlat_bpftrace(raw: bytes) -> RunqOutput:
             h = _hist(rows, sums.get(pid), counts.get(pid), f"pid {pid}", warnings)
             if h is not None:
                 per_pid[pid] = ProcessHist(pid, comms.get(pid, ""), h)
-        missing = [p for p, n in counts.items() if (_int(n) or 0) > 0 and p not in per_pid]
+        missing = [p for p, n in counts.items() if (json_int(n) or 0) > 0 and p not in per_pid]
         if missing:
             warnings.append(f"the histograms of {len(missing)} processes are missing from the output")
-    start, end = _int(out.maps.get("@start_ns")), _int(out.maps.get("@end_ns"))
+    start, end = json_int(out.maps.get("@start_ns")), json_int(out.maps.get("@end_ns"))
     window = (start, end) if start is not None and end is not None and 0 < start <= end else None
     return RunqOutput(total=total, per_cpu=per_cpu, per_pid=per_pid, warnings=warnings, bad_lines=out.bad_lines,
                       counted=count, window_ns=window)
@@ -243,7 +222,7 @@ def _comms(v: Any) -> dict[int, str]:
         if not isinstance(key, str) or "," not in key:
             continue
         pid_s, comm = key.split(",", 1)
-        pid, waits = _int(pid_s), _int(n)
+        pid, waits = json_int(pid_s), json_int(n)
         if pid is None or waits is None:
             continue
         if pid not in best or waits > best[pid][0]:

@@ -25,7 +25,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bpftrace import parse_json_lines
+from .bpftrace import hist_rows, json_int, parse_json_lines
 from .histogram import Hist, from_bpftrace
 
 OPS = ("read", "write", "fsync", "open")
@@ -78,14 +78,6 @@ class VfsOutput:
     window_ns: tuple[int, int] | None = None
 
 
-def _int(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, str) and v.strip().lstrip("-").isdecimal():
-        return int(v)
-    return None
 
 
 def _op_class(key: Any) -> tuple[str, str] | None:
@@ -93,22 +85,12 @@ def _op_class(key: Any) -> tuple[str, str] | None:
     if not isinstance(key, str):
         return None
     a, _, b = key.partition(",")
-    op, cl = _int(a), _int(b)
+    op, cl = json_int(a), json_int(b)
     if op is None or cl is None or not 0 <= op < len(OPS) or not 0 <= cl < len(CLASSES):
         return None
     return OPS[op], CLASSES[cl]
 
 
-def _rows(v: Any) -> list[dict[str, Any]] | None:
-    if not isinstance(v, list):
-        return None
-    for row in v:
-        if not isinstance(row, dict) or _int(row.get("count")) is None:
-            return None
-        for k in ("min", "max"):
-            if row.get(k) is not None and _int(row.get(k)) is None:
-                return None
-    return v
 
 
 # ---------------------------------------------------------------- bpftrace vfslat.bt
@@ -136,7 +118,7 @@ def parse_vfslat_bpftrace(raw: bytes) -> VfsOutput:
     damaged = 0
     for key, rows in raw_hists.items():
         oc = _op_class(key)
-        buckets = _rows(rows)
+        buckets = hist_rows(rows)
         if oc is None or buckets is None:
             damaged += 1
             continue
@@ -145,7 +127,7 @@ def parse_vfslat_bpftrace(raw: bytes) -> VfsOutput:
         except (TypeError, ValueError, OverflowError):
             damaged += 1
             continue
-        n, s = _int(counts.get(key)), _int(sums.get(key))
+        n, s = json_int(counts.get(key)), json_int(sums.get(key))
         if n is not None and s is not None and n == h.count and s >= 0:
             h.total = s / 1000.0
         elif n is not None and n != h.count:
@@ -154,13 +136,13 @@ def parse_vfslat_bpftrace(raw: bytes) -> VfsOutput:
         hists[oc] = h
     if damaged:
         warnings.append(f"{damaged} histograms had unreadable keys or buckets and were left out")
-    missing = [k for k, n in counts.items() if (_int(n) or 0) > 0 and _op_class(k) not in hists]
+    missing = [k for k, n in counts.items() if (json_int(n) or 0) > 0 and _op_class(k) not in hists]
     if missing and raw_hists:
         warnings.append(f"{len(missing)} counted (operation, file class) histograms are missing from the output")
     nbytes: dict[tuple[str, str], int] = {}
     braw = out.maps.get("@bytes")
     for key, v in (braw.items() if isinstance(braw, dict) else []):
-        oc, n = _op_class(key), _int(v)
+        oc, n = _op_class(key), json_int(v)
         if oc is not None and n is not None:
             nbytes[oc] = n
 
@@ -183,7 +165,7 @@ def parse_vfslat_bpftrace(raw: bytes) -> VfsOutput:
             call.name = names.get((call.tid, call.end_ns)) or None
     if bad_printed:
         warnings.append(f"{bad_printed} printed lines of the script were damaged and skipped")
-    start, end = _int(out.maps.get("@start_ns")), _int(out.maps.get("@end_ns"))
+    start, end = json_int(out.maps.get("@start_ns")), json_int(out.maps.get("@end_ns"))
     window = (start, end) if start is not None and end is not None and 0 < start <= end else None
     return VfsOutput(hists=hists, bytes=nbytes, slow=slow, opens=opens, all_calls=True, warnings=warnings,
                      bad_lines=out.bad_lines + bad_printed, window_ns=window)
@@ -198,7 +180,7 @@ def _printed(line: Any) -> SlowCall | OpenRecord | tuple[int, int, str] | None:
         parts = text.split(" ", 9)
         if len(parts) != 10:
             return None
-        nums = [_int(x) for x in parts[1:9]]
+        nums = [json_int(x) for x in parts[1:9]]
         if any(n is None for n in nums):
             return None
         op, cl, pid, tid, fd, lat, ret, end = nums  # type: ignore[misc]
@@ -211,7 +193,7 @@ def _printed(line: Any) -> SlowCall | OpenRecord | tuple[int, int, str] | None:
         parts = text.split(" ", 4)
         if len(parts) != 5:
             return None
-        pid, fd, end = _int(parts[1]), _int(parts[2]), _int(parts[3])
+        pid, fd, end = json_int(parts[1]), json_int(parts[2]), json_int(parts[3])
         if pid is None or fd is None or end is None or fd < 0:
             return None
         return OpenRecord(pid=pid, fd=fd, end_ns=end, path=parts[4])
@@ -219,7 +201,7 @@ def _printed(line: Any) -> SlowCall | OpenRecord | tuple[int, int, str] | None:
         parts = text.split(" ", 3)
         if len(parts) != 4:
             return None
-        tid, end = _int(parts[1]), _int(parts[2])
+        tid, end = json_int(parts[1]), json_int(parts[2])
         if tid is None or end is None:
             return None
         return tid, end, parts[3]
