@@ -136,3 +136,27 @@ async def test_climb_without_a_broker_says_so(tmp_path: Path) -> None:
     result = await climb(ctx, [LIBBPF, local], {}, procfs)
     assert result.value == "from procfs" and result.backend == "procfs"
     assert result.skipped[0].reason.startswith("no perf-mcp broker is listening")
+
+
+@pytest.mark.root
+async def test_a_procfs_rung_still_serves_a_user_the_broker_refuses(module_broker_factory, system_bus) -> None:
+    broker = module_broker_factory()
+    ladder.forget_hello()
+    ctx = context(broker.socket_path)
+    tried: list[str] = []
+
+    async def attempt(rung: Rung) -> tuple[str, None]:
+        tried.append(rung.method)
+        if rung.backend is not None:
+            raise ToolError(ErrorCode.PERMISSION_DENIED, "not authorized by polkit")
+        return "procfs answer", None
+
+    local = Rung(None, "procfs")
+    result = await climb(ctx, [BPFTRACE, Rung(Backend.LIBBPF, "another broker rung", programs=("runqlat",)), local],
+                         {}, attempt)
+    assert result.value == "procfs answer" and tried == [BPFTRACE.method, local.method]
+    assert [s.reason for s in result.skipped][0] == "PERMISSION_DENIED: not authorized by polkit"
+    assert result.skipped[1].method == "another broker rung"  # not tried once the broker said no
+    with pytest.raises(ToolError) as exc:  # without a procfs rung the refusal is the answer
+        await climb(ctx, [BPFTRACE], {}, attempt)
+    assert exc.value.code is ErrorCode.PERMISSION_DENIED

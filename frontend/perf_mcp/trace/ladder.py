@@ -211,6 +211,8 @@ async def run_job(ctx: ToolContext, request: Request, *, expected_s: float, labe
 
 
 _NEXT_RUNG_CODES = frozenset({ErrorCode.CAPABILITY_MISSING})
+# Broker answers that end every broker rung, but not a procfs rung below them.
+_LOCAL_RUNG_CODES = frozenset({ErrorCode.PERMISSION_DENIED, ErrorCode.BROKER_UNAVAILABLE})
 
 
 async def climb(
@@ -249,10 +251,17 @@ async def climb(
             skipped.append(Skipped(method=rung.method, backend=_b(rung), reason=exc.reason))
             continue
         except ToolError as exc:
-            if exc.code not in _NEXT_RUNG_CODES:
-                raise
-            skipped.append(Skipped(method=rung.method, backend=_b(rung), reason=exc.message))
-            continue
+            local_left = any(r.backend is None for r in rungs[rungs.index(rung) + 1:])
+            if exc.code in _NEXT_RUNG_CODES or (exc.code in _LOCAL_RUNG_CODES and local_left):
+                # a rung answered without the broker (procfs) still serves a user the
+                # broker refuses or cannot reach; the skip says why
+                skipped.append(Skipped(method=rung.method, backend=_b(rung),
+                                       reason=f"{exc.code.value}: {exc.message}"))
+                if exc.code in _LOCAL_RUNG_CODES:
+                    hello = None
+                    hello_error = exc
+                continue
+            raise
         return LadderResult(value=value, rung=rung, skipped=skipped, job=job)
     if hello_error is not None and all(r.backend is not None for r in rungs):
         raise hello_error
