@@ -118,6 +118,23 @@ def fixed_cases() -> list[Case]:
     for field, values in HOSTILE.items():
         for value in values:
             cases.append(Case(f"cpu_profile {field}={value!r}", (HELLO, msgpack_frame({**GOOD_PROFILE, field: value}))))
+    # FdTable: the pid is its only field, and nothing else may ride along.
+    for value in HOSTILE["pid"] + [None]:
+        cases.append(Case(f"fd_table pid={value!r}", (HELLO, msgpack_frame({"type": "fd_table", "pid": value}))))
+    cases += [
+        Case("fd_table without pid", (HELLO, msgpack_frame({"type": "fd_table"}))),
+        Case("fd_table with a path", (HELLO, msgpack_frame({"type": "fd_table", "pid": 1, "path": "/proc/1/fd"}))),
+        Case("fd_table with a uid", (HELLO, msgpack_frame({"type": "fd_table", "pid": 1, "uid": 0}))),
+        Case("fd_table with an fd", (HELLO, msgpack_frame({"type": "fd_table", "pid": 1, "fd": 3}))),
+        Case("fd_table before hello", (msgpack_frame({"type": "fd_table", "pid": 1}),)),
+        Case("fd_table tag in capitals", (HELLO, msgpack_frame({"type": "FD_TABLE", "pid": 1}))),
+        Case(
+            "fd_table of a pid in range that does not exist",
+            (HELLO, msgpack_frame({"type": "fd_table", "pid": limits.PID_MAX})),
+            "error:PID_NOT_FOUND",
+            protocol_error=False,
+        ),
+    ]
     return cases
 
 
