@@ -66,6 +66,8 @@ def decode_client_message(body: bytes) -> Any:
         return _client_decoder.decode(body)
     except msgspec.DecodeError as exc:  # ValidationError is a DecodeError
         raise ProtocolError(f"bad request: {exc}") from None
+    except UnicodeDecodeError:  # a msgpack str that is not UTF-8 (msgspec raises it as is)
+        raise ProtocolError("bad request: a string is not UTF-8") from None
     except RecursionError:  # msgspec skipping a deeply nested unknown value
         raise ProtocolError("bad request: nested too deep") from None
 
@@ -75,6 +77,8 @@ def decode_broker_message(body: bytes) -> Any:
         return _broker_decoder.decode(body)
     except msgspec.DecodeError as exc:
         raise ProtocolError(f"bad reply: {exc}") from None
+    except UnicodeDecodeError:
+        raise ProtocolError("bad reply: a string is not UTF-8") from None
     except RecursionError:
         raise ProtocolError("bad reply: nested too deep") from None
 

@@ -356,3 +356,19 @@ def test_frame_at_the_limit_is_read() -> None:
 def test_short_header_is_a_protocol_error(header: bytes) -> None:
     with pytest.raises(ProtocolError):
         frame_length(header, limits.MAX_REQUEST_FRAME)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x82\xa4type\xa5hell\xff\xb0protocol_version\x02",  # the tag
+        b"\x82\xa4type\xa5hello\xa4\xff\xfe\xfd\xfc\x01",  # a key
+        b"\x82\xa4type\xa8fd_table\xa3pid\xa2\xc3\x28",  # a value of the wrong type, not UTF-8 either
+    ],
+)
+def test_strings_that_are_not_utf8_are_protocol_errors(body: bytes) -> None:
+    """msgspec raises UnicodeDecodeError (not DecodeError) for them: the broker answered INTERNAL."""
+    with pytest.raises(ProtocolError):
+        decode_client_message(body)
+    with pytest.raises(ProtocolError):
+        decode_broker_message(body)
