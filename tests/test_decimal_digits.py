@@ -44,8 +44,8 @@ def test_cpuinfo_optional_integer() -> None:
     "line",
     [
         f"busy 42/42 {SUP2}",  # period
-        f"busy {SUP2}/42 10",  # pid
         f"busy 42/{SUP2} 10",  # tid
+        f"busy {SUP2}",  # pid of the 'comm pid' header (-F comm,pid)
     ],
 )
 def test_perf_script_header_rejects_non_decimal_fields(line: str) -> None:

@@ -82,4 +82,5 @@ def test_call_profile_through_the_broker(broker: helpers.RunningBroker, test_use
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"CPU profile of pid {busy.pid} ({busy.comm})")
     assert busy.leaf_symbol in out.stdout and "flamegraph.svg" in out.stdout
-    assert "recording" in out.stderr  # progress lines
+    progress = [ln for ln in out.stderr.splitlines() if ln.lstrip().startswith("...")]
+    assert len(progress) >= 2 and progress[-1].rstrip().endswith("done"), out.stderr  # progress lines
