@@ -144,8 +144,14 @@ async def test_fsyncs_on_a_loop_device_match_the_workloads_own_timing(module_bro
         assert abs(at - offset - e / 1e9) < 0.003, (c, e)
         own_ms = by_end[e] / 1e6
         matched_own.append(own_ms)
-        assert 0.7 * own_ms - 0.5 <= c["latency_ms"] <= own_ms + 0.05, (c["latency_ms"], own_ms)
+        # per call, loose: the pairing goes by end times in ms-resolution timestamps, and
+        # neighbouring fsyncs of ~1.5 ms can swap on a loaded host
+        assert 0.5 * own_ms - 0.5 <= c["latency_ms"] <= 1.5 * own_ms + 0.3, (c["latency_ms"], own_ms)
     tool_ms = [c["latency_ms"] for c in fsyncs]
+    # over all the calls, tight: the kernel's entry-to-exit time lies inside the workload's own
+    # timing around each call, so the mean can only be a little below it, never above
+    own_mean, tool_mean = statistics.mean(matched_own), statistics.mean(tool_ms)
+    assert 0.7 * own_mean - 0.5 <= tool_mean <= own_mean + 0.05, (tool_mean, own_mean)
     fs_op = next(o for o in data["operations"] if o["op"] == "fsync")
     print(f"\nfsync: {len(fsyncs)} fsyncs listed and matched to the workload's reports ({len(reported)} in all); "
           f"tool mean {statistics.mean(tool_ms):.3f} ms vs the workload's own {statistics.mean(matched_own):.3f} ms for the same calls; "
