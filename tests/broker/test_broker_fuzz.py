@@ -44,9 +44,8 @@ async def test_fuzzed_frames_leave_the_broker_serving(
     report("fuzzed frames", **describe(figs))
     assert figs.broker_alive, broker.log_text()[-3000:]
     assert not figs.crashes, figs.crashes[:10]
-    # INTERNAL answers other than those of the known invalid-UTF-8 decoder bug
-    # (test_broker_gaps.py, xfail strict) fail here; the known ones are printed apart.
     assert figs.internal == 0
+    assert figs.decoder_escapes == 0, "a frame the decoder does not refuse with ProtocolError was answered INTERNAL"
     assert figs.hung == 0, [f["examples_hung"] for f in figs.fuzzers.values()]
     assert figs.frames >= N_FRAMES
     assert figs.fds_after <= figs.fds_before, (figs.fds_before, figs.fds_after)
