@@ -447,6 +447,14 @@ def read_tool_features(req: ToolFeatures, cap: int) -> StepResult:
                       timed_out=False, wall_s=0.0)
 
 
+def _reader_refused(name: str, paths: list[str], started: float, exc: OSError) -> StepResult:
+    """A read the kernel refused: exit status 1 and the reason on stderr (a typed answer, not INTERNAL)."""
+    return StepResult(name=name, argv=["read", *paths], exit_status=1, signal=None, stdout=b"",
+                      stderr=f"{exc.strerror or exc}: the kernel refused the read".encode(),
+                      stdout_truncated=False, stderr_truncated=False, timed_out=False,
+                      wall_s=round(time.monotonic() - started, 3))
+
+
 def read_fd_table(req: FdTable, cap: int) -> StepResult:
     """Read (never open) another process's fd links and its limits file.
 
@@ -456,11 +464,15 @@ def read_fd_table(req: FdTable, cap: int) -> StepResult:
     started = time.monotonic()
     base = f"/proc/{int(req.pid)}"
     out = bytearray(b"limits\n")
-    with open(f"{base}/limits", "rb") as f:
-        out += f.read(64 * 1024)
+    try:
+        with open(f"{base}/limits", "rb") as f:
+            out += f.read(64 * 1024)
+        names = os.listdir(f"{base}/fd")
+    except PermissionError as exc:  # the kernel's ptrace access check refused even root
+        return _reader_refused("fd_table", [f"{base}/fd", f"{base}/limits"], started, exc)
     out += b"fds\n"
     truncated = False
-    for name in sorted(os.listdir(f"{base}/fd"), key=lambda n: int(n) if n.isdecimal() else -1):
+    for name in sorted(names, key=lambda n: int(n) if n.isdecimal() else -1):
         try:
             target = os.readlink(f"{base}/fd/{name}")
         except FileNotFoundError:

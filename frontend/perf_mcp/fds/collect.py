@@ -90,6 +90,13 @@ async def read_via_broker(broker: BrokerClient, pid: int) -> tuple[FdTable, int,
     step = next((s for s in result.steps if s.name == "fd_table"), None)
     if step is None:
         raise ToolError(ErrorCode.EXECUTION_FAILED, "the broker's reply has no fd_table step")
+    if step.exit_status != 0:
+        raise ToolError(ErrorCode.EXECUTION_FAILED,
+                        f"the broker could not read process {pid}'s fd table: "
+                        f"{step.stderr.decode('utf-8', 'replace').strip()}",
+                        suggestion="The kernel refuses access to this process even to root (a security module, "
+                        "or the init of this VM or container); perf_fd_trace cannot watch it.",
+                        recoverable=False)
     try:
         table = parse_fd_table(step.stdout)
     except ParseError as exc:
