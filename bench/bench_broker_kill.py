@@ -56,6 +56,10 @@ def main() -> int:
             print(f"{'PASS' if ok else 'FAIL'} {name}")
         for line in figs.not_gone[:10]:
             print("not gone:", line)
+        if figs.not_gone:  # keep the broker's log for a look
+            kept = Path("/tmp") / f"bench_broker_kill-{os.getpid()}.log"
+            kept.write_text(broker.log_text())
+            print(f"broker log kept in {kept}")
         return 0 if all(goals.values()) else 1
     finally:
         helpers.stop_broker(broker)

@@ -146,7 +146,10 @@ async def _stream(user: str, broker: helpers.RunningBroker, tag: int, n: int, rn
                 while not [r for r in audit_records(broker.log_text()) if r["pid"] == client.proc.pid]:
                     await trio.sleep(0.02)
         if not done():
-            figs.not_gone.append(f"{user}: {spec['type']} procs {procs} -> {_job_procs(broker.pid, tag, dirs)}")
+            left_dirs = [d for d in dirs if os.path.exists(d)]
+            audit = [r for r in audit_records(broker.log_text()) if r["pid"] == client.proc.pid]
+            figs.not_gone.append(f"{user}: {spec['type']} client {client.proc.pid} accepted={accepted} procs {procs} -> "
+                                 f"{_job_procs(broker.pid, tag, dirs)}, dirs left {left_dirs}, audit {audit}")
             continue
         mine = [r for r in audit_records(broker.log_text()) if r["pid"] == client.proc.pid]
         for r in mine:
