@@ -26,8 +26,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bpftrace import hist_rows, json_int, parse_json_lines
-from .histogram import Hist, from_bpftrace, parse_libbpf_text
+from .bpftrace import json_int, parse_json_lines, read_hist
+from .histogram import Hist, parse_libbpf_text
 
 LIBBPF_BANNER = "Tracing block device I/O"
 _DISK_LABEL = re.compile(r"^disk\s*=\s*(\S*)\s*$")
@@ -131,10 +131,6 @@ def _label(lines: list[str]) -> str | None:
 # ---------------------------------------------------------------- bpftrace biolatency.bt
 
 
-
-
-
-
 def _keyed(v: Any) -> dict[int, Any]:
     if not isinstance(v, dict):
         return {}
@@ -159,28 +155,13 @@ def _linear(h: Hist, width: int, n: int) -> Hist:
 
 def _hist(rows: Any, sum_ns: Any, count: Any, unit: str, kind: str, what: str, warnings: list[str],
           linear: tuple[int, int] | None = None) -> Hist | None:
-    """One histogram with its exact sum when the script's count agrees with the buckets."""
-    buckets = hist_rows(rows)
-    if buckets is None:
-        if rows is not None:
-            warnings.append(f"{what}: the histogram is not a bucket list and was left out")
+    """read_hist, and a linear histogram of bucket indexes turned into values."""
+    if kind == "linear" and linear is None:
+        warnings.append(f"{what}: the linear bucket width is missing from the output; the histogram was left out")
         return None
-    try:
-        h = from_bpftrace(buckets, unit, kind)
-    except (TypeError, ValueError, OverflowError):
-        warnings.append(f"{what}: the histogram has unreadable bucket bounds and was left out")
-        return None
-    if kind == "linear":
-        if linear is None:
-            warnings.append(f"{what}: the linear bucket width is missing from the output; the histogram was left out")
-            return None
+    h = read_hist(rows, sum_ns, count, unit=unit, kind=kind, what=what, noun="requests", warnings=warnings)
+    if h is not None and linear is not None and kind == "linear":
         h = _linear(h, *linear)
-    n, s = json_int(count), json_int(sum_ns)
-    if n is not None and s is not None and n == h.count and s >= 0:
-        h.total = s / (1000.0 if unit == "us" else 1_000_000.0)
-    elif n is not None and n != h.count:
-        warnings.append(f"{what}: the histogram holds {h.count} requests but the script counted {n}; "
-                        "its mean is estimated from the buckets")
     return h
 
 

@@ -11,6 +11,8 @@ from typing import Any
 
 import msgspec
 
+from .histogram import UNIT_SCALE, Hist, from_bpftrace
+
 _decoder = msgspec.json.Decoder()
 
 
@@ -90,3 +92,26 @@ def hist_rows(v: Any) -> list[dict[str, Any]] | None:
         if (lo is not None and json_int(lo) is None) or (hi is not None and json_int(hi) is None):
             return None
     return v
+
+
+def read_hist(rows: Any, sum_ns: Any, count: Any, *, unit: str, kind: str, what: str, noun: str,
+              warnings: list[str]) -> Hist | None:
+    """One bpftrace histogram (None, with a warning, when it is unreadable), with its exact
+    total from the script's sum in ns when the script's count agrees with the buckets."""
+    buckets = hist_rows(rows)
+    if buckets is None:
+        if rows is not None:
+            warnings.append(f"{what}: the histogram is not a bucket list and was left out")
+        return None
+    try:
+        h = from_bpftrace(buckets, unit, kind)
+    except (TypeError, ValueError, OverflowError):
+        warnings.append(f"{what}: the histogram has unreadable bucket bounds and was left out")
+        return None
+    n, s = json_int(count), json_int(sum_ns)
+    if n is not None and s is not None and n == h.count and s >= 0:
+        h.total = s / round(UNIT_SCALE[unit] * 1e9)  # ns per unit, exact
+    elif n is not None and n != h.count:
+        warnings.append(f"{what}: the histogram holds {h.count} {noun} but the script counted {n}; "
+                        "its mean is estimated from the buckets")
+    return h

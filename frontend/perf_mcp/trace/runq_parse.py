@@ -25,8 +25,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from .bpftrace import hist_rows, json_int, parse_json_lines
-from .histogram import Hist, from_bpftrace, parse_libbpf_text
+from .bpftrace import json_int, parse_json_lines, read_hist
+from .histogram import Hist, parse_libbpf_text
 
 LIBBPF_BANNER = "Tracing run queue latency"
 _PID_LABEL = re.compile(r"^pid\s*=\s*(\d+)\s*(.*)$")
@@ -119,10 +119,6 @@ def _label(lines: list[str]) -> tuple[int, str] | None:
 # ---------------------------------------------------------------- bpftrace runqlat.bt
 
 
-
-
-
-
 def _keyed(v: Any) -> dict[int, Any]:
     """{"3": x, ...} -> {3: x}; keys that are not integers are dropped."""
     if not isinstance(v, dict):
@@ -136,24 +132,7 @@ def _keyed(v: Any) -> dict[int, Any]:
 
 
 def _hist(rows: Any, sum_ns: Any, count: Any, what: str, warnings: list[str]) -> Hist | None:
-    """One histogram with its exact sum when the script's count agrees with the buckets."""
-    buckets = hist_rows(rows)
-    if buckets is None:
-        if rows is not None:
-            warnings.append(f"{what}: the histogram is not a bucket list and was left out")
-        return None
-    try:
-        h = from_bpftrace(buckets, "us", "log2")
-    except (TypeError, ValueError, OverflowError):
-        warnings.append(f"{what}: the histogram has unreadable bucket bounds and was left out")
-        return None
-    n, s = json_int(count), json_int(sum_ns)
-    if n is not None and s is not None and n == h.count and s >= 0:
-        h.total = s / 1000.0
-    elif n is not None and n != h.count:
-        warnings.append(f"{what}: the histogram holds {h.count} waits but the script counted {n}; "
-                        "its mean is estimated from the buckets")
-    return h
+    return read_hist(rows, sum_ns, count, unit="us", kind="log2", what=what, noun="waits", warnings=warnings)
 
 
 def parse_runqlat_bpftrace(raw: bytes) -> RunqOutput:
