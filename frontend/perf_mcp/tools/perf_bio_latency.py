@@ -44,8 +44,9 @@ from ..contract import Evidence, Finding, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import histogram as H
-from ..trace.bio_parse import BioOutput, BioParseError, DeviceHist, parse_biolatency_bpftrace, parse_biolatency_text
-from ..trace.ladder import LadderResult, Rung, RungFailed, Skipped, climb, find_step, run_job, step_failure
+from ..trace.bio_parse import BioOutput, BioParseError, parse_biolatency_bpftrace, parse_biolatency_text
+from ..trace.ladder import (LadderResult, Rung, RungFailed, Skipped, climb, cut_warning, find_step, parse_output,
+                            run_job, step_failure)
 from .perf_io_latency import DEVICE_PATTERN, known_devices, resolve_device
 
 NAME = "perf_bio_latency"
@@ -196,22 +197,17 @@ def parse_step(rung: Rung[Any], job: JobResult, spec: TraceSpec) -> BioOutput:
         raise RungFailed(reason)
     assert step is not None
     unit = "ms" if spec.milliseconds else "us"
-    try:
-        if rung.backend is Backend.LIBBPF:
-            out = parse_biolatency_text(step.stdout, unit=unit, per_device=spec.per_device)
-        else:
-            out = parse_biolatency_bpftrace(step.stdout, unit=unit)
-    except BioParseError as exc:
-        if step.stdout_truncated:
-            raise ToolError(ErrorCode.OUTPUT_TRUNCATED, f"the broker's output cap cut {rung.method} before "
-                            f"any histogram ({exc})") from None
-        raise ToolError(ErrorCode.PARSE_ERROR, f"{rung.method}: {exc}") from None
+    if rung.backend is Backend.LIBBPF:
+        out = parse_output(step, rung.method,
+                           lambda raw: parse_biolatency_text(raw, unit=unit, per_device=spec.per_device), BioParseError)
+    else:
+        out = parse_output(step, rung.method, lambda raw: parse_biolatency_bpftrace(raw, unit=unit), BioParseError)
     if out.counted and out.total.count == 0:
         raise ToolError(ErrorCode.OUTPUT_TRUNCATED if step.stdout_truncated else ErrorCode.PARSE_ERROR,
                         f"{rung.method} counted {out.counted} requests but printed no readable histogram")
-    if step.stdout_truncated:
-        out.warnings.append(f"the broker's output cap cut {rung.method}'s output at {len(step.stdout)} bytes: "
-                            "the histograms cover what came before the cut")
+    cut = cut_warning(step, rung.method)
+    if cut:
+        out.warnings.append(cut)
     return out
 
 

@@ -38,7 +38,8 @@ from ..procfs.process import parse_pid_io
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace.iolayers_parse import (FILE_CLASS, OTHER_CLASS, READ, WRITE, IoLayersOutput, IoLayersParseError,
                                     parse_iolayers_bpftrace, parse_vfsstat_text)
-from ..trace.ladder import Rung, RungFailed, Skipped, climb, find_step, run_job, step_failure
+from ..trace.ladder import (Rung, RungFailed, Skipped, climb, find_step, parse_output, run_job,
+                            step_failure)
 from .perf_runq_latency import wall_iso
 
 NAME = "perf_io_layers"
@@ -399,11 +400,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         if reason is not None:
             raise RungFailed(reason)
         assert step is not None
-        try:
-            out = parse_iolayers_bpftrace(step.stdout)
-        except IoLayersParseError as exc:
-            code = ErrorCode.OUTPUT_TRUNCATED if step.stdout_truncated else ErrorCode.PARSE_ERROR
-            raise ToolError(code, f"{rung.method}: {exc}") from None
+        out = parse_output(step, rung.method, parse_iolayers_bpftrace, IoLayersParseError)
         return from_bpftrace(out), job
 
     result = await climb(ctx, RUNGS, p, attempt)

@@ -33,7 +33,8 @@ from ..contract import Evidence, Finding, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import histogram as H
-from ..trace.ladder import Rung, RungFailed, Skipped, climb, find_step, run_job, step_failure
+from ..trace.ladder import (Rung, RungFailed, Skipped, climb, cut_warning, find_step, parse_output, run_job,
+                            step_failure)
 from ..trace.runq_parse import RunqOutput, RunqParseError, parse_runqlat_bpftrace, parse_runqlat_text
 
 NAME = "perf_runq_latency"
@@ -150,22 +151,14 @@ def parse_step(rung: Rung[Params], job: JobResult, p: Params) -> RunqOutput:
     if reason is not None:
         raise RungFailed(reason)
     assert step is not None
-    try:
-        if rung.backend is Backend.LIBBPF:
-            out = parse_runqlat_text(step.stdout, per_pid=p.per_pid)
-        else:
-            out = parse_runqlat_bpftrace(step.stdout)
-    except RunqParseError as exc:
-        if step.stdout_truncated:
-            raise ToolError(ErrorCode.OUTPUT_TRUNCATED, f"the broker's output cap cut {rung.method} before "
-                            f"any histogram ({exc})") from None
-        raise ToolError(ErrorCode.PARSE_ERROR, f"{rung.method}: {exc}") from None
+    out = parse_output(step, rung.method, (lambda raw: parse_runqlat_text(raw, per_pid=p.per_pid))
+                     if rung.backend is Backend.LIBBPF else parse_runqlat_bpftrace, RunqParseError)
     if out.counted and out.total.count == 0:
         raise ToolError(ErrorCode.OUTPUT_TRUNCATED if step.stdout_truncated else ErrorCode.PARSE_ERROR,
                         f"{rung.method} counted {out.counted} waits but printed no readable histogram")
-    if step.stdout_truncated:
-        out.warnings.append(f"the broker's output cap cut {rung.method}'s output at {len(step.stdout)} bytes: "
-                            "the histograms cover what came before the cut")
+    cut = cut_warning(step, rung.method)
+    if cut:
+        out.warnings.append(cut)
     return out
 
 

@@ -42,7 +42,8 @@ from ..contract import Evidence, Finding, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import histogram as H
-from ..trace.ladder import Rung, RungFailed, Skipped, climb, find_step, run_job, step_failure
+from ..trace.ladder import (Rung, RungFailed, Skipped, climb, cut_warning, find_step, parse_output, run_job,
+                            step_failure)
 from ..trace.vfs_parse import (OPS, PATH_CLASSES, SlowCall, VfsOutput, VfsParseError, parse_fsslower_csv,
                                parse_vfslat_bpftrace)
 from .perf_runq_latency import process_name, wall_iso
@@ -146,14 +147,11 @@ def parse_step(rung: Rung[Params], job: JobResult) -> VfsOutput:
     if reason is not None:
         raise RungFailed(reason)
     assert step is not None
-    try:
-        out = parse_fsslower_csv(step.stdout) if rung.backend is Backend.LIBBPF else parse_vfslat_bpftrace(step.stdout)
-    except VfsParseError as exc:
-        code = ErrorCode.OUTPUT_TRUNCATED if step.stdout_truncated else ErrorCode.PARSE_ERROR
-        raise ToolError(code, f"{rung.method}: {exc}") from None
-    if step.stdout_truncated:
-        out.warnings.append(f"the broker's output cap cut {rung.method}'s output at {len(step.stdout)} bytes: "
-                            "the answer covers what came before the cut")
+    out = parse_output(step, rung.method,
+                     parse_fsslower_csv if rung.backend is Backend.LIBBPF else parse_vfslat_bpftrace, VfsParseError)
+    cut = cut_warning(step, rung.method)
+    if cut:
+        out.warnings.append(cut)
     return out
 
 

@@ -166,6 +166,27 @@ def step_failure(step: StepResult | None, *, stopped_by_us: bool = False) -> str
     return f"{step.name} failed ({how}): {tail or 'no message'}"
 
 
+def parse_output(step: StepResult, method: str, parse: Callable[[bytes], T],
+               errors: type[Exception] | tuple[type[Exception], ...]) -> T:
+    """parse(step.stdout). A parse error is OUTPUT_TRUNCATED when the broker's output cap cut
+    the output (the cut lost what the parser needed), PARSE_ERROR otherwise."""
+    try:
+        return parse(step.stdout)
+    except errors as exc:
+        if step.stdout_truncated:
+            raise ToolError(ErrorCode.OUTPUT_TRUNCATED, f"the broker's output cap cut {method} at "
+                            f"{len(step.stdout)} bytes, before anything usable ({exc})") from None
+        raise ToolError(ErrorCode.PARSE_ERROR, f"{method}: {exc}") from None
+
+
+def cut_warning(step: StepResult, method: str) -> str | None:
+    """The warning for an output the broker's cap cut (the answer covers what came before)."""
+    if not step.stdout_truncated:
+        return None
+    return (f"the broker's output cap cut {method}'s output at {len(step.stdout)} bytes: "
+            "the answer covers what came before the cut")
+
+
 def find_step(job: JobResult, name: str) -> StepResult | None:
     return next((s for s in job.steps if s.name == name), None)
 
