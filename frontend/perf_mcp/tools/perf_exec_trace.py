@@ -366,8 +366,8 @@ def _storm_finding(d: ExecTraceData, top: ParentCount | None, example: str | Non
         return None
     severity = "critical" if rate > STORM_CRITICAL_PER_S else "warning"
     who, lead = "", None
-    suggestion = (f'Run perf_cpu_profile with {{"duration_s": 10, "include_kernel": true}} to see what the churn '
-                  f"costs (fork, exec, page faults, exit in the kernel).")
+    suggestion = ('Run perf_cpu_profile with {"duration_s": 10, "include_kernel": true} to see what the churn '
+                  "costs (fork, exec, page faults, exit in the kernel).")
     if top is not None:
         share = top.short_lived / d.short_lived if d.short_lived else 0.0
         name = f"pid {top.ppid}" + (f" ({top.comm})" if top.comm else "")

@@ -25,7 +25,6 @@ Cancellation: the broker job is stopped with the call (run_job closes the socket
 from __future__ import annotations
 
 import os
-import statistics
 from collections import defaultdict
 from typing import Annotated, Literal
 
