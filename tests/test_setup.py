@@ -196,8 +196,9 @@ def test_busy_process_burns_cpu_as_the_user(
 ) -> None:
     busy = busy_process_factory(test_users.granted)
     assert helpers.proc_uid(busy.pid) == test_users.granted.uid
-    st = helpers.read_proc_stat(busy.pid)
-    assert st is not None and st.comm == helpers.BUSY_COMM
+    # setpriv changes the uid before it execs the program: wait for the exec (liveness guard)
+    assert helpers.wait_until(lambda: (st := helpers.read_proc_stat(busy.pid)) is not None
+                              and st.comm == helpers.BUSY_COMM, 30.0), helpers.read_proc_stat(busy.pid)
     ticks = os.sysconf("SC_CLK_TCK")
 
     def cpu_ticks() -> int:
