@@ -36,8 +36,24 @@ class Evidence(msgspec.Struct, kw_only=True, omit_defaults=True):
     sample: str | None = None
 
 
+class NextCall(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The next tool call a finding points to: a served tool and concrete arguments
+    (for example perf_io_latency with device=vda). Built with next_call(); the
+    server drops a next call whose tool is not served, and a test checks every
+    next call any tool emits against the registry's input schemas."""
+
+    tool: str
+    arguments: dict[str, Any] = {}
+
+
+def next_call(tool: str, **arguments: Any) -> NextCall:
+    """NextCall(tool, arguments), leaving out arguments that are None."""
+    return NextCall(tool=tool, arguments={k: v for k, v in arguments.items() if v is not None})
+
+
 class Finding(msgspec.Struct, kw_only=True):
-    """One conclusion, the same shape in every tool."""
+    """One conclusion, the same shape in every tool. `suggestion` says what to do in
+    words; `next` is the tool call to make next, when one fits."""
 
     id: str
     severity: Severity
@@ -48,6 +64,7 @@ class Finding(msgspec.Struct, kw_only=True):
     metrics: dict[str, float] = {}
     evidence: list[Evidence] = []
     suggestion: str = ""
+    next: NextCall | None = None
 
 
 def sort_findings(findings: list[Finding]) -> list[Finding]:
