@@ -28,6 +28,7 @@ from perf_mcp_protocol import (
     ExecTrace,
     FdTable,
     OffcpuProfile,
+    ProcessIo,
     RunqLatency,
     StepResult,
     SyscallCount,
@@ -496,8 +497,42 @@ def read_fd_table(req: FdTable, cap: int) -> StepResult:
     )
 
 
+def read_process_io(req: ProcessIo, cap: int) -> StepResult:
+    """Every process's /proc/N/io and its number of fd entries (listdir, no fd opened).
+
+    Per process: "pid N fds M" (M is "-" when the kernel refuses the fd list),
+    then the io file verbatim (nothing when refused). A process that exits
+    while being read is left out. Nothing comes from the client.
+    """
+    started = time.monotonic()
+    out = bytearray()
+    truncated = False
+    for name in sorted((n for n in os.listdir("/proc") if n.isdecimal()), key=int):
+        try:
+            try:
+                fds = str(len(os.listdir(f"/proc/{name}/fd")))
+            except PermissionError:
+                fds = "-"
+            try:
+                with open(f"/proc/{name}/io", "rb") as f:
+                    io = f.read(4096)
+            except PermissionError:
+                io = b""
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+        block = f"pid {name} fds {fds}\n".encode() + io
+        if len(out) + len(block) > cap:
+            truncated = True
+            break
+        out += block
+    return StepResult(name="process_io", argv=["read", "/proc/*/io", "/proc/*/fd"], exit_status=0, signal=None,
+                      stdout=bytes(out), stderr=b"", stdout_truncated=truncated, stderr_truncated=False,
+                      timed_out=False, wall_s=round(time.monotonic() - started, 3))
+
+
 # Jobs the broker answers by reading procfs itself instead of running a program.
 READERS = {
     FdTable: read_fd_table,
+    ProcessIo: read_process_io,
     ToolFeatures: read_tool_features,
 }

@@ -144,6 +144,16 @@ class FdTable(_Message, tag="fd_table"):
     pid: Pid
 
 
+class ProcessIo(_Message, tag="process_io"):
+    """Every process's I/O counters and fd count, for a peer who may not read them.
+
+    The broker reads /proc itself (no program runs) and returns raw text in one
+    step named "process_io": per process a line "pid N fds M" (M: entries of
+    /proc/N/fd, "-" when refused) then /proc/N/io verbatim. Processes that exit
+    during the read are left out; the text stops at the output cap (truncated).
+    """
+
+
 class BioLatency(_Message, tag="bio_latency"):
     """Block I/O latency histograms: biolatency or the broker's block tracepoint script.
     A device filter is applied in the frontend on per-device histograms."""
@@ -221,9 +231,9 @@ TraceRequest = Union[OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, BioLat
                      TcpTrace, DnsLatency]
 TRACE_REQUESTS: tuple[type, ...] = (OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, BioLatency, IoLayers,
                                     FileTrace, VfsLatency, TcpTrace, DnsLatency)
-Request = Union[CpuProfile, TraceRequest, AccessQuery, ToolFeatures, FdTable]
+Request = Union[CpuProfile, TraceRequest, AccessQuery, ToolFeatures, FdTable, ProcessIo]
 ClientMessage = Union[Hello, CpuProfile, OffcpuProfile, RunqLatency, SyscallCount, ExecTrace, BioLatency, IoLayers,
-                      FileTrace, VfsLatency, TcpTrace, DnsLatency, AccessQuery, ToolFeatures, FdTable]
+                      FileTrace, VfsLatency, TcpTrace, DnsLatency, AccessQuery, ToolFeatures, FdTable, ProcessIo]
 
 # Which class of authorisation each request needs; None means any local user.
 REQUEST_CLASS: dict[type, JobClass | None] = {
@@ -241,6 +251,7 @@ REQUEST_CLASS: dict[type, JobClass | None] = {
     AccessQuery: None,
     ToolFeatures: None,
     FdTable: JobClass.INSPECT,
+    ProcessIo: JobClass.INSPECT,
 }
 
 # ---------------------------------------------------------------- broker -> client

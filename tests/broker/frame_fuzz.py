@@ -59,7 +59,7 @@ def valid_request(rng: random.Random, tag: str | None = None) -> dict[str, Any]:
     """A request that decodes, of the given or a random type."""
     tags = ["cpu_profile", "offcpu_profile", "runq_latency", "syscall_count", "exec_trace", "bio_latency",
             "io_layers", "file_trace", "vfs_latency", "tcp_trace", "dns_latency", "access_query",
-            "tool_features", "fd_table"]
+            "tool_features", "fd_table", "process_io"]
     tag = tag or rng.choice(tags)
     b = rng.choice(BACKENDS)
     short = rng.randint(*limits.TRACE_SHORT_DURATION_S)

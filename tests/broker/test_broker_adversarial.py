@@ -128,6 +128,8 @@ def fixed_cases() -> list[Case]:
         Case("fd_table with an fd", (HELLO, msgpack_frame({"type": "fd_table", "pid": 1, "fd": 3}))),
         Case("fd_table before hello", (msgpack_frame({"type": "fd_table", "pid": 1}),)),
         Case("fd_table tag in capitals", (HELLO, msgpack_frame({"type": "FD_TABLE", "pid": 1}))),
+        Case("process_io with a pid", (HELLO, msgpack_frame({"type": "process_io", "pid": 1}))),
+        Case("process_io with a path", (HELLO, msgpack_frame({"type": "process_io", "path": "/proc/1/io"}))),
         Case(
             "fd_table of a pid in range that does not exist",
             (HELLO, msgpack_frame({"type": "fd_table", "pid": limits.PID_MAX})),

@@ -69,5 +69,5 @@ async def test_fuzzed_frames_leave_the_broker_serving(
     from broker_wire import audit_records
 
     heavy = [r for r in audit_records(broker.log_text())
-             if r["argv"] and r["kind"] not in ("fd_table", "tool_features", "access_query")]
+             if r["argv"] and r["kind"] not in ("fd_table", "process_io", "tool_features", "access_query")]
     assert not heavy, heavy[:3]
