@@ -50,6 +50,7 @@ from perf_mcp_protocol import (
     ProtocolError,
     StepResult,
     FdTable,
+    ProcessIo,
     ToolFeatures,
     decode_broker_message,
     decode_client_message,
@@ -102,6 +103,7 @@ tcp_trace = st.builds(TcpTrace, backend=backends, mode=st.sampled_from(list(TcpM
 dns_latency = st.builds(DnsLatency, backend=backends, duration_s=short, pid=opt_pid)
 access_query = st.just(AccessQuery())
 tool_features = st.just(ToolFeatures())
+process_io = st.just(ProcessIo())
 fd_table = st.builds(FdTable, pid=st.integers(limits.PID_MIN, limits.PID_MAX))
 
 kernel = st.builds(
@@ -155,7 +157,7 @@ access_reply = st.builds(
 error_reply = st.builds(ErrorReply, code=st.sampled_from(list(ErrorCode)), message=small_text)
 
 CLIENT_STRATEGIES = {Hello: hello, CpuProfile: cpu_profile, AccessQuery: access_query, ToolFeatures: tool_features,
-                     FdTable: fd_table, OffcpuProfile: offcpu_profile, RunqLatency: runq_latency,
+                     FdTable: fd_table, ProcessIo: process_io, OffcpuProfile: offcpu_profile, RunqLatency: runq_latency,
                      SyscallCount: syscall_count, ExecTrace: exec_trace, BioLatency: bio_latency,
                      IoLayers: io_layers, FileTrace: file_trace, VfsLatency: vfs_latency, TcpTrace: tcp_trace,
                      DnsLatency: dns_latency}
