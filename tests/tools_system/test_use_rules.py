@@ -48,11 +48,17 @@ def test_threshold_boundaries_are_strict(key: str, value: float | None, expected
 
 def test_the_table_has_the_design_rows_and_perf_mcps_own_rows_apart() -> None:
     assert len(THRESHOLDS) == len({t.key for t in THRESHOLDS})
-    design = [t for t in THRESHOLDS if t.source == "DESIGN.md"]
+    design = [t for t in THRESHOLDS if t.source.startswith("DESIGN.md")]
     assert len(design) == 10
-    # Rows DESIGN.md does not give say so, and only cover cgroups and processes.
-    own = [t for t in THRESHOLDS if t.source != "DESIGN.md"]
-    assert own and all(t.source.startswith("perf-mcp") and t.group in {"cgroup", "process"} for t in own)
+    # DESIGN.md's swap-used row is judged as information only (swap in use is not pressure).
+    assert [t.key for t in THRESHOLDS if t.info_only] == ["memory.swap_used_pct"]
+    # Rows DESIGN.md does not give say so.
+    own = [t for t in THRESHOLDS if not t.source.startswith("DESIGN.md")]
+    assert own and all(t.source.startswith("perf-mcp") for t in own)
+    assert {t.key for t in own} >= {
+        "cpu.single_cpu_busy_pct", "cpu.steal_pct", "memory.swap_in_per_s", "memory.swap_out_per_s",
+        "memory.direct_reclaim_scan_per_s", "memory.allocstall_per_s", "memory.major_faults_per_s",
+        "disk.await_ms", "filesystem.space_used_pct", "filesystem.inodes_used_pct"}
 
 
 def test_overrides_nested_quoted_and_rejected() -> None:
@@ -156,7 +162,7 @@ def test_a_busy_saturated_cpu_is_one_critical_finding_with_its_evidence() -> Non
     ev = rules.evaluate(window(a, b), TH, FC)
     cpu = ev.rows[0]
     assert cpu.name == "cpu" and cpu.status == "critical"
-    checks = {c.id: c for c in cpu.utilisation + cpu.saturation}
+    checks = {c.id: c for c in cpu.checks}
     assert checks["cpu.utilisation"].value == 95.0 and checks["cpu.utilisation"].status == "critical"
     assert checks["cpu.run_queue"].value == 3.0  # mean of 1-1 and 7-1
     assert checks["cpu.run_queue"].status == "warning"  # 3 > 2 cores, not > 4
@@ -176,10 +182,20 @@ def test_memory_short_and_swap() -> None:
     b = snap(10.0, meminfo=meminfo(1000, 150, 100, 40))  # 15% available, 60% of swap used
     ev = rules.evaluate(window(a, b), TH, FC)
     mem = ev.rows[1]
-    checks = {c.id: c for c in mem.utilisation + mem.saturation + mem.errors}
-    assert checks["memory.available"].status == "warning" and checks["memory.swap_used"].status == "critical"
+    checks = {c.id: c for c in mem.checks}
+    assert checks["memory.available"].status == "warning"
+    # swap in use is information: over its limits, said (info) but not a warning by itself
+    assert checks["memory.swap_used"].status == "ok" and checks["memory.swap_used"].info
+    assert checks["memory.swap_used"].value == 60.0
     f = next(f for f in ev.findings if f.resource == "memory")
-    assert f.severity == "critical" and f.title == "Memory short"
+    assert f.severity == "warning" and f.title == "Memory short"
+    info = next(f for f in ev.findings if f.id == "use.memory.swap_used")
+    assert info.severity == "info" and "not pressure" in info.detail
+    # swap merely in use, nothing else wrong: an info finding, no warning anywhere
+    roomy = snap(10.0, meminfo=meminfo(1000, 800, 100, 10))
+    ev = rules.evaluate(window(snap(0.0, meminfo=meminfo(1000, 800, 100, 10)), roomy), TH, FC)
+    assert [(f.id, f.severity) for f in ev.findings] == [("use.memory.swap_used", "info")]
+    assert ev.rows[1].status == "unknown"  # no vmstat or PSI in these samples: unknown, never ok
 
 
 def test_psi_memory_with_plenty_of_memory_points_at_cgroups() -> None:
@@ -195,9 +211,9 @@ def test_disks_are_judged_whole_and_partitions_are_not() -> None:
                                        {"sda": 30_000, "sda1": 99_000, "loop3": 0}))
     ev = rules.evaluate(window(a, b, frozenset({"sda", "loop3"})), TH, FC)
     disk = ev.rows[2]
-    targets = {c.target for c in disk.utilisation}
+    targets = {c.target for c in disk.checks if c.kind == "utilisation"}
     assert targets == {"sda"}  # sda1 is a partition, loop3 an idle loop device
-    checks = {c.id: c for c in disk.utilisation + disk.saturation}
+    checks = {c.id: c for c in disk.checks}
     assert checks["disk.sda.utilisation"].value == 85.0 and checks["disk.sda.utilisation"].status == "critical"
     assert checks["disk.sda.saturation"].value == 3.0 and checks["disk.sda.saturation"].status == "warning"
     f = next(f for f in ev.findings if f.resource == "disk")
@@ -209,9 +225,10 @@ def test_network_drops_and_retransmits_need_enough_segments() -> None:
     few = snap(10.0, net_dev=netdev(10), snmp=snmp(1050, 20))  # 1 drop/s; 20 of 50 segments
     ev = rules.evaluate(window(a, few), TH, FC)
     net = ev.rows[3]
-    checks = {c.id: c for c in net.utilisation + net.saturation + net.errors}
+    checks = {c.id: c for c in net.checks}
     assert checks["network.eth0.drops"].status == "warning" and checks["network.lo.drops"].status == "ok"
-    assert checks["network.tcp.retransmits"].value is None and "too few" in checks["network.tcp.retransmits"].detail
+    retrans = checks["network.tcp.retransmits"]
+    assert retrans.value == 40.0 and retrans.status == "ok" and retrans.info and "too few" in retrans.detail
     assert [f.id for f in ev.findings] == ["use.network.eth0"]
     many = snap(10.0, net_dev=netdev(0), snmp=snmp(2000, 30))  # 3% of 1000 segments
     ev = rules.evaluate(window(a, many), TH, FC)
@@ -235,7 +252,7 @@ def test_a_cgroup_near_its_limit() -> None:
     ev = rules.evaluate(window(a, a), TH, FC, cg)
     row = ev.rows[-1]
     assert row.resource == "cgroup" and row.status == "critical"
-    checks = {c.id: c for c in row.utilisation + row.saturation + row.errors}
+    checks = {c.id: c for c in row.checks}
     assert checks["cgroup.memory.available"].value == 5.0 and checks["cgroup.cpu.utilisation"].value == 98.0
     assert checks["cgroup.cpu.throttled"].value == 80.0 and checks["cgroup.memory.failcnt"].value == 7
     f = next(f for f in ev.findings if f.resource == "cgroup")
@@ -278,6 +295,6 @@ async def test_since_when_a_state_began(tmp_path: Path) -> None:
         assert since is not None and not since.at_least
         # busy from the interval ending at sample 21 (t=121); with 5 s steps, from the first all-busy pair
         assert since.start_mono == (120.0 if step == 1 else 124.0), (step, since)
-    # an ok row's condition: still ok now means nothing since the start
-    quiet = rules.row_condition(ev.signals["memory"], "ok")
-    assert quiet is None  # no memory checks without meminfo: no condition to walk
+    # a row that could not be measured (no meminfo in this ring) is unknown, and has no since
+    assert ev.rows[1].status == "unknown"
+    assert rules.row_condition(ev.signals["memory"], "unknown") is None

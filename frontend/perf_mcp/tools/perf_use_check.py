@@ -1,9 +1,13 @@
 """perf_use_check: the USE method (utilisation, saturation, errors) for CPU,
-memory, disks, network and this server's cgroup, over a window of the
-background sampler's ring, with findings and since when each resource has
-been in its state.
+memory, disks, filesystems, network and this server's cgroup, over a window
+of the background sampler's ring, with findings (naming the top processes)
+and since when each resource has been in its state.
 
-Collection here (the ring, /sys/block, the server's cgroup files); the rules
+Says little: a one-line summary first, the checks that are ok counted rather
+than listed (include_ok lists them), the threshold table only when asked.
+
+Collection here (the ring, /sys/block, statvfs of the real filesystems, the
+server's cgroup files, per-process attribution for findings); the rules
 and the threshold table are in perf_mcp.use (pure). The window is the ring's
 sample closest to window_s before the latest one; "since" walks the ring back
 in steps of SINCE_STEP samples (about 5 s), so one quiet second inside a
@@ -12,6 +16,7 @@ saturated minute does not end the state.
 
 from __future__ import annotations
 
+import importlib
 import os
 import time
 from collections.abc import Callable
@@ -22,7 +27,8 @@ import trio
 from msgspec import Meta
 
 from ..contract import Finding
-from ..procfs import Sample, Sampler, SampleView, Since, SnapshotLike
+from ..procfs import ParseError, Sample, Sampler, SampleView, Since, SnapshotLike, parse_cpuinfo
+from ..procfs.capacity import DiskQueue, FsUsage, disk_queues, filesystem_usage
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..use import rules
 from ..use.config import load_thresholds
@@ -32,24 +38,33 @@ from .perf_snapshot import iso, whole_disk_names
 
 NAME = "perf_use_check"
 SINCE_STEP_MAX = 5
+ATTRIBUTION_WINDOW_MAX_S = 10.0  # the top processes over at most the last 10 s of the window
+ATTRIBUTION_SLACK_S = 5.0
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     window_s: Annotated[float, Meta(ge=1, le=600, description=(
         "Judge the last window_s seconds of the background sampler's ring (it holds 10 minutes)."))] = 10.0
+    top_n: Annotated[int, Meta(ge=1, le=20, description=(
+        "Findings about CPU, memory and disks name this many top processes."))] = 3
+    include_ok: Annotated[bool, Meta(description=(
+        "List every check of every row; by default only the checks that are not ok are listed and the "
+        "ok ones are counted."))] = False
+    include_thresholds: Annotated[bool, Meta(description="Include the threshold table in force.")] = False
 
 
-class UseCheckData(msgspec.Struct, kw_only=True):
+class UseCheckData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    summary: str  # one line
+    status: str  # worst row status: ok, warning, critical, or unknown (something could not be measured)
     window_s: float  # actual
     requested_window_s: float
     window_start: str
     window_end: str
     cpus: int
-    status: str  # worst row status
-    table: list[rules.UseRow]
     findings: list[Finding]  # top suspicions, most severe first
-    thresholds: list[Threshold]
+    table: list[rules.UseRow]  # a row per resource; checks that are ok are counted in `ok`
     thresholds_source: str
+    thresholds: list[Threshold] | None = None  # with include_thresholds
 
 
 def since_step(window_s: float, samples: int) -> int:
@@ -127,10 +142,43 @@ def _between(sampler: Sampler) -> Callable[[SnapshotLike, SnapshotLike], list[Sn
     return between
 
 
-def evaluate(sampler: Sampler, p: Params, whole: frozenset[str],
-             ) -> tuple[UseCheckData, list[str]]:
+class Storage(msgspec.Struct, kw_only=True):
+    """What the rules need besides the ring, read in a worker thread."""
+
+    whole: frozenset[str]
+    queues: dict[str, DiskQueue]
+    filesystems: list[FsUsage]
+    vm: bool | None
+    warnings: list[str]
+
+
+_VM: list[bool | None] = []
+
+
+def _in_vm() -> bool | None:
+    """The hypervisor CPU flag (read once)."""
+    if not _VM:
+        try:
+            with open("/proc/cpuinfo", "rb") as f:
+                _VM.append(parse_cpuinfo(f.read()).hypervisor)
+        except (OSError, ParseError):
+            _VM.append(None)
+    return _VM[0]
+
+
+def read_storage() -> Storage:
+    whole = whole_disk_names()
+    filesystems, warnings = filesystem_usage()
+    return Storage(whole=whole, queues=disk_queues(whole), filesystems=filesystems, vm=_in_vm(), warnings=warnings)
+
+
+def evaluate(sampler: Sampler, p: Params, storage: Storage | frozenset[str],
+             ) -> tuple[UseCheckData, list[str], rules.FindingContext]:
     """The USE table over the ring (runs on the trio thread: the ring is not shared with workers)."""
+    if isinstance(storage, frozenset):
+        storage = Storage(whole=storage, queues={}, filesystems=[], vm=None, warnings=[])
     thresholds, warnings = load_thresholds()
+    warnings += storage.warnings
     pair = sampler.window(p.window_s)
     assert pair is not None  # system_sampler waited for two samples
     older_s, newer_s = pair
@@ -141,36 +189,40 @@ def evaluate(sampler: Sampler, p: Params, whole: frozenset[str],
         warnings.append(f"the {p.window_s:g} s window covers only {window_s:.1f} s: the sampler started with the "
                         "server and has no older sample yet")
     cpus = os.cpu_count() or 1
-    w = rules.Window(older=views[0], newer=views[-1], samples=views, cpus=cpus, whole_disks=whole,
-                     between=_between(sampler))
-    fc = rules.FindingContext(window_s=window_s, sample=iso(newer_s.t_wall), cpus=cpus)
+    w = rules.Window(older=views[0], newer=views[-1], samples=views, cpus=cpus, whole_disks=storage.whole,
+                     between=_between(sampler), disk_queues=storage.queues, vm=storage.vm,
+                     filesystems=storage.filesystems)
+    fc = rules.FindingContext(window_s=window_s, sample=iso(newer_s.t_wall), cpus=cpus, server_pid=os.getpid())
     cgroup = _cgroup_state(sampler, older_s, newer_s, window_s)
     ev = rules.evaluate(w, thresholds, fc, cgroup)
     step = since_step(window_s, len(sampler))
     rows = []
     for row in ev.rows:
-        since = _since(sampler, row, ev.signals[row.name], step)
-        rows.append(msgspec.structs.replace(row, since=since) if since else row)
+        since = _since(sampler, row, ev.signals[row.name], step) if row.status != "ok" else None
+        shown = row.checks if p.include_ok else [c for c in row.checks if c.status != "ok" or c.info]
+        rows.append(msgspec.structs.replace(row, since=since, checks=shown, ok=len(row.checks) - len(shown)))
     for warning in views[0].warnings + views[-1].warnings:
         if warning not in warnings:
             warnings.append(warning)
     status = min((r.status for r in rows), key=rules.STATUS_RANK.__getitem__, default="ok")
     data = UseCheckData(
+        summary="", status=status,
         window_s=round(window_s, 3), requested_window_s=p.window_s, window_start=iso(older_s.t_wall),
-        window_end=iso(newer_s.t_wall), cpus=cpus, status=status, table=rows,
-        findings=_with_since(ev.findings, rows), thresholds=thresholds.as_list(),
+        window_end=iso(newer_s.t_wall), cpus=cpus, table=rows,
+        findings=_with_since(ev.findings, rows), thresholds=thresholds.as_list() if p.include_thresholds else None,
         thresholds_source=thresholds.source,
     )
-    return data, warnings
+    return data, warnings, fc
 
 
 def _with_since(findings: list[Finding], rows: list[rules.UseRow]) -> list[Finding]:
     """Add to each finding's detail since when its resource has been in its state."""
-    by_resource = {r.resource: r for r in rows}
+    by_resource = {r.resource: r for r in rows if r.name in ("cpu", "memory", "disk", "network")}
     out = []
     for f in findings:
         row = by_resource.get(f.resource)
-        if row is not None and row.since is not None and row.status != "ok":
+        if (row is not None and row.since is not None and row.status in ("warning", "critical")
+                and f.severity != "info" and not f.id.startswith("use.fs.")):
             out.append(msgspec.structs.replace(f, detail=f"{f.detail}. {_since_text(row.since)}"))
         else:
             out.append(f)
@@ -183,27 +235,68 @@ def _since_text(s: rules.StateSince) -> str:
     return f"{s.status} for {s.duration_s:.0f} s (since {iso(s.since)[11:19]} UTC)"
 
 
+CULPRIT_RESOURCES = ("cpu", "memory", "disk")
+
+
+async def _attribute(ctx: ToolContext, findings: list[Finding], fc: rules.FindingContext, window_s: float,
+                     top_n: int) -> tuple[list[Finding], list[str]]:
+    """Name the top processes in the CPU, memory and disk findings
+    (procfs.attribution); without it, the findings stay as they are and a
+    warning says why."""
+    if not any(f.resource in CULPRIT_RESOURCES and f.severity != "info" and not f.id.startswith("use.fs.")
+               for f in findings):
+        return findings, []
+    try:
+        attribution = importlib.import_module("perf_mcp.procfs.attribution")
+    except ImportError as exc:
+        return findings, [f"the top processes are not named: per-process attribution is not available ({exc})"]
+    result = None
+    with trio.move_on_after(window_s + ATTRIBUTION_SLACK_S):
+        try:
+            result = await attribution.attribute(ctx, window_s=window_s, top_n=top_n)
+        except Exception as exc:  # noqa: BLE001 - a failure here costs the names only, never the check
+            return findings, [f"the top processes are not named: attribution failed ({type(exc).__name__}: {exc})"]
+    if result is None:
+        return findings, [f"the top processes are not named: attribution took more than "
+                          f"{window_s + ATTRIBUTION_SLACK_S:g} s"]
+    notes = [f"attribution: {n}" for n in getattr(result, "notes", [])]
+    return rules.name_culprits(findings, result, fc, top=top_n), notes
+
+
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     sampler = await svc.system_sampler(ctx)
-    whole = await trio.to_thread.run_sync(whole_disk_names)
+    storage = await trio.to_thread.run_sync(read_storage)
     started = time.perf_counter()
-    data, warnings = evaluate(sampler, p, whole)
+    data, warnings, fc = evaluate(sampler, p, storage)
     elapsed = time.perf_counter() - started
     if elapsed > 0.5:
         warnings.append(f"the USE evaluation took {elapsed:.2f} s")
-    return ToolOutput(data=data, summary=summarise(data), warnings=warnings)
+    findings, notes = await _attribute(ctx, data.findings, fc, min(data.window_s, ATTRIBUTION_WINDOW_MAX_S), p.top_n)
+    warnings += notes
+    data = msgspec.structs.replace(data, findings=findings)
+    text = summarise(data)
+    data = msgspec.structs.replace(data, summary=text.split("\n", 1)[0])
+    return ToolOutput(data=data, summary=text, warnings=warnings)
 
 
 def summarise(d: UseCheckData) -> str:
     bad = [f for f in d.findings if f.severity != "info"]
+    ok_rows = [r.name for r in d.table if r.status == "ok"]
+    unknown = [r.name for r in d.table if r.status == "unknown"]
     if bad:
         head = f"USE check over {d.window_s:g} s: {d.status.upper()}: " + "; ".join(f.title for f in bad[:3])
+        if len(bad) > 3:
+            head += f" (+{len(bad) - 3} more)"
     else:
-        head = f"USE check over {d.window_s:g} s: all resources ok"
+        head = f"USE check over {d.window_s:g} s: no resource over its thresholds"
+    if unknown:
+        head += f"; unknown: {', '.join(unknown)}"
+    if ok_rows:
+        head += f"; ok: {', '.join(ok_rows)}"
     lines = [head]
     for row in d.table:
         since = f" [{_since_text(row.since)}]" if row.since else ""
-        lines.append(f"  {row.name:<8} {row.status:<8} {row.detail}{since}")
+        lines.append(f"  {row.name:<10} {row.status:<8} {row.detail}{since}")
     for f in d.findings:
         lines.append(f"[{f.severity}] {f.title}: {f.detail}")
         if f.suggestion:
@@ -215,12 +308,13 @@ TOOL = ToolSpec(
     name=NAME,
     title="USE check (utilisation, saturation, errors)",
     description=(
-        "Brendan Gregg's USE method over the last window_s seconds of the 1 Hz background sampler: for CPU, "
-        "memory, disks, network and (where it has limits) this server's cgroup, the utilisation, saturation "
-        "and errors with an ok/warning/critical status against the thresholds of the perf-mcp design "
-        "(overridable in ~/.config/perf-mcp/thresholds.toml or $PERF_MCP_THRESHOLDS), since when each "
-        "resource has been in its state, and findings sorted by severity, each with its evidence and the "
-        "perf-mcp tool to run next. Answers at once; no privileges needed."
+        "Brendan Gregg's USE method over the last window_s seconds of the 1 Hz background sampler: for CPU "
+        "(including one hot CPU the mean hides, and steal in a VM), memory (swapping, direct reclaim, major "
+        "faults), disks (await and queue; %util is not saturation on parallel devices), filesystem space and "
+        "inodes, network and (where it has limits) this server's cgroup: a status per resource (ok, warning, "
+        "critical, unknown when it could not be measured) against thresholds overridable in "
+        "~/.config/perf-mcp/thresholds.toml or $PERF_MCP_THRESHOLDS, and findings sorted by severity, each "
+        "naming the top processes, its evidence and the next tool call. Answers at once; no privileges needed."
     ),
     params=Params,
     data=UseCheckData,

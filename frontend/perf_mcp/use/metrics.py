@@ -144,3 +144,74 @@ def retransmit_pct(older: SnapshotLike, newer: SnapshotLike, min_segments: int) 
     if out is None or out < min_segments:
         return None
     return pct
+
+
+def per_cpu_busy(older: SnapshotLike, newer: SnapshotLike) -> dict[int, float] | None:
+    """Each online CPU's utilisation (100 - idle - iowait) over the pair, as
+    mpstat -P ALL; None without /proc/stat in either sample."""
+    if older.stat is None or newer.stat is None:
+        return None
+    out: dict[int, float] = {}
+    for n, times in newer.stat.per_cpu.items():
+        prev = older.stat.per_cpu.get(n)
+        if prev is None:
+            continue
+        split = cpu_split(prev, times, [], f"cpu{n}")
+        if split is not None:
+            out[n] = split.busy
+    return out
+
+
+def hot_cpu(older: SnapshotLike, newer: SnapshotLike) -> tuple[int, float, float] | None:
+    """(busiest CPU, its busy %, the mean busy % of the other CPUs), or None
+    with fewer than two CPUs' figures."""
+    busy = per_cpu_busy(older, newer)
+    if not busy or len(busy) < 2:
+        return None
+    cpu = max(busy, key=lambda n: (busy[n], -n))
+    others = [v for n, v in busy.items() if n != cpu]
+    return cpu, busy[cpu], sum(others) / len(others)
+
+
+def cpu_steal_pct(older: SnapshotLike, newer: SnapshotLike) -> float | None:
+    if older.stat is None or newer.stat is None:
+        return None
+    split = cpu_split(older.stat.cpu, newer.stat.cpu, [])
+    return None if split is None else split.steal
+
+
+VMSTAT_RATES = {
+    "swap_in": "pswpin",
+    "swap_out": "pswpout",
+    "direct_reclaim_scan": "pgscan_direct",
+    "allocstall": "allocstall",
+    "major_faults": "pgmajfault",
+}
+
+
+def vmstat_rate(older: SnapshotLike, newer: SnapshotLike, field: str) -> float | None:
+    """Per-second rate of one /proc/vmstat counter (a typed VmStat field,
+    per-zone variants summed); None when either sample lacks it or it went
+    backwards."""
+    interval = _interval(older, newer)
+    if interval is None or older.vmstat is None or newer.vmstat is None:
+        return None
+    a, b = getattr(older.vmstat, field), getattr(newer.vmstat, field)
+    if a is None or b is None or b < a:
+        return None
+    return (b - a) / interval
+
+
+def disk_await(older: SnapshotLike, newer: SnapshotLike, device: str) -> tuple[float | None, int | None]:
+    """(mean ms per completed read or write, completed reads + writes) over
+    the pair: iostat's classic await, (read_ms + write_ms) / (reads + writes)."""
+    if older.diskstats is None or newer.diskstats is None:
+        return None, None
+    a, b = older.diskstats.devices.get(device), newer.diskstats.devices.get(device)
+    if a is None or b is None:
+        return None, None
+    ios = (b.reads - a.reads) + (b.writes - a.writes)
+    ms = (b.read_ms - a.read_ms) + (b.write_ms - a.write_ms)
+    if ios < 0 or ms < 0:
+        return None, None
+    return (ms / ios if ios else 0.0), ios
