@@ -46,9 +46,25 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(f"perf-mcp:   {count} x {text}")
 
 
+CGROUP_MARKERS = ("cgroup_v1", "cgroup_v2", "cgroup_any")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "cgroup_v1(*controllers): needs these controllers on a cgroup v1 mount")
+    config.addinivalue_line("markers", "cgroup_v2(*controllers): needs a cgroup2 mount offering these controllers "
+                            "(none: the v2 core files only)")
+    config.addinivalue_line("markers", "cgroup_any(*controllers): needs these controllers in v1 or v2 (the test "
+                            "uses the hierarchy the host has)")
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("root") is not None and not helpers.is_root():
         pytest.skip("needs root (the real broker, perf, polkit): run the suite as root")
+    for name in CGROUP_MARKERS:
+        for marker in item.iter_markers(name):
+            reason = helpers.cgroup_skip_reason(name, marker.args)
+            if reason is not None:
+                pytest.skip(reason)
 
 
 @pytest.fixture

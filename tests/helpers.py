@@ -597,3 +597,81 @@ def ok_data(result: Any) -> dict[str, Any]:
     env = envelope(result)
     assert result.is_error is False and env["success"] is True, env.get("error")
     return env["data"]  # type: ignore[no-any-return]
+
+
+# --------------------------------------------------------------------------- cgroup hierarchies of this host
+
+_V1_NON_CONTROLLER = {"rw", "ro", "noprefix", "clone_children", "xattr", "cpuset_v2_mode", "favordynmods",
+                      "nosuid", "nodev", "noexec", "relatime"}
+
+
+@dataclass(frozen=True)
+class CgroupHost:
+    """What this host mounts, read straight from /proc/self/mountinfo and the v2
+    root's cgroup.controllers (independently of perf-mcp's own parser)."""
+
+    v1: dict[str, str]  # controller (or name=X) -> mount point, whole-tree mounts only
+    v2_mount: str | None
+    v2_controllers: frozenset[str]  # offered by the v2 root (not bound to v1)
+
+    @property
+    def version(self) -> str:
+        if self.v1:
+            return "hybrid" if self.v2_mount else "v1"
+        return "v2" if self.v2_mount else "none"
+
+    def hierarchy_of(self, controller: str) -> str | None:
+        """"v1" or "v2": where this controller can be used here (None: nowhere)."""
+        if controller in self.v1:
+            return "v1"
+        return "v2" if controller in self.v2_controllers else None
+
+    def describe(self) -> str:
+        v1 = ", ".join(sorted(c for c in self.v1 if not c.startswith("name="))) or "none"
+        v2 = (f"cgroup2 at {self.v2_mount} offering {', '.join(sorted(self.v2_controllers)) or 'no controllers'}"
+              if self.v2_mount else "no cgroup2 mount")
+        return f"this host ({self.version}): v1 controllers {v1}; {v2}"
+
+
+def cgroup_host(mountinfo: str = "/proc/self/mountinfo") -> CgroupHost:
+    v1: dict[str, str] = {}
+    v2_mount: str | None = None
+    for line in Path(mountinfo).read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fields, tail = left.split(), right.split()
+        if len(fields) < 5 or len(tail) < 3:
+            continue
+        root, point = fields[3], fields[4].replace("\\040", " ")
+        if tail[0] == "cgroup2" and v2_mount is None and root == "/":
+            v2_mount = point
+        elif tail[0] == "cgroup" and root == "/":
+            for option in tail[2].split(","):
+                if option.startswith("name=") or (option and "=" not in option and option not in _V1_NON_CONTROLLER):
+                    v1.setdefault(option, point)
+    offered: frozenset[str] = frozenset()
+    if v2_mount is not None:
+        try:
+            offered = frozenset(Path(v2_mount, "cgroup.controllers").read_text().split())
+        except OSError:
+            pass
+    return CgroupHost(v1=v1, v2_mount=v2_mount, v2_controllers=offered)
+
+
+def cgroup_skip_reason(marker: str, controllers: Sequence[str], host: CgroupHost | None = None) -> str | None:
+    """Why a test marked cgroup_v1 / cgroup_v2 / cgroup_any(controllers...) cannot run here (None: it can)."""
+    host = host or cgroup_host()
+    wanted = ", ".join(controllers)
+    if marker == "cgroup_v1":
+        missing = [c for c in controllers if c not in host.v1]
+        if not host.v1 or missing:
+            return f"needs cgroup v1 ({wanted or 'any controller'} mounted on v1): {host.describe()}"
+    elif marker == "cgroup_v2":
+        missing = [c for c in controllers if c not in host.v2_controllers]
+        if host.v2_mount is None or missing:
+            return f"needs cgroup v2 ({wanted or 'the core files'}{' as v2 controllers' if wanted else ''}): " \
+                   f"{host.describe()}"
+    elif marker == "cgroup_any":
+        missing = [c for c in controllers if host.hierarchy_of(c) is None]
+        if missing:
+            return f"needs the {', '.join(missing)} controller(s) in v1 or v2: {host.describe()}"
+    return None

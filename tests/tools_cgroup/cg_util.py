@@ -1,17 +1,23 @@
-"""cgroup v1 helpers for the perf_cgroup_summary tests (root), and a fake
-cgroup v2 tree.
+"""cgroup helpers for the perf_cgroup_summary tests (root), and a fake cgroup v2
+tree for the v2 controller files this host cannot give.
 
-v1 (real): cgroups named pmcp-test-<pid>-<random> are made at the root of the
-controller hierarchies this machine mounts at /sys/fs/cgroup/<controller>,
-processes are started straight into them (the child joins before it execs),
-and teardown kills the processes it started by PID, then removes the
-directories (rmdir succeeds once no task is left).
+Real cgroups: `cgroup(*controllers)` makes a cgroup named pmcp-test-<pid>-<random>
+at the root of whichever hierarchy holds each controller on this host
+(helpers.cgroup_host(): v1 where the controller is mounted on v1, else the
+cgroup2 mount with the controller enabled in the root's subtree_control), and
+`cgroup(v2=True)` also (or only) makes it in the cgroup2 hierarchy for the
+v2 core files (cgroup.procs, cpu.stat usage, PSI), which every cgroup2 mount
+has. Processes are started straight into every directory of the cgroup (the
+child joins before it execs); teardown kills the processes it started by PID,
+then removes the directories (rmdir succeeds once no task is left).
 
-v2 (FAKE): a cgroup2 hierarchy with controllers cannot exist on this machine
-(its v2 mount has none), so FakeV2 writes a directory tree in the files'
-documented formats (Documentation/admin-guide/cgroup-v2.rst, the procfs
-fixtures' cgv2_* files), plus a mountinfo and a /proc/PID/cgroup pointing at
-it; the collector is pointed at that tree by its test-only arguments.
+v2 controller files (FAKE): on this project's hybrid machines cpu, memory, io
+and pids are bound to v1, so the v2 files of those controllers cannot exist;
+FakeV2 writes a directory tree in the files' documented formats
+(Documentation/admin-guide/cgroup-v2.rst, the procfs fixtures' cgv2_* files),
+plus a mountinfo and a /proc/PID/cgroup pointing at it; the collector is
+pointed at that tree by its test-only arguments. On a v2-only host the same
+tests' real variants run through `cgroup(...)`.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ PROCFS_FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "procfs"
 
 @dataclass
 class V1Cgroup:
+    """A test cgroup: dirs maps each v1 controller it has, and "v2" for its cgroup2 directory."""
+
     name: str  # the path from the hierarchy root, without the leading /
     dirs: dict[str, Path]
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
@@ -74,6 +82,37 @@ class V1Cgroup:
         self.procs.append(proc)
         return proc
 
+    # hierarchy-neutral settings and counters (v1 files where the controller is on v1, else v2)
+
+    def set_cpu_quota(self, quota_us: int, period_us: int = 100000) -> None:
+        if "cpu" in self.dirs:
+            self.write("cpu", "cpu.cfs_period_us", str(period_us))
+            self.write("cpu", "cpu.cfs_quota_us", str(quota_us))
+        else:
+            self.write("v2", "cpu.max", f"{quota_us} {period_us}")
+
+    def set_memory_limit(self, limit_bytes: int) -> None:
+        if "memory" in self.dirs:
+            self.write("memory", "memory.limit_in_bytes", str(limit_bytes))
+        else:
+            self.write("v2", "memory.max", str(limit_bytes))
+
+    def throttling(self) -> tuple[int, float]:
+        """(nr_throttled, seconds throttled) since the cgroup was made."""
+        if "cpu" in self.dirs:
+            stat = self.stat("cpu", "cpu.stat")
+            return stat["nr_throttled"], stat["throttled_time"] / 1e9
+        stat = self.stat("v2", "cpu.stat")
+        return stat["nr_throttled"], stat["throttled_usec"] / 1e6
+
+    def memory_usage(self) -> int:
+        if "memory" in self.dirs:
+            return int(self.read("memory", "memory.usage_in_bytes"))
+        return int(self.read("v2", "memory.current"))
+
+    def hierarchy(self, controller: str) -> str:
+        return "v1" if controller in self.dirs else "v2"
+
     def tasks(self) -> list[int]:
         found: set[int] = set()
         for d in self.dirs.values():
@@ -84,15 +123,48 @@ class V1Cgroup:
         return sorted(found)
 
 
+def _enable_v2(mount: Path, controllers: list[str]) -> None:
+    """Enable these controllers for the v2 root's children (they are offered there)."""
+    enabled = set((mount / "cgroup.subtree_control").read_text().split())
+    for c in controllers:
+        if c not in enabled:
+            (mount / "cgroup.subtree_control").write_text(f"+{c}")
+
+
 @contextmanager
 def v1_cgroup(*controllers: str) -> Iterator[V1Cgroup]:
+    """A cgroup in these v1 controllers' hierarchies (a test marked cgroup_v1(*controllers))."""
+    with cgroup(*controllers, prefer="v1") as cg:
+        yield cg
+
+
+@contextmanager
+def cgroup(*controllers: str, v2: bool = False, prefer: str = "host") -> Iterator[V1Cgroup]:
+    """A cgroup with these controllers, each in the hierarchy this host has it in
+    (v1 cpu brings v1 cpuacct along, for the usage). v2=True: also in the cgroup2
+    hierarchy (its core files) even when every controller is on v1."""
+    host = helpers.cgroup_host()
     name = f"pmcp-test-{os.getpid()}-{secrets.token_hex(3)}"
     cg = V1Cgroup(name=name, dirs={})
+    where = {c: ("v1" if prefer == "v1" else host.hierarchy_of(c)) for c in controllers}
+    missing = [c for c, h in where.items() if h is None]
+    if missing:
+        raise RuntimeError(f"no {', '.join(missing)} controller here: {host.describe()}")
+    v1 = [c for c, h in where.items() if h == "v1"]
+    if "cpu" in v1 and "cpuacct" not in v1 and "cpuacct" in host.v1:
+        v1.append("cpuacct")
+    on_v2 = [c for c, h in where.items() if h == "v2"]
     try:
-        for c in controllers:
-            d = CGROUP_ROOT / c / name
+        for c in v1:
+            d = Path(host.v1[c]) / name
             d.mkdir()
             cg.dirs[c] = d
+        if on_v2 or v2:
+            assert host.v2_mount is not None, host.describe()
+            _enable_v2(Path(host.v2_mount), on_v2)
+            d = Path(host.v2_mount) / name
+            d.mkdir()
+            cg.dirs["v2"] = d
         yield cg
     finally:
         for proc in cg.procs:

@@ -1,6 +1,10 @@
 """perf_cgroup_summary through the real MCP client (frontend as perfmcp-denied,
 no broker): schema, another user's process by pid, the root cgroup by path,
-and typed errors for bad parameters with the server still serving."""
+and typed errors for bad parameters with the server still serving.
+
+Any cgroup layout (v1, hybrid, v2-only): the expected version, hierarchies and
+directories are derived from this host's mounts (helpers.cgroup_host, which
+reads /proc/self/mountinfo itself), never hard-coded."""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ import pytest
 import helpers
 from helpers import envelope  # noqa: F401  (re-exported)
 
-pytestmark = pytest.mark.root
+pytestmark = [pytest.mark.root, pytest.mark.cgroup_any()]
 
 
 
@@ -30,7 +34,7 @@ async def test_schema_by_pid_and_by_path(test_users: helpers.TestUsers, shared_t
     async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
         tool = next(t for t in (await client.list_tools()).tools if t.name == "perf_cgroup_summary")
         props = tool.input_schema["properties"]
-        assert set(props) == {"pid", "cgroup_path"}
+        assert set(props) == {"pid", "cgroup_path", "top_n"}
         assert tool.annotations is not None and tool.annotations.read_only_hint is True
 
         # root's process (this test), read by perfmcp-denied: /proc/PID/cgroup and cgroupfs are world-readable
@@ -38,27 +42,38 @@ async def test_schema_by_pid_and_by_path(test_users: helpers.TestUsers, shared_t
         env = envelope(result)
         assert result.is_error is False, env
         data = env["data"]
-        assert data["pid"] == os.getpid() and data["cgroup_version"] == "hybrid"
-        mine = Path(f"/proc/{os.getpid()}/cgroup").read_text().splitlines()
-        memory_path = next(line.split(":", 2)[2] for line in mine if ":memory:" in line)
-        mem = next(h for h in data["hierarchies"] if h["controllers"] == ["memory"])
-        assert mem["cgroup_path"] == memory_path
-        assert mem["directory"] == "/sys/fs/cgroup/memory" + ("" if memory_path == "/" else memory_path)
-        assert data["cpu"] is not None and data["memory"] is not None and data["psi_cgroup"] == "/"
-        assert result.content[0].text.startswith(f"cgroup summary of pid {os.getpid()}")
+        host = helpers.cgroup_host()
+        assert data["pid"] == os.getpid() and data["cgroup_version"] == host.version, host.describe()
+        mine = {line.split(":", 2)[1]: line.split(":", 2)[2]
+                for line in Path(f"/proc/{os.getpid()}/cgroup").read_text().splitlines()}
+        # memory's hierarchy: its v1 mount, or the v2 cgroup (the "" line) on a v2-only host
+        version, mount, path = (("v1", host.v1["memory"], mine["memory"]) if "memory" in host.v1
+                                else ("v2", host.v2_mount, mine[""]))
+        mem = next(h for h in data["hierarchies"] if h["version"] == version
+                   and (h["controllers"] == ["memory"] if version == "v1" else True))
+        assert mem["cgroup_path"] == path
+        assert mem["directory"] == mount + ("" if path == "/" else path)
+        assert data["cpu"] is not None and data["memory"] is not None
+        if host.v2_mount is not None:  # PSI is read from the v2 cgroup of this process
+            assert data["psi_cgroup"] == mine[""]
+        assert data["summary"] == result.content[0].text.splitlines()[0]
+        assert data["summary"].startswith(f"cgroup summary of pid {os.getpid()}")
         jsonschema.validate(env, tool.output_schema)
 
         root = envelope(await client.call_tool("perf_cgroup_summary", {"cgroup_path": "/"}))["data"]
-        assert root["target"] == "cgroup /" and root["not_found_in"] == []
-        assert {h["version"] for h in root["hierarchies"]} == {"v1", "v2"}
-        assert set(root["psi"]) == {"cpu", "memory", "io"}  # the v2 root has PSI even without controllers
+        assert root["target"] == "cgroup /" and "not_found_in" not in root  # found in every hierarchy
+        expected = ({"v1"} if host.v1 else set()) | ({"v2"} if host.v2_mount else set())
+        assert {h["version"] for h in root["hierarchies"]} == expected
+        if host.v2_mount is not None and Path("/proc/pressure").is_dir():
+            assert set(root["psi"]) == {"cpu", "memory", "io"}  # the v2 root has PSI even without controllers
 
 
 async def test_bad_params_are_typed_errors_and_the_server_keeps_serving(
     test_users: helpers.TestUsers, shared_tmp: Path
 ) -> None:
     hostile: list[tuple[dict[str, Any], str]] = [
-        ({}, "INVALID_PARAMS"),
+        ({"top_n": 0}, "INVALID_PARAMS"),
+        ({"top_n": 51}, "INVALID_PARAMS"),
         ({"pid": 1, "cgroup_path": "/"}, "INVALID_PARAMS"),
         ({"pid": 0}, "INVALID_PARAMS"),
         ({"pid": -1}, "INVALID_PARAMS"),

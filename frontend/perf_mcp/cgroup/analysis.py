@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..contract import Evidence, Finding, Severity, sort_findings
+from ..contract import Evidence, Finding, NextCall, Severity, next_call, sort_findings
 from ..procfs import Pressure
 from ..use.thresholds import Threshold, Thresholds
 from .parse import CgroupReading, CpuReading, IoReading, MemoryReading, PidsReading
@@ -30,6 +30,8 @@ TOOL = "perf_cgroup_summary"
 
 class CpuReport(msgspec.Struct, kw_only=True):
     usage_cores: float | None  # over the window
+    usage_s_total: float | None  # CPU time since the cgroup was created
+    quota: str  # "0.2 CPUs" or "none" (no CFS quota)
     usage_pct_of_quota: float | None
     quota_cores: float | None  # quota / period; None: no limit
     quota_us: int | None
@@ -48,7 +50,8 @@ class CpuReport(msgspec.Struct, kw_only=True):
 
 class MemoryReport(msgspec.Struct, kw_only=True):
     usage_bytes: int | None
-    limit_bytes: int | None
+    limit: str  # "64.0 MiB" or "none" (no limit, here or in a parent)
+    limit_bytes: int | None  # None: no limit
     usage_pct_of_limit: float | None
     working_set_bytes: int | None
     working_set_pct_of_limit: float | None
@@ -87,7 +90,8 @@ class IoReport(msgspec.Struct, kw_only=True):
 
 class PidsReport(msgspec.Struct, kw_only=True):
     current: int | None
-    limit: int | None
+    limit: int | None  # None: no limit (see max)
+    max: str  # "100" or "none"
     pct_of_limit: float | None
     events_max: int | None
 
@@ -121,6 +125,10 @@ def _delta(a: int | None, b: int | None, name: str, warnings: list[str]) -> int 
     return b - a
 
 
+def mib(value: int | None) -> str:
+    return "n/a" if value is None else f"{value / 1048576:.1f} MiB"
+
+
 def _pct(num: float | None, den: float | None) -> float | None:
     if num is None or not den:
         return None
@@ -138,6 +146,8 @@ def cpu_report(a: CpuReading | None, b: CpuReading | None, interval_s: float, wa
     quota_cores = round(b.quota_us / b.period_us, 4) if b.quota_us is not None and b.period_us else None
     return CpuReport(
         usage_cores=cores,
+        usage_s_total=None if b.usage_ns is None else round(b.usage_ns / 1e9, 6),
+        quota="none" if quota_cores is None else f"{quota_cores:g} CPUs",
         usage_pct_of_quota=_pct(cores, quota_cores),
         quota_cores=quota_cores,
         quota_us=b.quota_us,
@@ -167,6 +177,7 @@ def memory_report(a: MemoryReading | None, b: MemoryReading | None, warnings: li
 
     return MemoryReport(
         usage_bytes=b.usage_bytes,
+        limit="none" if b.limit_bytes is None else mib(b.limit_bytes),
         limit_bytes=b.limit_bytes,
         usage_pct_of_limit=_pct(b.usage_bytes, b.limit_bytes),
         working_set_bytes=working,
@@ -213,7 +224,8 @@ def io_report(a: IoReading | None, b: IoReading | None, interval_s: float, warni
 def pids_report(b: PidsReading | None) -> PidsReport | None:
     if b is None:
         return None
-    return PidsReport(current=b.current, limit=b.limit, pct_of_limit=_pct(b.current, b.limit),
+    return PidsReport(current=b.current, limit=b.limit, max="none" if b.limit is None else str(b.limit),
+                      pct_of_limit=_pct(b.current, b.limit),
                       events_max=b.events_max)
 
 
@@ -240,7 +252,8 @@ def _ev(counter: str, value: float | str | None, *, threshold: float | None = No
                     window_s=None if window_s is None else round(window_s, 3), sample=sample)
 
 
-def cpu_findings(cpu: CpuReport, row: Threshold, interval_s: float, files: str) -> list[Finding]:
+def cpu_findings(cpu: CpuReport, row: Threshold, interval_s: float, files: str,
+                 next: NextCall | None = None) -> list[Finding]:
     pct = cpu.window_throttled_pct
     severity = row.severity(pct) if cpu.window_throttled else None
     quota = (f"quota {cpu.quota_us} us per {cpu.period_us} us period ({cpu.quota_cores:g} CPUs)"
@@ -266,10 +279,11 @@ def cpu_findings(cpu: CpuReport, row: Threshold, interval_s: float, files: str) 
             title=f"CPU throttled in {pct:.0f}% of periods ({quota})",
             detail=(f"In {cpu.window_throttled} of {cpu.window_periods} CFS periods over {interval_s:.1f} s the cgroup "
                     f"used up its quota and its tasks waited {cpu.window_throttled_s or 0:.3f} s in total; it used "
-                    f"{cpu.usage_cores if cpu.usage_cores is not None else '?'} CPUs against {quota}."),
+                    + (f"{cpu.usage_cores:g} CPUs" if cpu.usage_cores is not None else "an unknown amount of CPU "
+                       "(no cpuacct or v2 cgroup of this path)") + f" against {quota}."),
             confidence=0.9 if (cpu.window_periods or 0) >= 5 else 0.7, metrics=metrics, evidence=evidence,
             suggestion=("Raise the quota (cpu.cfs_quota_us / cpu.max) or cut the work: perf_cpu_profile on its "
-                        "busiest process shows where the CPU goes. Throttling adds up to a period of latency."))]
+                        "busiest process shows where the CPU goes."), next=next)]
     lifetime = cpu.throttled_pct_lifetime
     if lifetime is not None and lifetime > row.warning and (cpu.nr_throttled or 0) > 0:
         return [Finding(
@@ -355,14 +369,16 @@ def pids_findings(pids: PidsReport, row: Threshold, files: str) -> list[Finding]
             confidence=0.85, metrics={"pct": pids.pct_of_limit},
             evidence=[_ev(f"{files} pids.current", pids.current, threshold=row.limit(severity),
                           sample=f"pids.max {pids.limit}")],
-            suggestion="Raise pids.max or find what spawns tasks (perf_exec_trace)."))
+            suggestion="Raise pids.max or find what spawns tasks (perf_exec_trace).",
+            next=next_call("perf_exec_trace", duration_s=10)))
     if pids.events_max:
         out.append(Finding(
             id="cgroup.pids_limit_hit", severity="warning", resource="cgroup",
             title=f"{pids.events_max} forks were refused at pids.max",
             detail="pids.events max counts the times a fork or clone failed at the limit.",
             confidence=0.9, evidence=[_ev(f"{files} pids.events max", pids.events_max)],
-            suggestion="Raise pids.max or find what spawns tasks (perf_exec_trace)."))
+            suggestion="Raise pids.max or find what spawns tasks (perf_exec_trace).",
+            next=next_call("perf_exec_trace", duration_s=10)))
     return out
 
 
@@ -392,7 +408,9 @@ def psi_findings(psi: dict[str, PsiReport], table: Thresholds, v2_path: str | No
 
 
 def analyse(a: CgroupReading, b: CgroupReading, interval_s: float, table: Thresholds, *,
-            v1_files: bool, v2_path: str | None) -> CgroupState:
+            v1_files: bool, v2_path: str | None, busiest_pid: int | None = None) -> CgroupState:
+    """busiest_pid: the cgroup's process that used the most CPU in the window
+    (the throttling finding's next call profiles it)."""
     warnings: list[str] = list(b.warnings)
     cpu = cpu_report(a.cpu, b.cpu, interval_s, warnings)
     memory = memory_report(a.memory, b.memory, warnings)
@@ -402,7 +420,8 @@ def analyse(a: CgroupReading, b: CgroupReading, interval_s: float, table: Thresh
     findings: list[Finding] = []
     cpu_files = "cpu.stat (v1)" if b.cpu and b.cpu.bandwidth_source == "v1" else "cpu.stat"
     if cpu is not None:
-        findings += cpu_findings(cpu, table["cgroup.cpu_throttled_pct"], interval_s, cpu_files)
+        profile = next_call("perf_cpu_profile", pid=busiest_pid, duration_s=5) if busiest_pid else None
+        findings += cpu_findings(cpu, table["cgroup.cpu_throttled_pct"], interval_s, cpu_files, profile)
     mem_files = "memory (v1)" if v1_files and b.memory and b.memory.failcnt is not None else "memory"
     if memory is not None:
         findings += memory_findings(memory, table["cgroup.memory_working_set_pct"], interval_s, mem_files)

@@ -121,3 +121,83 @@ def take_reading(located: Located) -> TimedReading:
     if warnings:
         reading = msgspec.structs.replace(reading, warnings=reading.warnings + tuple(warnings))
     return TimedReading(t_mono, reading)
+
+
+# ---------------------------------------------------------------- children of the root, busiest process
+
+CHILD_CONTROLLERS = ("cpu", "cpuacct", "memory")
+
+
+def child_paths(mounts: CgroupMounts, limit: int) -> tuple[list[str], list[str]]:
+    """The paths ("/name") of the direct children of the root of the v1 cpu,
+    cpuacct and memory hierarchies and of the v2 hierarchy (mounts of the
+    whole tree only), at most ``limit`` per hierarchy."""
+    points = {mounts.v1[c].mount_point for c in CHILD_CONTROLLERS
+              if c in mounts.v1 and mounts.v1[c].root in ("/", "")}
+    if mounts.v2 is not None and mounts.v2.root in ("/", ""):
+        points.add(mounts.v2.mount_point)
+    names: set[str] = set()
+    warnings: list[str] = []
+    for point in sorted(points):
+        try:
+            with os.scandir(point) as it:
+                found = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except OSError as exc:
+            warnings.append(f"{point}: {exc.strerror or exc}")
+            continue
+        if len(found) > limit:
+            warnings.append(f"{point} has {len(found)} child cgroups; the first {limit} by name are listed")
+        names.update(found[:limit])
+    return ["/" + n for n in sorted(names)], warnings
+
+
+def take_child_readings(located: dict[str, Located]) -> dict[str, CgroupReading]:
+    """One reading of each child (a child removed meanwhile is left out)."""
+    out: dict[str, CgroupReading] = {}
+    for path, loc in located.items():
+        reading = take_reading(loc).reading
+        if reading.cpu is not None or reading.memory is not None:
+            out[path] = reading
+    return out
+
+
+def _task_dir(located: Located) -> str | None:
+    for controller in ("cpuacct", "cpu"):
+        h = controller_directory(located.hierarchies, controller)
+        if h is not None:
+            return h.directory
+    v2 = unified(located.hierarchies)
+    return v2.directory if v2 else None
+
+
+def task_ticks(located: Located, proc_root: str = "/proc", limit: int = 1000) -> tuple[int | None, dict[int, int]]:
+    """The number of processes in the cgroup (its CPU hierarchy's cgroup.procs)
+    and the CPU ticks (utime + stime) of each (at most ``limit``)."""
+    directory = _task_dir(located)
+    if directory is None:
+        return None, {}
+    try:
+        pids = [int(t) for t in read_file(os.path.join(directory, "cgroup.procs"), MAX_CGROUP_FILE).split()[:limit]
+                if t.isdigit()]
+    except (OSError, ValueError):
+        return None, {}
+    out: dict[int, int] = {}
+    for pid in pids:
+        try:
+            stat = read_file(f"{proc_root}/{pid}/stat")
+        except OSError:
+            continue
+        fields = stat[stat.rfind(b")") + 2:].split()
+        if len(fields) > 12 and fields[11].isdigit() and fields[12].isdigit():
+            out[pid] = int(fields[11]) + int(fields[12])
+    return len(pids), out
+
+
+def busiest(first: dict[int, int], second: dict[int, int]) -> int | None:
+    """The process that used the most CPU between two task_ticks (None: none ran)."""
+    best, most = None, 0
+    for pid, ticks in second.items():
+        used = ticks - first.get(pid, ticks)
+        if used > most:
+            best, most = pid, used
+    return best

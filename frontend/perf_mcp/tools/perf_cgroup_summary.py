@@ -1,11 +1,12 @@
-"""perf_cgroup_summary: CPU throttling, memory limit pressure, OOM kills, I/O, pids and PSI of one cgroup.
+"""perf_cgroup_summary: CPU throttling, memory limit pressure, OOM kills, I/O, pids and PSI of one cgroup,
+or (no argument) the top child cgroups by CPU, memory and throttling.
 
 The cgroup is named by a pid (its /proc/PID/cgroup) or by a path relative to
 the hierarchy root. v2 and v1 are both read: on a hybrid machine the v1
 controllers give the limits and counters, the v2 cgroup gives PSI. Two
 readings SAMPLE_INTERVAL_S apart give the window figures (usage, throttled
 periods, limit hits). Locating is cgroup.locate, reading cgroup.collect,
-the rules cgroup.analysis.
+the rules cgroup.analysis, the listing of children cgroup.children.
 """
 
 from __future__ import annotations
@@ -18,9 +19,20 @@ from msgspec import Meta
 
 from perf_mcp_protocol import limits
 
-from ..cgroup import analysis
-from ..cgroup.collect import Located, ProcessGone, locate, process_comm, read_mounts, read_proc_cgroup, take_reading
-from ..cgroup.parse import V1_FILES
+from ..cgroup import analysis, children
+from ..cgroup.collect import (
+    Located,
+    ProcessGone,
+    busiest,
+    child_paths,
+    locate,
+    process_comm,
+    read_mounts,
+    read_proc_cgroup,
+    take_child_readings,
+    take_reading,
+    task_ticks,
+)
 from ..cgroup.locate import MAX_PATH_LEN, BadCgroupPath, Hierarchy, hierarchies_for_path, \
     hierarchies_for_process, normalise_cgroup_path, unified
 from ..contract import Finding
@@ -39,6 +51,8 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cgroup_path: Annotated[str, Meta(min_length=1, max_length=MAX_PATH_LEN, description=(
         "Or: a cgroup path from the hierarchy root, as /proc/PID/cgroup shows it (e.g. /system.slice/x.service)."
     ))] | None = None
+    top_n: Annotated[int, Meta(ge=1, le=50, description=(
+        "Without pid or cgroup_path: how many child cgroups of the root to list per ranking."))] = 5
 
 
 class HierarchyInfo(msgspec.Struct, kw_only=True):
@@ -48,22 +62,27 @@ class HierarchyInfo(msgspec.Struct, kw_only=True):
     directory: str
 
 
-class CgroupSummaryData(msgspec.Struct, kw_only=True):
+class CgroupSummaryData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    summary: str  # one line
     method: str
     target: str
-    pid: int | None
-    comm: str | None
     cgroup_version: str  # v1, v2, hybrid
-    hierarchies: list[HierarchyInfo]
-    not_found_in: list[str]  # mount points of hierarchies where this path has no cgroup
     interval_s: float
-    cpu: analysis.CpuReport | None
-    memory: analysis.MemoryReport | None
-    io: analysis.IoReport | None
-    pids: analysis.PidsReport | None
-    psi: dict[str, analysis.PsiReport]
-    psi_cgroup: str | None  # the v2 cgroup the PSI figures belong to ("/" = the whole system)
     findings: list[Finding]
+    # one cgroup (pid or cgroup_path)
+    pid: int | None = None
+    comm: str | None = None
+    processes: int | None = None  # in the cgroup (cgroup.procs of its CPU hierarchy, else v2)
+    hierarchies: list[HierarchyInfo] = []
+    not_found_in: list[str] = []  # mount points of hierarchies where this path has no cgroup
+    cpu: analysis.CpuReport | None = None
+    memory: analysis.MemoryReport | None = None
+    io: analysis.IoReport | None = None
+    pids: analysis.PidsReport | None = None
+    psi: dict[str, analysis.PsiReport] = {}
+    psi_cgroup: str | None = None  # the v2 cgroup the PSI figures belong to ("/" = the whole system)
+    # no argument: the root's child cgroups
+    top: children.TopChildren | None = None
 
 
 def _mounts() -> CgroupMounts:
@@ -101,83 +120,112 @@ def _located(hs: list[Hierarchy], target: str, mounts: CgroupMounts) -> Located:
         points = sorted({m.mount_point for m in mounts.v1.values()} | ({mounts.v2.mount_point} if mounts.v2 else set()))
         raise ToolError(ErrorCode.CGROUP_NOT_FOUND, f"no cgroup for {target} in any hierarchy",
                         suggestion=f"Hierarchies here: {', '.join(points)}. Pass a path that exists under them "
-                        "(as /proc/PID/cgroup shows it), or a pid.")
+                        "(as /proc/PID/cgroup shows it), or a pid; or no argument for the list of child cgroups.")
     return located
 
 
+def _children(mounts: CgroupMounts) -> tuple[dict[str, Located], list[str]]:
+    paths, warnings = child_paths(mounts, children.MAX_CHILDREN)
+    return {p: locate(hierarchies_for_path(p, mounts)) for p in paths}, warnings
+
+
+async def _top(ctx: ToolContext, p: Params, mounts: CgroupMounts, thresholds, warnings: list[str]) -> ToolOutput:
+    located, more = await trio.to_thread.run_sync(_children, mounts)
+    warnings += more
+    t0 = trio.current_time()
+    first = await trio.to_thread.run_sync(take_child_readings, located)
+    await ctx.report_progress(0.0, SAMPLE_INTERVAL_S, "first reading taken")
+    await trio.sleep(SAMPLE_INTERVAL_S)
+    second = await trio.to_thread.run_sync(take_child_readings, located)
+    interval = trio.current_time() - t0
+    await ctx.report_progress(SAMPLE_INTERVAL_S, SAMPLE_INTERVAL_S, "done")
+    top, findings = children.top_children(first, second, interval, thresholds, p.top_n, warnings)
+    loud = [f for f in findings if f.severity != "info"]
+    summary = (f"{top.cgroups_seen} child cgroups of the root ({mounts.version}): " + children.describe(top)
+               + (f"; {len(loud)} problem(s)" if loud else ""))
+    data = CgroupSummaryData(
+        summary=summary,
+        method=(f"cgroup {mounts.version} interface files of the root's children, two readings {interval:.2f} s "
+                "apart: CPU and throttling over that window, memory as it stands"),
+        target="children of /", cgroup_version=mounts.version, interval_s=round(interval, 4),
+        findings=findings, top=top)
+    return ToolOutput(data=data, summary="\n".join([summary] + [f"[{f.severity}] {f.title}" for f in loud]),
+                      warnings=warnings)
+
+
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:
-    if (p.pid is None) == (p.cgroup_path is None):
-        raise ToolError(ErrorCode.INVALID_PARAMS, "give exactly one of pid or cgroup_path",
-                        suggestion="Pass pid (a process's cgroups) or cgroup_path (e.g. /system.slice/x.service).")
+    if p.pid is not None and p.cgroup_path is not None:
+        raise ToolError(ErrorCode.INVALID_PARAMS, "give at most one of pid or cgroup_path",
+                        suggestion="Pass pid (a process's cgroups), cgroup_path (e.g. /system.slice/x.service), "
+                        "or neither for the top child cgroups.")
     thresholds, warnings = load_thresholds()
     mounts = await trio.to_thread.run_sync(_mounts)
+    if p.pid is None and p.cgroup_path is None:
+        return await _top(ctx, p, mounts, thresholds, warnings)
     hs, more, target = await trio.to_thread.run_sync(_hierarchies, p, mounts)
     warnings += more
     located = await trio.to_thread.run_sync(_located, hs, target, mounts)
     comm = process_comm(p.pid) if p.pid is not None else None
     first = await trio.to_thread.run_sync(take_reading, located)
+    _, ticks_first = await trio.to_thread.run_sync(task_ticks, located)
     await ctx.report_progress(0.0, SAMPLE_INTERVAL_S, "first reading taken")
     await trio.sleep(SAMPLE_INTERVAL_S)
     second = await trio.to_thread.run_sync(take_reading, located)
+    processes, ticks_second = await trio.to_thread.run_sync(task_ticks, located)
     await ctx.report_progress(SAMPLE_INTERVAL_S, SAMPLE_INTERVAL_S, "done")
     v2 = unified(located.hierarchies)
     state = analysis.analyse(first.reading, second.reading, second.t_mono - first.t_mono, thresholds,
                              v1_files=any(h.version == "v1" for h in located.hierarchies),
-                             v2_path=v2.cgroup_path if v2 else None)
+                             v2_path=v2.cgroup_path if v2 else None,
+                             busiest_pid=busiest(ticks_first, ticks_second) or p.pid)
     warnings += state.warnings
     if p.pid is not None and second.reading.cpu is None and second.reading.memory is None:
         warnings.append("no CPU or memory controller files were found for this cgroup")
     data = CgroupSummaryData(
+        summary="",
         method=(f"cgroup {mounts.version} interface files, two readings {state.interval_s:.2f} s apart"),
         target=target + (f" ({comm})" if comm else ""),
-        pid=p.pid, comm=comm, cgroup_version=mounts.version,
+        pid=p.pid, comm=comm, processes=processes, cgroup_version=mounts.version,
         hierarchies=[HierarchyInfo(version=h.version, controllers=list(h.controllers) or ["(unified)"],
                                    cgroup_path=h.cgroup_path, directory=h.directory) for h in located.hierarchies],
         not_found_in=[h.mount_point for h in located.missing],
         interval_s=state.interval_s, cpu=state.cpu, memory=state.memory, io=state.io, pids=state.pids,
         psi=state.psi, psi_cgroup=v2.cgroup_path if v2 and state.psi else None, findings=state.findings,
     )
-    return ToolOutput(data=data, summary=summarise(data), warnings=warnings)
-
-
-def _mib(value: int | None) -> str:
-    return "n/a" if value is None else f"{value / 1048576:.1f} MiB"
+    data.summary = summarise(data)
+    loud = [f for f in data.findings if f.severity != "info"]
+    return ToolOutput(data=data, summary="\n".join([data.summary] + [f"[{f.severity}] {f.title}" for f in loud]),
+                      warnings=warnings)
 
 
 def summarise(d: CgroupSummaryData) -> str:
+    """One line: the problems, CPU against its quota, memory against its limit."""
     problems = [f for f in d.findings if f.severity != "info"]
-    head = f"cgroup summary of {d.target} ({d.cgroup_version}): "
-    head += f"{len(problems)} problem(s)" if problems else "no throttling, limit or OOM problems"
-    lines = [head]
-    lines += [f"[{f.severity}] {f.title}" for f in d.findings]
+    parts = [f"{len(problems)} problem(s)" if problems else "no throttling, limit or OOM problems"]
     if d.cpu is not None:
         c = d.cpu
-        quota = f"quota {c.quota_cores:g} CPUs" if c.quota_cores is not None else "no CPU quota"
-        lines.append(f"CPU: {c.usage_cores if c.usage_cores is not None else '?'} CPUs used, {quota}, "
-                     f"throttled {c.window_throttled}/{c.window_periods} periods in the window "
-                     f"(lifetime {c.nr_throttled}/{c.nr_periods}, {c.throttled_s} s)")
+        used = "?" if c.usage_cores is None else f"{c.usage_cores:g}"
+        cpu = f"CPU {used} CPUs (quota {c.quota})"
+        if c.window_periods:
+            cpu += f", throttled {c.window_throttled}/{c.window_periods} periods"
+        parts.append(cpu)
     if d.memory is not None:
-        m = d.memory
-        lines.append(f"Memory: {_mib(m.usage_bytes)} of {_mib(m.limit_bytes) if m.limit_bytes else 'no limit'}, "
-                     f"working set {_mib(m.working_set_bytes)}, failcnt {m.failcnt}, oom_kill {m.oom_kill}")
+        parts.append(f"memory {analysis.mib(d.memory.usage_bytes)} (limit {d.memory.limit})")
     if d.pids is not None:
-        lines.append(f"Tasks: {d.pids.current} of {d.pids.limit or 'no limit'}")
-    read = set(V1_FILES)
-    for h in d.hierarchies:
-        if h.version == "v2" or read & set(h.controllers):
-            lines.append(f"  {h.version} {','.join(h.controllers)}: {h.directory}")
-    return "\n".join(lines)
+        parts.append(f"{d.pids.current} tasks (max {d.pids.max})")
+    return f"cgroup summary of {d.target} ({d.cgroup_version}): " + "; ".join(parts)
 
 
 TOOL = ToolSpec(
     name=NAME,
     title="cgroup summary (throttling, memory limit, OOM)",
     description=(
-        "Summarise one cgroup, named by a pid or by its path from the hierarchy root: CPU usage against the "
-        "CFS quota and throttling (nr_throttled, throttled time, % of periods throttled), memory usage, limit, "
-        "working set, failcnt / memory.events and OOM kills, memory.stat highlights, per-device I/O, pids "
-        "against pids.max, and PSI where the v2 hierarchy has it. Reads cgroup v2 and v1 controller files "
-        "(hybrid machines), two readings one second apart. No privileges needed."
+        "Without arguments: the root's child cgroups ranked by CPU used, memory used and CFS throttling over "
+        "1 s (top_n each; a limit not set is \"none\"), with a finding per throttled or near-limit cgroup. "
+        "With pid or cgroup_path: one cgroup's CPU usage against its quota and throttling, memory usage, limit, "
+        "working set, limit hits and OOM kills, per-device I/O, pids against pids.max, and PSI where the v2 "
+        "hierarchy has it. Reads cgroup v2 and v1 (hybrid) interface files, two readings one second apart. "
+        "No privileges needed."
     ),
     params=Params,
     data=CgroupSummaryData,
