@@ -6,11 +6,13 @@ real Sampler fed from files the test changes between ticks."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from perf_mcp.procfs import Sampler, parse_snapshot
+from perf_mcp.procfs import Sampler, capacity, parse_mountinfo, parse_snapshot
 from perf_mcp.use import config, rules
 from perf_mcp.use.thresholds import THRESHOLDS, apply_overrides, default_thresholds
 
@@ -298,3 +300,223 @@ async def test_since_when_a_state_began(tmp_path: Path) -> None:
     # a row that could not be measured (no meminfo in this ring) is unknown, and has no since
     assert ev.rows[1].status == "unknown"
     assert rules.row_condition(ev.signals["memory"], "unknown") is None
+
+
+# ---------------------------------------------------------------- judgements a performance engineer makes
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def per_cpu_stat(cpus: list[tuple[int, int]], running: int = 1, steal: int = 0) -> bytes:
+    """/proc/stat with per-CPU (busy user ticks, idle ticks); the total is their sum."""
+    user, idle = sum(c[0] for c in cpus), sum(c[1] for c in cpus)
+    lines = [f"cpu  {user} 0 0 {idle} 0 0 0 {steal} 0 0"]
+    lines += [f"cpu{n} {u} 0 0 {i} 0 0 0 0 0 0" for n, (u, i) in enumerate(cpus)]
+    lines += ["intr 1", "ctxt 1", "btime 1", "processes 1", f"procs_running {running}", "procs_blocked 0", ""]
+    return "\n".join(lines).encode()
+
+
+def test_one_hot_cpu_while_the_others_have_room_is_a_single_thread_finding() -> None:
+    a = snap(0.0, stat=per_cpu_stat([(0, 0), (0, 0), (0, 0), (0, 0)]))
+    # cpu2 fully busy, the other three 10%: the mean (32.5%) hides it
+    b = snap(10.0, stat=per_cpu_stat([(100, 900), (100, 900), (1000, 0), (100, 900)]))
+    ev = rules.evaluate(window(a, b), TH, FC)
+    checks = {c.id: c for c in ev.rows[0].checks}
+    assert checks["cpu.utilisation"].value == 32.5 and checks["cpu.utilisation"].status == "ok"
+    single = checks["cpu.single_cpu"]
+    assert (single.target, single.value, single.status) == ("cpu2", 100.0, "warning")
+    f = next(f for f in ev.findings if f.id == "use.cpu.single")
+    assert f.severity == "warning" and "cpu2" in f.title and "single-threaded" in f.title
+    assert f.next is not None and f.next.tool == "perf_cpu_profile"
+    # every CPU busy: the hot CPU is not a single-thread story; the utilisation row judges
+    busy = snap(10.0, stat=per_cpu_stat([(800, 200), (900, 100), (1000, 0), (800, 200)]))
+    ev = rules.evaluate(window(a, busy), TH, FC)
+    checks = {c.id: c for c in ev.rows[0].checks}
+    assert checks["cpu.single_cpu"].status == "ok" and "not judged alone" in checks["cpu.single_cpu"].detail
+    assert [f.id for f in ev.findings if f.resource == "cpu"] == ["use.cpu"]
+
+
+def test_steal_is_judged_in_a_vm() -> None:
+    a = snap(0.0, stat=per_cpu_stat([(0, 0), (0, 0)]))
+    b = snap(10.0, stat=per_cpu_stat([(300, 1100), (300, 0)], steal=300))  # 300 of 2000 ticks: 15% steal
+    w = window(a, b)
+    w.vm = True
+    ev = rules.evaluate(w, TH, FC)
+    steal = next(c for c in ev.rows[0].checks if c.id == "cpu.steal")
+    assert (steal.value, steal.status) == (15.0, "warning")
+    f = next(f for f in ev.findings if f.id == "use.cpu.steal")
+    assert f.next is not None and f.next.tool == "perf_snapshot" and f.next.arguments == {"include_per_cpu": True}
+    w.vm = False  # not a VM: no steal check at all
+    assert not any(c.id == "cpu.steal" for c in rules.evaluate(w, TH, FC).rows[0].checks)
+
+
+def test_swapping_from_recorded_vmstat_is_a_memory_finding() -> None:
+    a = snap(0.0, vmstat=(FIXTURES / "vmstat_swapping.0").read_bytes(), meminfo=meminfo(1000, 900, 100, 50))
+    b = snap(8.0, vmstat=(FIXTURES / "vmstat_swapping.1").read_bytes(), meminfo=meminfo(1000, 900, 100, 50))
+    ev = rules.evaluate(window(a, b), TH, FC)
+    checks = {c.id: c for c in ev.rows[1].checks}
+    assert checks["memory.swap_in"].value == round(471176 / 8, 2) and checks["memory.swap_in"].status == "critical"
+    assert checks["memory.swap_out"].value == round(491677 / 8, 2) and checks["memory.swap_out"].status == "critical"
+    assert checks["memory.major_faults"].value == round((94832 - 25299) / 8, 2)
+    assert checks["memory.direct_reclaim"].value == 0 and checks["memory.allocstall"].value == 0
+    f = next(f for f in ev.findings if f.id == "use.memory")
+    assert f.severity == "critical" and "swapping" in f.title
+    info = next(f for f in ev.findings if f.id == "use.memory.swap_used")
+    assert info.severity == "info" and "they are below" not in info.detail
+
+
+def test_direct_reclaim_from_recorded_vmstat_is_a_memory_finding() -> None:
+    a = snap(0.0, vmstat=(FIXTURES / "vmstat_reclaim.0").read_bytes(), meminfo=meminfo(1000, 900))
+    b = snap(10.0, vmstat=(FIXTURES / "vmstat_reclaim.1").read_bytes(), meminfo=meminfo(1000, 900))
+    ev = rules.evaluate(window(a, b), TH, FC)
+    checks = {c.id: c for c in ev.rows[1].checks}
+    assert (checks["memory.direct_reclaim"].value, checks["memory.direct_reclaim"].status) == (4000.0, "warning")
+    assert (checks["memory.allocstall"].value, checks["memory.allocstall"].status) == (12.0, "warning")
+    assert checks["memory.swap_in"].value == 0 and checks["memory.swap_in"].status == "ok"
+    f = next(f for f in ev.findings if f.id == "use.memory")
+    assert "direct reclaim" in f.title and f.next is not None and f.next.tool == "perf_snapshot"
+
+
+def disk_line(name: str, reads: int, read_ms: int, io_ms: int, queue_ms: int) -> str:
+    return f"253 0 {name} {reads} 0 {reads * 8} {read_ms} 0 0 0 0 0 {io_ms} {queue_ms} 0 0 0 0 0 0\n"
+
+
+def test_util_near_100_on_a_parallel_disk_is_not_saturation_await_and_queue_lead() -> None:
+    a = snap(0.0, diskstats=(disk_line("vda", 0, 0, 0, 0) + disk_line("sda", 0, 0, 0, 0)).encode())
+    # both 100% busy; 1000 reads each at 1 ms: aqu-sz 0.1, await 1 ms
+    calm = snap(10.0, diskstats=(disk_line("vda", 1000, 1000, 10_000, 1000)
+                                 + disk_line("sda", 1000, 1000, 10_000, 1000)).encode())
+    ev = rules.evaluate(window(a, calm, frozenset({"vda", "sda"})), TH, FC)
+    checks = {c.id: c for c in ev.rows[2].checks}
+    vda = checks["disk.vda.utilisation"]
+    assert vda.value == 100.0 and vda.status == "ok" and vda.info and "not saturation" in vda.detail
+    assert checks["disk.sda.utilisation"].status == "critical"  # sd*: one queue, %util judged
+    assert checks["disk.vda.await"].value == 1.0 and checks["disk.vda.await"].status == "ok"
+    info = next(f for f in ev.findings if f.id == "use.disk.vda.util")
+    assert info.severity == "info" and "not saturated" in info.title
+    assert info.next is not None and info.next.arguments == {"device": "vda", "mode": "trace", "duration_s": 5}
+    assert [f.id for f in ev.findings if f.severity != "info"] == ["use.disk.sda"]
+    # the same device with requests waiting: saturated, and the finding says %util is not the measure
+    slow = snap(10.0, diskstats=(disk_line("vda", 1000, 150_000, 10_000, 150_000)
+                                 + disk_line("sda", 0, 0, 0, 0)).encode())
+    ev = rules.evaluate(window(a, slow, frozenset({"vda", "sda"})), TH, FC)
+    f = next(f for f in ev.findings if f.id == "use.disk.vda")
+    assert f.severity == "critical" and "requests wait" in f.title and "%util" in f.detail
+    assert f.metrics["disk.vda.await"] == 150.0 and f.metrics["disk.vda.saturation"] == 15.0
+    assert f.next is not None and f.next.tool == "perf_io_latency" and f.next.arguments["device"] == "vda"
+    # sysfs knowledge beats the name: a single-queue "vdb" is judged on %util
+    w = window(a, calm, frozenset({"vda"}))
+    w.disk_queues = {"vda": capacity.judge_queue("vda", None, 1, 128, True, False)}
+    w.disk_queues = {"vda": msgspec.structs.replace(w.disk_queues["vda"], parallel=False)}
+    assert next(c for c in rules.evaluate(w, TH, FC).rows[2].checks
+                if c.id == "disk.vda.utilisation").status == "critical"
+
+
+def test_disk_queue_verdicts_from_sysfs_facts() -> None:
+    assert capacity.judge_queue("vda", "virtio_blk", 1, 256, True, False).why == "driver virtio_blk"
+    assert capacity.judge_queue("sdb", "sd", 4, 64, False, False).why == "4 hardware queues"
+    assert capacity.judge_queue("dm-0", None, None, None, None, True).parallel
+    assert capacity.judge_queue("nvme0n1", None, None, None, None, False).why == "NVMe"
+    single = capacity.judge_queue("sda", "sd", 1, 64, True, False)
+    assert not single.parallel and single.why == "single queue"
+    assert not capacity.judge_queue("loop0", None, 1, 128, True, False).parallel
+
+
+MOUNTINFO = b"""22 27 0:21 / /proc rw,relatime - proc proc rw
+25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24684092k
+27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard
+43 27 254:0 /run/netns /run/netns rw,relatime shared:1 - ext4 /dev/vda rw,discard
+50 27 7:3 / /snap/core/1 ro,nodev,relatime - squashfs /dev/loop3 ro
+51 27 7:4 / /mnt/old ro,relatime - ext4 /dev/loop4 ro
+52 27 0:45 / /data rw,relatime - btrfs /dev/vdb rw
+53 27 7:5 / /var/tmp/x\\040y rw,relatime - ext4 /dev/loop5 rw
+"""
+
+
+def test_real_filesystems_from_mountinfo() -> None:
+    mounts = capacity.real_mounts(parse_mountinfo(MOUNTINFO))
+    # pseudo filesystems, a read-only image, a read-only mount and a bind mount of / are left out
+    assert [m.mount_point for m in mounts] == ["/", "/data", "/var/tmp/x y"]
+
+
+def statvfs(blocks: int, bfree: int, bavail: int, files: int, ffree: int) -> os.statvfs_result:
+    return os.statvfs_result((4096, 4096, blocks, bfree, bavail, files, ffree, ffree, 0, 255))
+
+
+def test_filesystem_capacity_rows_and_findings() -> None:
+    m = capacity.real_mounts(parse_mountinfo(MOUNTINFO))
+    # df: used 96 of (96 + 4) blocks -> 96%; inodes 50%
+    full = capacity.usage_from_statvfs(m[0], statvfs(100, 4, 4, 100, 50))
+    assert full.used_pct == 96.0 and full.inodes_used_pct == 50.0 and full.avail_bytes == 4 * 4096
+    inodes = capacity.usage_from_statvfs(m[2], statvfs(1000, 900, 850, 1000, 40))  # 96% of inodes
+    noinodes = capacity.usage_from_statvfs(m[1], statvfs(1000, 500, 500, 0, 0))  # btrfs: no inode count
+    assert noinodes.inodes_used_pct is None
+    hidden = capacity.FsUsage(mount_point="/hidden", source="/dev/loop9", fs_type="ext4", device="7:9",
+                              error="statvfs: EACCES: Permission denied")
+    w = window(snap(0.0), snap(10.0))
+    w.filesystems = [full, noinodes, inodes, hidden]
+    ev = rules.evaluate(w, TH, FC)
+    fs = next(r for r in ev.rows if r.name == "filesystem")
+    checks = {c.id: c for c in fs.checks}
+    assert fs.resource == "disk" and fs.status == "critical"
+    assert checks["fs./.space"].status == "critical" and checks["fs./.inodes"].status == "ok"
+    assert "fs./data.inodes" not in checks and checks["fs./data.space"].status == "ok"
+    assert checks["fs./var/tmp/x y.inodes"].status == "critical"
+    assert checks["fs./hidden.space"].status == "unknown" and "EACCES" in checks["fs./hidden.space"].detail
+    found = {f.id: f for f in ev.findings if f.id.startswith("use.fs.")}
+    assert set(found) == {"use.fs./", "use.fs./var/tmp/x y"}
+    assert found["use.fs./"].title == "Filesystem / 96% full (space)"
+    assert found["use.fs./var/tmp/x y"].title == "Filesystem /var/tmp/x y 96% full (inodes)"
+    assert all(f.next is not None and f.next.tool == "perf_io_layers" for f in found.values())
+
+
+def test_a_value_that_could_not_be_measured_is_unknown_never_ok() -> None:
+    # /proc/stat, meminfo, vmstat, diskstats, net/dev and PSI missing in the newer sample
+    a = snap(0.0, stat=stat(0, 0, 1), meminfo=meminfo(1000, 900), psi_cpu=psi(0, 0),
+             diskstats=diskstats({"sda": 0}, {"sda": 0}), net_dev=netdev(0))
+    b = snap(10.0)
+    ev = rules.evaluate(window(a, b), TH, FC)
+    by_name = {r.name: r for r in ev.rows}
+    for name in ("cpu", "memory", "disk", "network"):
+        row = by_name[name]
+        assert row.status == "unknown", (name, row)
+        assert all(c.status == "unknown" for c in row.checks if c.value is None), row.checks
+    cpu = {c.id: c for c in by_name["cpu"].checks}
+    assert cpu["cpu.utilisation"].status == "unknown" and cpu["psi.cpu.some"].status == "unknown"
+    assert not [f for f in ev.findings if f.severity != "info"]
+
+
+class _Row(msgspec.Struct):
+    pid: int
+    user: str
+    command: str
+    cpu_pct: float | None = None
+    rss_mb: float | None = None
+    read_bps: float | None = None
+    write_bps: float | None = None
+
+
+class _Attribution(msgspec.Struct):
+    window_s: float
+    cpu: list[_Row]
+    memory: list[_Row]
+    disk_read: list[_Row]
+    disk_write: list[_Row]
+    fds: list[_Row]
+    notes: list[str]
+
+
+def test_findings_name_the_top_processes_and_their_next_call() -> None:
+    a = snap(0.0, stat=per_cpu_stat([(0, 0), (0, 0)]))
+    b = snap(10.0, stat=per_cpu_stat([(1000, 0), (50, 950)]))
+    ev = rules.evaluate(window(a, b), TH, FC)
+    att = _Attribution(window_s=10.0, cpu=[_Row(4242, "alice", "/usr/bin/burn --hot", cpu_pct=99.5),
+                                           _Row(17, "root", "idle-ish", cpu_pct=0.0)],
+                       memory=[], disk_read=[], disk_write=[], fds=[], notes=[])
+    named = rules.name_culprits(ev.findings, att, FC)
+    f = next(f for f in named if f.id == "use.cpu.single")
+    assert "burn (pid 4242)" in f.title and "pid 4242 (/usr/bin/burn --hot, user alice) 100% CPU" in f.detail
+    assert f.metrics["top.pid"] == 4242 and "idle-ish" not in f.detail  # a process using nothing is not named
+    assert f.next is not None and (f.next.tool, f.next.arguments) == ("perf_thread_profile",
+                                                                      {"pid": 4242, "duration_s": 5})
+    assert any("4242" in e.counter and e.value == 99.5 for e in f.evidence)

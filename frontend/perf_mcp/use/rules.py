@@ -286,7 +286,7 @@ def cpu_signals(w: Window, th: Thresholds) -> tuple[list[Signal], str]:
         single_row = th["cpu.single_cpu_busy_pct"]
         judged = others <= row.warning
         check = _check(single_row, id="cpu.single_cpu", kind="utilisation", target=f"cpu{cpu}", value=hot_busy,
-                       counter="/proc/stat cpuN (the busiest CPU's 100 - idle - iowait)",
+                       counter="/proc/stat cpuN (the busiest CPU's 100 - idle - iowait)", judged=judged,
                        detail=(f"the other CPUs {others:.0f}% busy on average" if judged else
                                f"not judged alone: the other CPUs are {others:.0f}% busy too"))
 
