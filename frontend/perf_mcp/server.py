@@ -79,6 +79,7 @@ class App:
         self.broker = broker
         self.artifacts = artifacts or ArtifactStore()
         self.services = Services()
+        self.services.put(broker)  # for background services that read through the broker
         self.host = hostname()
         self._schemas = {name: spec.input_schema() for name, spec in registry.tools.items()}
         self._tools = [self._describe(spec) for spec in registry.tools.values()]

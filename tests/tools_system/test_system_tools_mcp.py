@@ -48,7 +48,9 @@ async def test_tools_listed_with_schemas(test_users: helpers.TestUsers, no_broke
         tools = {t.name: t for t in (await client.list_tools()).tools}
     assert set(TOOLS) <= set(tools)
     snap = tools["perf_snapshot"].input_schema["properties"]
-    assert set(snap) == {"include_per_cpu", "include_per_device", "include_psi", "interval_s", "count"}
+    assert set(snap) == {"include_per_cpu", "include_per_device", "include_psi", "interval_s", "count",
+                         "include_processes", "top_n"}
+    assert (snap["top_n"]["minimum"], snap["top_n"]["maximum"]) == (1, 50)
     assert (snap["interval_s"]["minimum"], snap["interval_s"]["maximum"], snap["interval_s"]["default"]) == (0.1, 60, 1.0)
     assert (snap["count"]["minimum"], snap["count"]["maximum"], snap["count"]["default"]) == (1, 60, 1)
     assert [snap[k]["default"] for k in ("include_per_cpu", "include_per_device", "include_psi")] == [False, True, True]
@@ -84,48 +86,45 @@ async def test_snapshot_answers_from_the_ring(test_users: helpers.TestUsers, no_
     w = data["windows"][0]
     assert w["source"] == "ring" and 0.8 <= w["interval_s"] <= 1.3
     trends = {t["requested_s"]: t for t in data["trends"]}
-    assert list(trends) == [1.0, 10.0, 60.0]
-    # actual lengths: 1 s is one tick; 10 s and 60 s are limited by the ~4 s of history
-    assert trends[1.0]["interval_s"] == w["interval_s"]
-    assert 3.0 <= trends[10.0]["interval_s"] <= 6.0 and trends[60.0]["interval_s"] == trends[10.0]["interval_s"]
+    # say less: the 1 s trend is the detailed window, and 60 s (limited by the ~4 s of history) repeats 10 s
+    assert list(trends) == [10.0] and data["summary"].startswith("Over ") and "\n" not in data["summary"]
+    assert 3.0 <= trends[10.0]["interval_s"] <= 6.0
     assert any("10 s window covers only" in x for x in env["warnings"]), env["warnings"]
     print(f"\nperf_snapshot answered in {answered_in * 1000:.0f} ms (client round trip); "
           f"server duration_ms {env['duration_ms']}")
-    c = w["cpu"]
+    c = {k: 0.0 for k in ("busy", "user", "nice", "system", "iowait", "irq", "softirq", "steal", "guest", "idle")}
+    c.update(w["cpu"])  # zero shares are left out
     total = sum(c[k] for k in ("user", "nice", "system", "iowait", "irq", "softirq", "steal", "guest", "idle"))
     assert abs(total - 100.0) < 0.1, c
     assert math.isclose(c["busy"], 100 - c["idle"] - c["iowait"], abs_tol=0.02)
-    assert trends[1.0]["cpu_busy"] == round(c["busy"], 2)  # the same pair of samples
-    assert trends[1.0]["disk_r_s"] == w["disk_totals"]["r_s"]
     for t in trends.values():
-        assert t["run_queue_mean"] is not None and t["run_queue_mean"] >= 0
-        assert set(t["psi_some_pct"]) >= {"cpu", "memory", "io"} and "cpu" not in t["psi_full_pct"]
-        assert t["net_rxkb_s"] >= 0 and t["net_drops_s"] >= 0
+        assert t.get("run_queue_mean", 0) >= 0 and t.get("net_rxkb_s", 0) >= 0 and t.get("net_drops_s", 0) >= 0
+        assert "cpu" not in t.get("psi_full_pct", {})
     g = w["gauges"]
     assert g["memory"]["total_bytes"] == meminfo_total()
     assert 0 < g["memory"]["available_pct"] <= 100
-    assert g["run_queue"] == max(0, g["procs_running"] - 1)
-    assert "lo" in {i["interface"] for i in w["interfaces"]}
-    assert w["per_cpu"] is None and w["disks"] is not None and set(w["psi"]) >= {"cpu", "memory", "io"}
-    assert w["psi"]["cpu"]["full_pct"] is None  # undefined system-wide
-    assert w["tcp"] is not None and w["memory"]["faults_s"] is not None
+    assert g.get("run_queue", 0) == max(0, g.get("procs_running", 0) - 1)  # zeros are left out
+    # idle interfaces are counted, not listed
+    assert len(w.get("interfaces", [])) + w.get("interfaces_idle", 0) >= 1
+    assert "per_cpu" not in w and "disks" in w and "cpu" not in w.get("psi", {}).get("cpu", {}).get("full_pct", {})
+    assert w["memory"]["faults_s"] > 0  # the frontend itself faults
     assert w["context_switches_s"] > 0 and w["interrupts_s"] > 0
-    shown = {d["device"] for d in w["disks"]}
+    shown = {d["device"] for d in w["disks"]}  # devices with I/O only
     whole = set(os.listdir("/sys/block"))
     idle_loops = {d for d in whole if d.startswith("loop")} - shown
-    assert shown and all(d in whole or any(d.startswith(x) for x in whole) for d in shown)
+    assert all(d in whole or any(d.startswith(x) for x in whole) for d in shown)
     assert w["devices_omitted"] >= len(idle_loops)
     pw = per_cpu["windows"][0]
     assert [c["cpu"] for c in pw["per_cpu"]] == list(range(os.cpu_count() or 1))
-    assert pw["disks"] is None and pw["disk_totals"]["devices"] >= 1
-    assert pw["psi"] is None and pw["gauges"]["psi"] is None
-    assert all(t["psi_some_pct"] is None for t in per_cpu["trends"])
+    assert "disks" not in pw and pw["disk_totals"]["devices"] >= 1
+    assert "psi" not in pw and "psi" not in pw["gauges"]
+    assert all("psi_some_pct" not in t for t in per_cpu["trends"])
     assert [w["requested_s"] for w in two["windows"]] == [2]
     assert two["windows"][0]["source"] == "ring" and 1.8 <= two["windows"][0]["interval_s"] <= 2.3
-    assert [t["requested_s"] for t in two["trends"]] == [1, 10, 60]
+    assert [t["requested_s"] for t in two["trends"]] in ([1, 10], [1])  # 60 s repeats 10 s (short history)
     assert [w["requested_s"] for w in short["windows"]] == [0.3]
     assert short["windows"][0]["source"] == "direct" and 0.25 <= short["windows"][0]["interval_s"] <= 1.0
-    assert [t["requested_s"] for t in short["trends"]] == [1, 10, 60]
+    assert [t["requested_s"] for t in short["trends"]][:1] == [1]
 
 
 async def test_snapshot_series_sends_progress_and_stops_on_cancel(
@@ -139,7 +138,7 @@ async def test_snapshot_series_sends_progress_and_stops_on_cancel(
     async with helpers.mcp_client(test_users.denied, no_broker_socket) as client:
         data = ok_data(await client.call_tool("perf_snapshot", {"count": 3, "interval_s": 0.5},
                                               progress_callback=on_progress))
-        assert data["mode"] == "series" and len(data["windows"]) == 3 and data["trends"] == []
+        assert data["mode"] == "series" and len(data["windows"]) == 3 and "trends" not in data
         assert [p[0] for p in progress] == [1, 2, 3] and all(p[1] == 3 for p in progress)
         for w in data["windows"]:
             assert w["source"] == "direct" and 0.45 <= w["interval_s"] <= 1.2  # 0.5 s asked; late wake-ups on a busy host

@@ -38,6 +38,7 @@ import trio
 from msgspec import Meta
 
 from ..procfs import SYSTEM_FILES, Sampler, SampleView, SnapshotLike, SystemRates, system_rates
+from ..procfs.attribution import Attribution, ProcessRow, attribute, process_table_service
 from ..procfs.derive import CpuSplit, DiskRates, NetDevRates
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..use.metrics import mean_run_queue
@@ -59,44 +60,48 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         "count>1: the length of each interval of the series."))] = 1.0
     count: Annotated[int, Meta(ge=1, le=60, description=(
         "1: answer at once from the background sampler; >1: a series of count intervals of interval_s."))] = 1
+    include_processes: Annotated[bool, Meta(
+        description="Add the top processes by CPU, memory, disk read, disk write and fds (pid, user, command, "
+                    "cgroup).")] = True
+    top_n: Annotated[int, Meta(ge=1, le=50, description="Processes per ranking.")] = 5
 
 
 # ---------------------------------------------------------------- output
 
 
-class CpuPct(msgspec.Struct, kw_only=True):
+class CpuPct(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Percent of CPU time, as mpstat (they add up to 100); busy = 100 - idle - iowait."""
 
-    busy: float
-    user: float
-    nice: float
-    system: float
-    iowait: float
-    irq: float
-    softirq: float
-    steal: float
-    guest: float
-    idle: float
+    busy: float = 0.0
+    user: float = 0.0
+    nice: float = 0.0
+    system: float = 0.0
+    iowait: float = 0.0
+    irq: float = 0.0
+    softirq: float = 0.0
+    steal: float = 0.0
+    guest: float = 0.0
+    idle: float = 0.0
 
 
 class PerCpuPct(CpuPct, kw_only=True):
     cpu: int
 
 
-class MemoryActivity(msgspec.Struct, kw_only=True):
+class MemoryActivity(msgspec.Struct, kw_only=True, omit_defaults=True):
     """From /proc/vmstat, per second (sar -B units)."""
 
-    faults_s: float | None
-    major_faults_s: float | None
-    pgpgin_kb_s: float | None
-    pgpgout_kb_s: float | None
-    swap_in_pages_s: float | None
-    swap_out_pages_s: float | None
-    pgscan_kswapd_s: float | None
-    pgscan_direct_s: float | None
-    pgsteal_s: float | None
-    allocstall_s: float | None
-    oom_kills: int | None
+    faults_s: float | None = 0.0
+    major_faults_s: float | None = 0.0
+    pgpgin_kb_s: float | None = 0.0
+    pgpgout_kb_s: float | None = 0.0
+    swap_in_pages_s: float | None = 0.0
+    swap_out_pages_s: float | None = 0.0
+    pgscan_kswapd_s: float | None = 0.0
+    pgscan_direct_s: float | None = 0.0
+    pgsteal_s: float | None = 0.0
+    allocstall_s: float | None = 0.0
+    oom_kills: int | None = 0
 
 
 class DiskRow(msgspec.Struct, kw_only=True):
@@ -123,50 +128,50 @@ class DiskRow(msgspec.Struct, kw_only=True):
     in_flight: int
 
 
-class DiskTotals(msgspec.Struct, kw_only=True):
-    devices: int  # shown (whole disks and devices with I/O)
-    r_s: float
-    w_s: float
-    rkb_s: float
-    wkb_s: float
-    busiest_device: str | None
-    busiest_util_pct: float | None
+class DiskTotals(msgspec.Struct, kw_only=True, omit_defaults=True):
+    devices: int = 0  # shown (whole disks and devices with I/O)
+    r_s: float = 0.0
+    w_s: float = 0.0
+    rkb_s: float = 0.0
+    wkb_s: float = 0.0
+    busiest_device: str | None = None
+    busiest_util_pct: float | None = 0.0
 
 
-class InterfaceRow(msgspec.Struct, kw_only=True):
+class InterfaceRow(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One interface, as sar -n DEV and sar -n EDEV (kB = 1024 bytes)."""
 
     interface: str
-    rxpck_s: float | None
-    txpck_s: float | None
-    rxkb_s: float | None
-    txkb_s: float | None
-    rx_errors_s: float | None
-    tx_errors_s: float | None
-    rx_drops_s: float | None
-    tx_drops_s: float | None
+    rxpck_s: float | None = 0.0
+    txpck_s: float | None = 0.0
+    rxkb_s: float | None = 0.0
+    txkb_s: float | None = 0.0
+    rx_errors_s: float | None = 0.0
+    tx_errors_s: float | None = 0.0
+    rx_drops_s: float | None = 0.0
+    tx_drops_s: float | None = 0.0
 
 
-class TcpActivity(msgspec.Struct, kw_only=True):
-    active_opens_s: float | None
-    passive_opens_s: float | None
-    attempt_fails_s: float | None
-    estab_resets_s: float | None
-    out_rsts_s: float | None
-    in_segs_s: float | None
-    out_segs_s: float | None
-    retrans_segs_s: float | None
-    retransmit_pct: float | None
-    curr_estab: int | None
-    listen_overflows_s: float | None
-    listen_drops_s: float | None
-    timeouts_s: float | None
+class TcpActivity(msgspec.Struct, kw_only=True, omit_defaults=True):
+    active_opens_s: float | None = 0.0
+    passive_opens_s: float | None = 0.0
+    attempt_fails_s: float | None = 0.0
+    estab_resets_s: float | None = 0.0
+    out_rsts_s: float | None = 0.0
+    in_segs_s: float | None = 0.0
+    out_segs_s: float | None = 0.0
+    retrans_segs_s: float | None = 0.0
+    retransmit_pct: float | None = 0.0
+    curr_estab: int | None = 0
+    listen_overflows_s: float | None = 0.0
+    listen_drops_s: float | None = 0.0
+    timeouts_s: float | None = 0.0
 
 
-class SoftnetActivity(msgspec.Struct, kw_only=True):
-    processed_s: float | None
-    dropped_s: float | None
-    time_squeeze_s: float | None
+class SoftnetActivity(msgspec.Struct, kw_only=True, omit_defaults=True):
+    processed_s: float | None = 0.0
+    dropped_s: float | None = 0.0
+    time_squeeze_s: float | None = 0.0
 
 
 class PsiShare(msgspec.Struct, kw_only=True):
@@ -177,112 +182,174 @@ class PsiShare(msgspec.Struct, kw_only=True):
     full_pct: float | None
 
 
-class PsiNow(msgspec.Struct, kw_only=True):
+class PsiNow(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The kernel's decaying averages at the window's end (percent)."""
 
-    some_avg10: float
-    some_avg60: float
-    some_avg300: float
-    full_avg10: float | None
-    full_avg60: float | None
-    full_avg300: float | None
+    some_avg10: float = 0.0
+    some_avg60: float = 0.0
+    some_avg300: float = 0.0
+    full_avg10: float | None = 0.0
+    full_avg60: float | None = 0.0
+    full_avg300: float | None = 0.0
 
 
-class MemoryNow(msgspec.Struct, kw_only=True):
-    total_bytes: int | None
-    available_bytes: int | None
-    available_pct: float | None
-    free_bytes: int | None
-    buffers_bytes: int | None
-    cached_bytes: int | None
-    dirty_bytes: int | None
-    writeback_bytes: int | None
-    anon_bytes: int | None
-    slab_bytes: int | None
-    swap_total_bytes: int | None
-    swap_used_bytes: int | None
-    swap_used_pct: float | None
+class MemoryNow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    total_bytes: int | None = 0
+    available_bytes: int | None = 0
+    available_pct: float | None = 0.0
+    free_bytes: int | None = 0
+    buffers_bytes: int | None = 0
+    cached_bytes: int | None = 0
+    dirty_bytes: int | None = 0
+    writeback_bytes: int | None = 0
+    anon_bytes: int | None = 0
+    slab_bytes: int | None = 0
+    swap_total_bytes: int | None = 0
+    swap_used_bytes: int | None = 0
+    swap_used_pct: float | None = 0.0
 
 
-class Gauges(msgspec.Struct, kw_only=True):
+class Gauges(msgspec.Struct, kw_only=True, omit_defaults=True):
     time: str  # the sample's wall time, UTC ISO 8601
-    load1: float | None
-    load5: float | None
-    load15: float | None
-    procs_running: int | None  # /proc/stat, includes the reader itself
-    procs_blocked: int | None  # in uninterruptible sleep (usually I/O)
-    run_queue: int | None  # procs_running - 1: runnable tasks besides the sampler (as sar -q)
-    threads: int | None
-    memory: MemoryNow | None
-    psi: dict[str, PsiNow] | None
+    load1: float | None = 0.0
+    load5: float | None = 0.0
+    load15: float | None = 0.0
+    procs_running: int | None = 0  # /proc/stat, includes the reader itself
+    procs_blocked: int | None = 0  # in uninterruptible sleep (usually I/O)
+    run_queue: int | None = 0  # procs_running - 1: runnable tasks besides the sampler (as sar -q)
+    threads: int | None = 0
+    memory: MemoryNow | None = None
+    psi: dict[str, PsiNow] | None = None
 
 
-class Window(msgspec.Struct, kw_only=True):
+class SnapDiskRow(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One block device, named after the iostat -x columns (zero columns left out)."""
+
+    device: str
+    r_s: float | None = 0.0
+    w_s: float | None = 0.0
+    d_s: float | None = 0.0
+    f_s: float | None = 0.0
+    rkb_s: float | None = 0.0
+    wkb_s: float | None = 0.0
+    dkb_s: float | None = 0.0
+    rrqm_s: float | None = 0.0
+    wrqm_s: float | None = 0.0
+    r_await_ms: float | None = 0.0
+    w_await_ms: float | None = 0.0
+    d_await_ms: float | None = 0.0
+    f_await_ms: float | None = 0.0
+    rareq_sz_kb: float | None = 0.0
+    wareq_sz_kb: float | None = 0.0
+    aqu_sz: float | None = 0.0
+    util_pct: float | None = 0.0
+    in_flight: int = 0
+
+
+class SnapPsi(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Percent of the window in which some / all non-idle tasks stalled (PSI totals; exact for the window)."""
+
+    some_pct: float | None = 0.0
+    full_pct: float | None = 0.0  # absent for cpu too (undefined system-wide)
+
+
+class Window(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Zero counters are left out (absent = 0; null = could not be measured). Idle devices and
+    interfaces are counted, not listed."""
+
     requested_s: float
     interval_s: float  # actual length
     start: str
     end: str
     source: Literal["ring", "direct"]  # the sampler's ring, or reads on the call's own schedule
-    cpu: CpuPct | None
-    per_cpu: list[PerCpuPct] | None
-    context_switches_s: float | None
-    interrupts_s: float | None
-    forks_s: float | None
-    memory: MemoryActivity | None
+    cpu: CpuPct | None = None
+    per_cpu: list[PerCpuPct] | None = None
+    context_switches_s: float | None = 0.0
+    interrupts_s: float | None = 0.0
+    forks_s: float | None = 0.0
+    memory: MemoryActivity | None = None
     disk_totals: DiskTotals
-    disks: list[DiskRow] | None
-    devices_omitted: int
-    interfaces: list[InterfaceRow]
-    tcp: TcpActivity | None
-    softnet: SoftnetActivity | None
-    psi: dict[str, PsiShare] | None
+    disks: list[SnapDiskRow] | None = None  # devices with I/O in the window
+    devices_omitted: int = 0  # idle devices (whole disks and partitions) not listed
+    interfaces: list[InterfaceRow] = []  # interfaces with traffic, drops or errors in the window
+    interfaces_idle: int = 0
+    tcp: TcpActivity | None = None
+    softnet: SoftnetActivity | None = None
+    psi: dict[str, SnapPsi] | None = None  # resources with a stall in the window
     gauges: Gauges
 
 
-class Trend(msgspec.Struct, kw_only=True):
+class Trend(msgspec.Struct, kw_only=True, omit_defaults=True):
     """The headline figures over one window of the ring."""
 
     requested_s: float
     interval_s: float  # actual length
-    cpu_busy: float | None
-    cpu_user: float | None
-    cpu_system: float | None
-    cpu_iowait: float | None
-    cpu_steal: float | None
-    run_queue_mean: float | None  # mean of procs_running - 1 over the window's samples
-    context_switches_s: float | None
-    interrupts_s: float | None
-    faults_s: float | None
-    major_faults_s: float | None
-    swap_pages_s: float | None  # in + out
-    disk_r_s: float
-    disk_w_s: float
-    disk_rkb_s: float
-    disk_wkb_s: float
-    busiest_disk: str | None
-    busiest_disk_util_pct: float | None
-    busiest_disk_aqu_sz: float | None
-    net_rxkb_s: float  # every interface but lo
-    net_txkb_s: float
-    net_drops_s: float  # every interface, rx + tx
-    tcp_retransmit_pct: float | None
-    psi_some_pct: dict[str, float | None] | None  # cpu, memory, io
-    psi_full_pct: dict[str, float | None] | None  # memory, io
+    cpu_busy: float | None = 0.0
+    cpu_user: float | None = 0.0
+    cpu_system: float | None = 0.0
+    cpu_iowait: float | None = 0.0
+    cpu_steal: float | None = 0.0
+    run_queue_mean: float | None = 0.0  # mean of procs_running - 1 over the window's samples
+    context_switches_s: float | None = 0.0
+    interrupts_s: float | None = 0.0
+    faults_s: float | None = 0.0
+    major_faults_s: float | None = 0.0
+    swap_pages_s: float | None = 0.0  # in + out
+    disk_r_s: float = 0.0
+    disk_w_s: float = 0.0
+    disk_rkb_s: float = 0.0
+    disk_wkb_s: float = 0.0
+    busiest_disk: str | None = None
+    busiest_disk_util_pct: float | None = 0.0
+    busiest_disk_aqu_sz: float | None = 0.0
+    net_rxkb_s: float = 0.0  # every interface but lo
+    net_txkb_s: float = 0.0
+    net_drops_s: float = 0.0  # every interface, rx + tx
+    tcp_retransmit_pct: float | None = 0.0
+    psi_some_pct: dict[str, float | None] | None = None  # cpu, memory, io
+    psi_full_pct: dict[str, float | None] | None = None  # memory, io
 
 
-class SamplerInfo(msgspec.Struct, kw_only=True):
+class SamplerInfo(msgspec.Struct, kw_only=True, omit_defaults=True):
     interval_s: float
     samples: int
     history_s: float
 
 
-class SnapshotData(msgspec.Struct, kw_only=True):
+class ProcessEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
+    pid: int
+    user: str
+    command: str  # command line, capped
+    cgroup: str | None = None  # absent: the root cgroup
+    cpu_pct: float = 0.0  # % of one CPU over the processes' window
+    rss_mb: float = 0.0
+    read_bps: float | None = 0.0  # bytes/s reaching storage (/proc/PID/io); null: not visible to this user
+    write_bps: float | None = 0.0
+    fds: int | None = 0
+
+
+class Processes(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Top processes; each ranking lists pids into ``rows`` (one row per process)."""
+
+    window_s: float
+    rows: list[ProcessEntry]
+    cpu: list[int] = []  # pids by CPU %, highest first (>= 0.5%)
+    memory: list[int] = []  # by RSS
+    disk_read: list[int] = []  # by read bytes/s (>= 1 KiB/s)
+    disk_write: list[int] = []
+    fds: list[int] = []
+    notes: list[str] = []  # what could not be seen and why
+
+
+class SnapshotData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    summary: str  # one line: the headline
     mode: Literal["windows", "series"]
     method: str
     cpus: int
-    sampler: SamplerInfo | None
+    sampler: SamplerInfo | None = None
     windows: list[Window]  # count=1: the one detailed window of interval_s; count>1: the series
-    trends: list[Trend]  # count=1: over 1 s, 10 s and 60 s of the ring; count>1: empty
+    trends: list[Trend] = []  # count=1: 10 s and 60 s (and 1 s when interval_s is not 1), those distinct
+    processes: Processes | None = None
 
 
 # ---------------------------------------------------------------- building (pure)
@@ -363,7 +430,8 @@ def gauges(s: SnapshotLike, include_psi: bool) -> Gauges:
             free_bytes=m.mem_free, buffers_bytes=m.buffers, cached_bytes=m.cached, dirty_bytes=m.dirty,
             writeback_bytes=m.writeback, anon_bytes=m.anon_pages, slab_bytes=m.slab,
             swap_total_bytes=m.swap_total, swap_used_bytes=swap_used,
-            swap_used_pct=_r(swap_used / m.swap_total * 100) if swap_used is not None and m.swap_total else None,
+            swap_used_pct=_r(swap_used / m.swap_total * 100) if swap_used is not None and m.swap_total else
+            (0.0 if m.swap_total == 0 else None),
         )
     psi: dict[str, PsiNow] | None = None
     if include_psi:
@@ -373,9 +441,12 @@ def gauges(s: SnapshotLike, include_psi: bool) -> Gauges:
             if p is None:
                 continue
             full = p.full if resource != "cpu" else None  # system-wide cpu "full" is undefined (zeros)
-            psi[resource] = PsiNow(some_avg10=p.some.avg10, some_avg60=p.some.avg60, some_avg300=p.some.avg300,
-                                   full_avg10=full.avg10 if full else None, full_avg60=full.avg60 if full else None,
-                                   full_avg300=full.avg300 if full else None)
+            now = PsiNow(some_avg10=p.some.avg10, some_avg60=p.some.avg60, some_avg300=p.some.avg300,
+                         full_avg10=full.avg10 if full else 0.0, full_avg60=full.avg60 if full else 0.0,
+                         full_avg300=full.avg300 if full else 0.0)
+            if now != PsiNow():  # all zero: left out
+                psi[resource] = now
+        psi = psi or None
     running = stat.procs_running if stat else None
     return Gauges(
         time=iso(s.t_wall), load1=load.load1 if load else None, load5=load.load5 if load else None,
@@ -399,6 +470,8 @@ def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s
         pgsteal_s=_r(mem.pgsteal_s), allocstall_s=_r(mem.allocstall_s), oom_kills=mem.oom_kills,
     )
     shown = shown_devices(rates.disks, whole_disks)
+    active = [d for d in shown if did_io(d)]
+    interfaces = [interface_row(n) for _, n in sorted(rates.interfaces.items())]
     t = rates.tcp
     tcp = None if t is None else TcpActivity(
         active_opens_s=_r(t.active_opens_s), passive_opens_s=_r(t.passive_opens_s),
@@ -413,8 +486,9 @@ def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s
                                                       time_squeeze_s=_r(sn.time_squeeze_s))
     psi = None
     if p.include_psi:
-        psi = {k: PsiShare(some_pct=_r(v.some_pct), full_pct=None if k == "cpu" else _r(v.full_pct))
+        psi = {k: SnapPsi(some_pct=_r(v.some_pct), full_pct=0.0 if k == "cpu" else _r(v.full_pct))
                for k, v in rates.pressure.items()}
+        psi = {k: v for k, v in psi.items() if v != SnapPsi()} or None
     per_cpu = None
     if p.include_per_cpu:
         per_cpu = [PerCpuPct(cpu=n, **msgspec.structs.asdict(cpu_pct(s))) for n, s in sorted(rates.per_cpu.items())]
@@ -424,10 +498,12 @@ def build_window(rates: SystemRates, newer: SnapshotLike, p: Params, requested_s
         cpu=cpu_pct(rates.cpu) if rates.cpu else None, per_cpu=per_cpu,
         context_switches_s=_r(rates.context_switches_s), interrupts_s=_r(rates.interrupts_s),
         forks_s=_r(rates.forks_s), memory=memory, disk_totals=disk_totals(shown, whole_disks),
-        disks=[disk_row(d) for d in shown] if p.include_per_device else None,
-        devices_omitted=len(rates.disks) - len(shown),
-        interfaces=[interface_row(n) for _, n in sorted(rates.interfaces.items())],
-        tcp=tcp, softnet=softnet, psi=psi, gauges=gauges(newer, p.include_psi),
+        disks=[SnapDiskRow(**msgspec.structs.asdict(disk_row(d))) for d in active] if p.include_per_device else None,
+        devices_omitted=len(rates.disks) - len(active),
+        interfaces=[row for row in interfaces if row != InterfaceRow(interface=row.interface)],
+        interfaces_idle=sum(row == InterfaceRow(interface=row.interface) for row in interfaces),
+        tcp=None if tcp == TcpActivity() else tcp, softnet=None if softnet == SoftnetActivity() else softnet,
+        psi=psi, gauges=gauges(newer, p.include_psi),
     )
 
 
@@ -443,9 +519,9 @@ def build_trend(rates: SystemRates, requested_s: float, run_queue_mean: float | 
     if mem is not None and mem.pswpin_s is not None and mem.pswpout_s is not None:
         swap = mem.pswpin_s + mem.pswpout_s
     some = full = None
-    if include_psi:
-        some = {k: _r(v.some_pct) for k, v in rates.pressure.items()}
-        full = {k: _r(v.full_pct) for k, v in rates.pressure.items() if k != "cpu"}
+    if include_psi:  # stalls only (absent: none in the window)
+        some = {k: _r(v.some_pct) for k, v in rates.pressure.items() if v.some_pct != 0} or None
+        full = {k: _r(v.full_pct) for k, v in rates.pressure.items() if k != "cpu" and v.full_pct != 0} or None
     return Trend(
         requested_s=requested_s, interval_s=round(rates.interval_s, 3),
         cpu_busy=_r(cpu.busy) if cpu else None, cpu_user=_r(cpu.user) if cpu else None,
@@ -521,6 +597,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
             for rates, newer in await direct_series(ctx, files, p.interval_s, 1):
                 windows.append(build_window(rates, newer, p, p.interval_s, "direct", whole))
                 warnings += rates.warnings
+        covered: set[float] = set()  # actual lengths already in the answer: a trend repeating one is left out
         for requested in dict.fromkeys((p.interval_s, *STANDARD_WINDOWS_S)):
             if requested < sampler.interval_s:
                 continue
@@ -528,22 +605,88 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
             latest = sampler.latest()
             if ring_rates is None or latest is None:
                 continue
+            actual = round(ring_rates.interval_s, 3)
+            if actual in covered:
+                continue
+            covered.add(actual)
             warnings += ring_rates.warnings
             if ring_rates.interval_s < requested * 0.9:
                 warnings.append(f"the {requested:g} s window covers only {ring_rates.interval_s:.1f} s: the sampler "
                                 "has no older sample yet (it started with the server)")
             if requested == p.interval_s:
                 windows.append(build_window(ring_rates, sampler.view(latest), p, requested, "ring", whole))
-            if requested in STANDARD_WINDOWS_S:
+            elif requested in STANDARD_WINDOWS_S:
                 trends.append(build_trend(ring_rates, requested, ring_run_queue(sampler, ring_rates),
                                           p.include_psi, whole))
         mode, method = "windows", f"background sampler ring ({sampler.interval_s:g} s ticks), rates between samples"
     samples = sampler.samples()
     info = SamplerInfo(interval_s=sampler.interval_s, samples=len(samples),
                        history_s=round(samples[-1].t_mono - samples[0].t_mono, 1) if samples else 0.0)
-    data = SnapshotData(mode=mode, method=method, cpus=os.cpu_count() or 1, sampler=info, windows=windows,
-                        trends=trends)
+    processes = None
+    if p.include_processes:
+        span = p.count * p.interval_s if p.count > 1 else max(PROCESS_WINDOW_S, p.interval_s)
+        processes = processes_section(await attribute(ctx, window_s=min(span, 60.0), top_n=p.top_n))
+    data = SnapshotData(summary="", mode=mode, method=method, cpus=os.cpu_count() or 1, sampler=info,
+                        windows=windows, trends=trends, processes=processes)
+    data.summary = headline(data)
+    squeeze(data)
     return ToolOutput(data=data, summary=summarise(data), warnings=list(dict.fromkeys(warnings)))
+
+
+def squeeze(obj: object) -> None:
+    """Make every field equal to its default BE the default object, so that omit_defaults
+    (which compares floats by identity) leaves zero counters out. In place, recursive."""
+    if isinstance(obj, msgspec.Struct):
+        for f in msgspec.structs.fields(obj):
+            value = getattr(obj, f.name)
+            if f.default is not msgspec.NODEFAULT and value is not f.default and type(value) in (int, float) \
+                    and type(f.default) in (int, float) and value == f.default:
+                setattr(obj, f.name, f.default)
+            else:
+                squeeze(value)
+    elif isinstance(obj, list):
+        for item in obj:
+            squeeze(item)
+    elif isinstance(obj, dict):
+        for item in obj.values():
+            squeeze(item)
+
+
+# ---------------------------------------------------------------- processes
+
+PROCESS_WINDOW_S = 10.0
+MIN_CPU_PCT = 0.5
+MIN_DISK_BPS = 1024.0
+COMMAND_CAP = 80
+
+
+def processes_section(a: Attribution) -> Processes:
+    """Attribution -> one row per process and rankings of pids; near-idle entries dropped.
+    read_bps/write_bps/fds are null where this user cannot see them (another user's process
+    without the inspect grant)."""
+    rows: dict[int, ProcessEntry] = {}
+
+    def ids(lst: list[ProcessRow], key: str, floor: float) -> list[int]:
+        out = []
+        for r in lst:
+            value = getattr(r, key)
+            if value is None or value < floor:
+                continue
+            out.append(r.pid)
+            if r.pid not in rows:
+                command = r.command if len(r.command) <= COMMAND_CAP else r.command[:COMMAND_CAP - 1] + "…"
+                rows[r.pid] = ProcessEntry(
+                    pid=r.pid, user=r.user, command=command, cgroup=None if r.cgroup == "/" else r.cgroup,
+                    cpu_pct=r.cpu_pct or 0.0,
+                    rss_mb=r.rss_mb or 0.0, read_bps=r.read_bps, write_bps=r.write_bps, fds=r.fds)
+        return out
+
+    rankings = {
+        "cpu": ids(a.cpu, "cpu_pct", MIN_CPU_PCT), "memory": ids(a.memory, "rss_mb", 0.1),
+        "disk_read": ids(a.disk_read, "read_bps", MIN_DISK_BPS),
+        "disk_write": ids(a.disk_write, "write_bps", MIN_DISK_BPS), "fds": ids(a.fds, "fds", 1),
+    }
+    return Processes(window_s=a.window_s, rows=list(rows.values()), notes=a.notes, **rankings)
 
 
 # ---------------------------------------------------------------- summary
@@ -570,6 +713,57 @@ def _window_headline(w: Window, cpus: int) -> str:
     if t.busiest_device:
         parts.append(f"busiest disk {t.busiest_device} {_f(t.busiest_util_pct, 0)}% util")
     return ", ".join(parts)
+
+
+def _short(command: str) -> str:
+    first = command.split(" ", 1)[0]
+    return first if first.startswith("[") else os.path.basename(first)[:40]
+
+
+def _bps(value: float | None) -> str:
+    v = value or 0.0
+    return f"{v / 2**20:.1f} MB/s" if v >= 2**20 else f"{v / 1024:.0f} kB/s"
+
+
+def _top_phrases(pr: Processes) -> list[str]:
+    rows = {r.pid: r for r in pr.rows}
+    out = []
+    for label, pids, fmt in (
+        ("CPU", pr.cpu, lambda r: f"{r.cpu_pct:.0f}%"),
+        ("RSS", pr.memory, lambda r: f"{r.rss_mb:.0f} MB"),
+        ("disk read", pr.disk_read, lambda r: _bps(r.read_bps)),
+        ("disk write", pr.disk_write, lambda r: _bps(r.write_bps)),
+    ):
+        if pids:
+            r = rows[pids[0]]
+            out.append(f"top {label}: {_short(r.command)} (pid {r.pid}, {r.user}) {fmt(r)}")
+    return out
+
+
+def _process_lines(pr: Processes) -> list[str]:
+    rows = {r.pid: r for r in pr.rows}
+    lines = [f"Processes over {pr.window_s:g} s (pid user cpu% rss_MB read/write kB/s fds command):"]
+    for label, pids in (("cpu", pr.cpu), ("memory", pr.memory), ("disk read", pr.disk_read),
+                        ("disk write", pr.disk_write), ("fds", pr.fds)):
+        for pid in pids[:3]:
+            r = rows[pid]
+            io = "-" if r.read_bps is None else f"{(r.read_bps or 0) / 1024:.0f}/{(r.write_bps or 0) / 1024:.0f}"
+            lines.append(f"  {label:10s} {r.pid} {r.user} {r.cpu_pct:.1f} {r.rss_mb:.0f} {io} "
+                         f"{'-' if r.fds is None else r.fds} {r.command[:60]}")
+    lines += [f"  note: {n}" for n in pr.notes]
+    return lines
+
+
+def headline(d: SnapshotData) -> str:
+    """The one-line summary (data.summary)."""
+    if not d.windows:
+        return "Snapshot: no data (the sampler has fewer than two samples)"
+    w = d.windows[-1]
+    parts = [_window_headline(w, d.cpus)]
+    if d.processes is not None:
+        parts += _top_phrases(d.processes)
+    prefix = f"Last of {len(d.windows)} intervals: " if d.mode == "series" else f"Over {w.interval_s:g} s: "
+    return prefix + "; ".join(parts)
 
 
 def summarise(d: SnapshotData) -> str:
@@ -611,13 +805,15 @@ def summarise(d: SnapshotData) -> str:
         lines.append("PSI (share of the window stalled): " + ", ".join(
             f"{k} some {_f(v.some_pct)}%" + (f" full {_f(v.full_pct)}%" if v.full_pct is not None else "")
             for k, v in w.psi.items()))
+    if d.processes is not None:
+        lines += _process_lines(d.processes)
     for t in d.trends:
         lines.append(f"Over {t.interval_s:g} s: CPU {_f(t.cpu_busy, 0)}% busy, run queue {_f(t.run_queue_mean)}, "
                      f"{_f(t.major_faults_s)} major faults/s, disks {_f(t.disk_r_s, 0)} r/s {_f(t.disk_w_s, 0)} w/s "
                      f"(busiest {t.busiest_disk or '-'} {_f(t.busiest_disk_util_pct, 0)}%), net rx {_f(t.net_rxkb_s)} "
                      f"tx {_f(t.net_txkb_s)} kB/s, drops {_f(t.net_drops_s)}/s"
-                     + (f", PSI some cpu {_f(t.psi_some_pct.get('cpu'))}% mem {_f(t.psi_some_pct.get('memory'))}% "
-                        f"io {_f(t.psi_some_pct.get('io'))}%" if t.psi_some_pct else ""))
+                     + (f", PSI some cpu {_f(t.psi_some_pct.get('cpu', 0.0))}% mem {_f(t.psi_some_pct.get('memory', 0.0))}% "
+                        f"io {_f(t.psi_some_pct.get('io', 0.0))}%" if t.psi_some_pct else ""))
     return "\n".join(lines)
 
 
@@ -639,4 +835,4 @@ TOOL = ToolSpec(
     handler=run,
 )
 
-SERVICES = [SAMPLER_SERVICE]
+SERVICES = [SAMPLER_SERVICE, process_table_service()]
