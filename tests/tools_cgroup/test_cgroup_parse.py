@@ -1,10 +1,14 @@
 """perf_cgroup_summary's pure layers and its collector on a FAKE v2 tree.
 
 v1: the procfs fixtures captured from a real v1 cgroup on this machine.
-v2: this machine cannot have a v2 hierarchy with controllers (its v2 mount
-has none), so cg_util.FakeV2 writes one in the kernel's documented formats
-and the real collector reads it through its test-only arguments
-(mountinfo path, proc root). That is a fake, and these tests say so.
+v2 controller files (cpu.max, memory.*, io.stat, pids.*): the project's
+hybrid machines cannot have them (cpu, memory, io and pids are bound to v1),
+so cg_util.FakeV2 writes a tree in the kernel's documented formats and the
+real collector reads it through its test-only arguments (mountinfo path, proc
+root). That is a fake, and these tests say so; they need no cgroup mount at
+all. The v2 core files (cgroup.procs, cpu.stat usage, PSI) are read for real
+in test_cgroup_v2_core.py, and on a v2-only host test_cgroup_top.py makes its
+cgroups with the v2 controllers for real.
 """
 
 from __future__ import annotations

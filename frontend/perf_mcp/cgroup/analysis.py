@@ -31,7 +31,7 @@ TOOL = "perf_cgroup_summary"
 class CpuReport(msgspec.Struct, kw_only=True):
     usage_cores: float | None  # over the window
     usage_s_total: float | None  # CPU time since the cgroup was created
-    quota: str  # "0.2 CPUs" or "none" (no CFS quota)
+    quota: str  # "0.2 CPUs", "none" (no CFS quota) or "unknown" (no cpu controller file of this cgroup)
     usage_pct_of_quota: float | None
     quota_cores: float | None  # quota / period; None: no limit
     quota_us: int | None
@@ -147,7 +147,8 @@ def cpu_report(a: CpuReading | None, b: CpuReading | None, interval_s: float, wa
     return CpuReport(
         usage_cores=cores,
         usage_s_total=None if b.usage_ns is None else round(b.usage_ns / 1e9, 6),
-        quota="none" if quota_cores is None else f"{quota_cores:g} CPUs",
+        quota=(f"{quota_cores:g} CPUs" if quota_cores is not None
+               else "none" if b.bandwidth_source is not None else "unknown"),
         usage_pct_of_quota=_pct(cores, quota_cores),
         quota_cores=quota_cores,
         quota_us=b.quota_us,
