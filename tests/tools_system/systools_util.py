@@ -145,4 +145,5 @@ def row(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def checks(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {c["id"]: c for c in r["utilisation"] + r["saturation"] + r["errors"]}
+    """The checks a row lists (those not ok, or every one with include_ok=true)."""
+    return {c["id"]: c for c in r.get("checks", [])}

@@ -51,16 +51,20 @@ async def test_tools_listed_with_schemas(test_users: helpers.TestUsers, no_broke
     assert set(snap) == {"include_per_cpu", "include_per_device", "include_psi", "interval_s", "count",
                          "include_processes", "top_n"}
     assert (snap["top_n"]["minimum"], snap["top_n"]["maximum"]) == (1, 50)
-    assert (snap["interval_s"]["minimum"], snap["interval_s"]["maximum"], snap["interval_s"]["default"]) == (0.1, 60, 1.0)
-    assert (snap["count"]["minimum"], snap["count"]["maximum"], snap["count"]["default"]) == (1, 60, 1)
-    assert [snap[k]["default"] for k in ("include_per_cpu", "include_per_device", "include_psi")] == [False, True, True]
+    # defaults are stated in the schema or left out of it (compact schemas): when stated, they are these
+    assert (snap["interval_s"]["minimum"], snap["interval_s"]["maximum"], snap["interval_s"].get("default", 1.0)) == (0.1, 60, 1.0)
+    assert (snap["count"]["minimum"], snap["count"]["maximum"], snap["count"].get("default", 1)) == (1, 60, 1)
+    assert [snap[k].get("default", d) for k, d in (("include_per_cpu", False), ("include_per_device", True),
+                                                   ("include_psi", True))] == [False, True, True]
     use = tools["perf_use_check"].input_schema["properties"]
-    assert set(use) == {"window_s"} and (use["window_s"]["minimum"], use["window_s"]["maximum"],
-                                         use["window_s"]["default"]) == (1, 600, 10.0)
+    assert set(use) == {"window_s", "top_n", "include_ok", "include_thresholds"}
+    assert (use["window_s"]["minimum"], use["window_s"]["maximum"], use["window_s"].get("default", 10.0)) == (1, 600, 10.0)
+    assert (use["top_n"]["minimum"], use["top_n"]["maximum"], use["top_n"].get("default", 3)) == (1, 20, 3)
+    assert use["include_ok"].get("default", False) is False and use["include_thresholds"].get("default", False) is False
     io = tools["perf_io_latency"].input_schema["properties"]
     assert set(io) == {"device", "duration_s", "mode"}
-    assert (io["duration_s"]["minimum"], io["duration_s"]["maximum"], io["duration_s"]["default"]) == (1, 30, 5.0)
-    assert io["mode"]["enum"] == ["snapshot", "trace"] and io["mode"]["default"] == "snapshot"
+    assert (io["duration_s"]["minimum"], io["duration_s"]["maximum"], io["duration_s"].get("default", 5.0)) == (1, 30, 5.0)
+    assert io["mode"]["enum"] == ["snapshot", "trace"] and io["mode"].get("default", "snapshot") == "snapshot"
     for name in TOOLS:
         t = tools[name]
         assert t.annotations.read_only_hint is True and t.annotations.open_world_hint is False
@@ -216,6 +220,10 @@ HOSTILE: list[tuple[str, dict[str, Any], str]] = [
     ("perf_use_check", {"window_s": None}, "window_s"),
     ("perf_use_check", {"window_s": True}, "window_s"),
     ("perf_use_check", {"resource": "cpu"}, "resource"),
+    ("perf_use_check", {"top_n": 0}, "top_n"),
+    ("perf_use_check", {"top_n": 21}, "top_n"),
+    ("perf_use_check", {"include_ok": "yes"}, "include_ok"),
+    ("perf_use_check", {"include_thresholds": [True]}, "include_thresholds"),
     ("perf_io_latency", {"duration_s": 0}, "duration_s"),
     ("perf_io_latency", {"duration_s": 31}, "duration_s"),
     ("perf_io_latency", {"duration_s": "NaN"}, "duration_s"),
@@ -244,7 +252,7 @@ async def test_bad_params_are_typed_errors_and_the_server_keeps_serving(
             assert result.is_error is True, (tool, args)
             assert env["success"] is False and env["error"]["code"] == "INVALID_PARAMS", (tool, args, env)
             assert field in env["error"]["message"], (tool, args, env["error"])
-            assert env["error"]["suggestion"] and env["error"]["recoverable"] is False
+            assert env["error"]["suggestion"] and env["error"]["recoverable"] is True  # INVALID_PARAMS: fix and retry
             assert result.content[0].text.startswith(f"{tool} failed: INVALID_PARAMS")
         # a float NaN from the client: JSON has no NaN, so it arrives as null (or NaN) and is refused
         for tool, field in (("perf_snapshot", "interval_s"), ("perf_use_check", "window_s"),
@@ -263,16 +271,18 @@ async def test_use_check_table_and_the_design_thresholds(
 ) -> None:
     async with helpers.mcp_client(test_users.denied, no_broker_socket) as client:
         await trio.sleep(2.5)
-        result = await client.call_tool("perf_use_check", {})
+        result = await client.call_tool("perf_use_check", {"include_ok": True, "include_thresholds": True})
     data = ok_data(result)
-    assert [r["name"] for r in data["table"]][:4] == ["cpu", "memory", "disk", "network"]
+    assert [r["name"] for r in data["table"]][:5] == ["cpu", "memory", "disk", "filesystem", "network"]
     table = {t["key"]: (t["warning"], t["critical"]) for t in data["thresholds"]}
     assert {k: table.get(k) for k in DESIGN_TABLE} == DESIGN_TABLE
-    # Rows beyond DESIGN.md's table are perf-mcp's own (cgroup and per-process limits).
-    assert all(k.split(".")[0] in {"cgroup", "process"} for k in set(table) - set(DESIGN_TABLE)), table
+    # Rows beyond DESIGN.md's table are perf-mcp's own, and say so.
+    sources = {t["key"]: t["source"] for t in data["thresholds"]}
+    assert all(sources[k].startswith("perf-mcp") for k in set(table) - set(DESIGN_TABLE)), sources
+    assert sources["memory.swap_used_pct"].startswith("DESIGN.md (info only")
     assert data["thresholds_source"].startswith("defaults")
     assert data["requested_window_s"] == 10 and 1.5 <= data["window_s"] <= 4
-    cpu = {c["id"]: c for r in data["table"] if r["name"] == "cpu" for c in r["utilisation"] + r["saturation"]}
+    cpu = {c["id"]: c for r in data["table"] if r["name"] == "cpu" for c in r["checks"]}
     assert cpu["cpu.utilisation"]["warning"] == 70 and cpu["cpu.utilisation"]["critical"] == 90
     ncpu = os.cpu_count() or 1
     assert cpu["cpu.run_queue"]["warning"] == ncpu and cpu["cpu.run_queue"]["critical"] == 2 * ncpu
@@ -280,7 +290,7 @@ async def test_use_check_table_and_the_design_thresholds(
     # thresholds' boundaries are proven with synthetic samples in test_use_rules.py).
     meminfo = {ln.split(":")[0]: int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()}
     avail_pct = 100 * meminfo["MemAvailable"] / meminfo["MemTotal"]
-    mem = {c["id"]: c for r in data["table"] if r["name"] == "memory" for c in r["utilisation"] + r["saturation"]}
+    mem = {c["id"]: c for r in data["table"] if r["name"] == "memory" for c in r["checks"]}
     avail = next(c for c in mem.values() if (c["threshold"] or "").endswith("available_pct"))
     assert abs(avail["value"] - avail_pct) < 3, (avail, avail_pct)
     assert (avail["warning"], avail["critical"]) == (20, 10)
@@ -288,7 +298,7 @@ async def test_use_check_table_and_the_design_thresholds(
         assert avail["status"] == "ok", avail
     assert cpu["cpu.utilisation"]["value"] is not None and 0 <= cpu["cpu.utilisation"]["value"] <= 100
     for r in data["table"]:
-        if r["since"] is not None:
+        if r.get("since") is not None:
             assert r["since"]["status"] == r["status"] and r["since"]["duration_s"] > 0
     text = result.content[0].text
     assert text.startswith("USE check over") and "cpu" in text
@@ -306,7 +316,8 @@ async def test_threshold_override_file(test_users: helpers.TestUsers, no_broker_
     async with helpers.mcp_client(test_users.denied, no_broker_socket,
                                   env={"PERF_MCP_THRESHOLDS": str(good)}) as client:
         await trio.sleep(2.2)
-        result = await client.call_tool("perf_use_check", {"window_s": 2})
+        result = await client.call_tool("perf_use_check", {"window_s": 2, "include_ok": True,
+                                                            "include_thresholds": True})
     data, env = ok_data(result), envelope(result)
     rows = {t["key"]: t for t in data["thresholds"]}
     assert (rows["cpu.utilisation_pct"]["warning"], rows["cpu.utilisation_pct"]["critical"]) == (0.0, 99.5)
@@ -315,17 +326,15 @@ async def test_threshold_override_file(test_users: helpers.TestUsers, no_broker_
     assert (rows["network.retransmit_pct"]["warning"], rows["network.retransmit_pct"]["critical"]) == (1.0, 5.0)
     assert any("network.retransmit_pct" in w and "must be" in w for w in env["warnings"]), env["warnings"]
     assert any("nosuch.row" in w for w in env["warnings"]), env["warnings"]
-    util = next(c for r in data["table"] if r["name"] == "cpu" for c in r["utilisation"])
+    util = next(c for r in data["table"] if r["name"] == "cpu" for c in r["checks"] if c["id"] == "cpu.utilisation")
     assert util["warning"] == 0.0 and util["status"] == ("ok" if util["value"] == 0 else "warning" if
                                                          util["value"] <= 99.5 else "critical")
     if util["status"] != "ok":  # a cpu finding that comes from the override
         assert any(f["resource"] == "cpu" for f in data["findings"])
     async with helpers.mcp_client(test_users.denied, no_broker_socket,
                                   env={"PERF_MCP_THRESHOLDS": str(bad)}) as client:
-        result = await client.call_tool("perf_use_check", {"window_s": 1})
+        result = await client.call_tool("perf_use_check", {"window_s": 1, "include_thresholds": True})
     data, env = ok_data(result), envelope(result)
     table = {t["key"]: (t["warning"], t["critical"]) for t in data["thresholds"]}
     assert {k: table.get(k) for k in DESIGN_TABLE} == DESIGN_TABLE
-    # Rows beyond DESIGN.md's table are perf-mcp's own (cgroup and per-process limits).
-    assert all(k.split(".")[0] in {"cgroup", "process"} for k in set(table) - set(DESIGN_TABLE)), table
     assert any(str(bad) in w and "not valid TOML" in w for w in env["warnings"]), env["warnings"]

@@ -684,7 +684,9 @@ def memory_findings(signals: list[Signal], fc: FindingContext) -> list[Finding]:
                    (s.check.threshold or s.check.value)]
         extra = ""
         nxt = next_call("perf_snapshot")
-        if ids <= {"psi.memory.some", "psi.memory.full"} and avail is not None and avail.value is not None:
+        psi_ids = {"psi.memory.some", "psi.memory.full"}
+        if ids & psi_ids and ids <= psi_ids | {"memory.major_faults"} and not short and avail is not None \
+                and avail.value is not None:
             title = "Tasks stall on memory while the system has memory available: a cgroup limit is likely"
             extra = (f"system-wide {avail.value:g}% of memory is available, so the stalls come from reclaim inside "
                      "memory-limited cgroups (or from refaulting a working set larger than its limit)")
