@@ -66,7 +66,7 @@ def record_ok() -> StepResult:
 async def test_recorded_output_gives_a_profile_and_artifacts() -> None:
     out, store = await call(ScriptedBroker(record_ok(), step("script", stdout=FIXTURE)))
     d = out.data
-    assert d.samples == 190 and d.top_functions_self[0].function == "leaf_mul"
+    assert d.samples == 190 and d.top_functions[0].function == "leaf_mul"
     assert d.method.startswith("perf record -g (cpu-clock)")
     assert {a.name for a in d.artifacts} == {"flamegraph.svg", "stacks.folded", "perf-script.txt"}
     assert store.get(d.artifacts[0].uri) is not None

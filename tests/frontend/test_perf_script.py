@@ -209,3 +209,28 @@ def test_comm_pid_headers_of_the_five_field_script() -> None:
     assert f.samples == 3 and f.bad_lines == 0
     assert f.stacks == {"kworker/0:1-ev;handle_softirqs": 1, "swapper;default_idle": 1, "app 2;main;leaf": 1}
     assert parse_header("x 12/ab 100") is None  # garbled 'pid/tid period', not 'comm pid'
+
+
+@pytest.mark.parametrize("name", sorted(RECORDED_SAMPLES))
+def test_stacks_are_kept_apart_by_pid(name: str) -> None:
+    """by_pid holds the same stacks split by the header's pid: per-pid totals are the header counts."""
+    text = load(name)
+    folded = fold(text)
+    headers: dict[int, int] = {}
+    for line in text.splitlines():
+        if line and not line[0].isspace():
+            pid = int(line.rsplit(None, 2)[-2].partition("/")[0])
+            headers[pid] = headers.get(pid, 0) + 1
+    assert {pid: sum(s.values()) for pid, s in folded.by_pid.items()} == headers
+    merged: dict[str, int] = {}
+    for stacks in folded.by_pid.values():
+        for stack, n in stacks.items():
+            merged[stack] = merged.get(stack, 0) + n
+    assert merged == folded.stacks
+
+
+def test_two_processes_with_one_name_are_two_pids() -> None:
+    text = "burn 101\n\t  10 spin (/x/burn)\n\nburn 102\n\t  10 spin (/x/burn)\n\nburn 101\n\t  10 spin (/x/burn)\n\n"
+    folded = fold(text)
+    assert folded.stacks == {"burn;spin": 3}
+    assert folded.by_pid == {101: {"burn;spin": 2}, 102: {"burn;spin": 1}}

@@ -76,7 +76,7 @@ async def test_sudo_mode_drops_privileges_and_profiles(test_users: helpers.TestU
             )
             env = envelope(result)
             assert env["success"] is True, env
-            assert env["data"]["top_functions_self"][0]["function"] == busy.leaf_symbol, env["data"]
+            assert env["data"]["top_functions"][0]["function"] == busy.leaf_symbol, env["data"]
         log.seek(0)
         sys.stderr.write(log.read())
     # The client closing stdin ends the child; the broker parent follows.

@@ -150,11 +150,13 @@ def check_known_answer(rung: str, env: dict[str, Any], data: dict[str, Any], ans
         assert any("bpftrace" in w and "skipped" in w for w in env["warnings"])
         record = data["argv"][0]
         assert {"-N", "-B", "--max-size"} <= set(record) and record[-2] == "-o"
-    top = data["top_functions_self"][0]
-    assert top["function"] == LEAF and top["self_pct"] >= 85, data["top_functions_self"][:3]
+    top = data["top_functions"][0]
+    assert top["function"] == LEAF and top["self_pct"] >= 85, data["top_functions"][:3]
     stack = data["hottest_stacks"][0]["stack"]
     assert stack[0] == helpers.BUSY_COMM and stack[-3:] == ["main", LOOP, LEAF], stack
-    assert data["idle_pct"] == 0.0 and data["processes"][0]["comm"] == helpers.BUSY_COMM
+    [row] = data["processes"]
+    assert (row["pid"], row["comm"]) == (cpu.pid, helpers.BUSY_COMM) and row["command"].endswith(f"/{helpers.BUSY_COMM} 60")
+    assert data["summary"].startswith(f"CPU profile of pid {cpu.pid}") and "\n" not in data["summary"]
     # samples = CPU time in the sampling window x rate. bpftrace stamps its window itself; perf
     # record's window is duration_s from its start, less its own start-up before the first sample
     # (up to PERF_STARTUP_S on a loaded machine), so its count may lie between the two.
@@ -170,6 +172,13 @@ def check_known_answer(rung: str, env: dict[str, Any], data: dict[str, Any], ans
     slack = ABS_TOL_CPU_S * RATE
     assert (1 - REL_TOL) * low - slack <= samples <= (1 + REL_TOL) * high + slack, (samples, low, high)
     assert samples >= 0.1 * DURATION * RATE  # the busy loop got some CPU even on a loaded machine
+    # idle for one process: the share of the window it was off CPU, from the samples a single thread
+    # always on a CPU gives (window x rate); the busy loop is off CPU only when the machine is loaded
+    assert data["expected_samples"] == int(data["sampled_s"] * RATE)
+    off_low = 100 * (1 - cpu_s / data["sampled_s"])
+    off_high = 100 * (1 - late / data["sampled_s"])
+    print(f"{rung}: off CPU {data['idle_pct']}% (from its CPU time: {off_low:.1f}-{off_high:.1f}%)")
+    assert off_low - 100 * REL_TOL <= data["idle_pct"] <= off_high + 100 * REL_TOL
     assert {a["name"] for a in data["artifacts"]} >= {"flamegraph.svg", "stacks.folded"}
 
 
@@ -203,7 +212,7 @@ async def test_helpers_busy_binary_on_each_rung(rung: str, brokers: dict[str, he
         busy.proc.kill()
         busy.proc.wait()
     assert data["backend"] == rung
-    top = data["top_functions_self"][0]
+    top = data["top_functions"][0]
     assert top["function"] == LEAF and top["self_pct"] >= 95  # user mode only: no interrupt frames
     stack = data["hottest_stacks"][0]["stack"]
     assert stack[1] == "__libc_start_call_main" and stack[-1] == LEAF, stack
@@ -274,5 +283,6 @@ async def test_bpftrace_rung_process_exits_before_its_frames_are_named(
     assert data["backend"] == "bpftrace" and data["samples"] > 0
     assert any(f"process {busy.pid} exited before bpftrace named its frames" in w for w in env["warnings"])
     # its frames are addresses now, folded as the binary's name: the leaf is not claimed
-    assert all(f["function"] != LEAF for f in data["top_functions_self"])
-    print(f"exited process: {data['samples']} samples, top {data['top_functions_self'][0]['function']}")
+    assert all(f["function"] != LEAF for f in data["top_functions"])
+    assert any(f"process {busy.pid} exited during the profile" in w for w in env["warnings"])
+    print(f"exited process: {data['samples']} samples, top {data['top_functions'][0]['function']}")

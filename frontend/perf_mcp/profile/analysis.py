@@ -1,57 +1,110 @@
-"""What a folded CPU profile says: top functions, hottest stacks, findings (pure)."""
+"""What a folded CPU profile says: top functions, hottest stacks, processes, findings (pure).
+
+Denominators. Percentages of functions, stacks and processes are of all samples
+taken. Idle is judged against the samples a fully busy target would give
+(`expected`: rate x window x CPUs system-wide, x min(threads, CPUs) for one
+process), not against the idle task's samples: an idle CPU with a tickless
+kernel is sampled far less often than a busy one (here 68 idle-task samples
+where /proc/stat said 238 were due), so the idle task's share understates idle.
+
+perf-mcp's own processes (own_pids: the broker's perf and bpftrace, this
+frontend) are left out of the rankings (functions, stacks, processes); their
+share is reported as own_pct. The flame graph and the folded stacks keep them.
+"""
 
 from __future__ import annotations
 
+import re
 from collections import Counter
+from collections.abc import Iterable
 
 import msgspec
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from .perf_script import Folded
 
 IDLE_COMMS = frozenset({"swapper"})
 TOOL = "perf_cpu_profile"
 
-# Finding thresholds, as a share of the busy (non-idle) samples.
+# Finding thresholds, as a share of the busy (non-idle) samples unless said otherwise.
 HOT_FUNCTION_WARN_PCT = 30.0
 KERNEL_WARN_PCT = 30.0
 UNKNOWN_INFO_PCT = 25.0
-IDLE_INFO_PCT = 90.0
+IDLE_INFO_PCT = 90.0  # system-wide: share of the expected samples with no task on the CPU
+OFF_CPU_INFO_PCT = 50.0  # one process: share of its expected samples it was off CPU
+INTERPRETER_INFO_PCT = 20.0  # an eval loop on the stack in this share of a runtime's samples
+INTERPRETER_WARN_PCT = 50.0
+JIT_INFO_PCT = 25.0  # unnamed leaf frames in a JIT runtime's samples
+SAMPLES_LOW_PCT = 50.0  # system-wide: samples taken below this share of the expected count
 MIN_SAMPLES_FOR_CONFIDENCE = 500
+OWN_TOP_PCT = 50.0  # system-wide: a process holding this share of a hot function's samples is named
+
+# Eval-loop frames of interpreters: the stack shows the interpreter, not the program's functions.
+EVAL_LOOPS: dict[str, frozenset[str]] = {
+    "python": frozenset({"_PyEval_EvalFrameDefault", "_PyEval_EvalFrame", "PyEval_EvalFrameEx", "PyEval_EvalCode",
+                         "_PyEval_Vector"}),
+    "ruby": frozenset({"vm_exec", "vm_exec_core", "rb_vm_exec", "vm_call0_body"}),
+    "perl": frozenset({"Perl_runops_standard", "Perl_runops_debug", "Perl_runops_wrap"}),
+    "php": frozenset({"execute_ex", "zend_execute", "ZEND_DO_FCALL_SPEC_RETVAL_USED_HANDLER"}),
+    "node": frozenset({"Builtins_InterpreterEntryTrampoline", "Builtins_JSEntryTrampoline", "Builtins_JSEntry"}),
+}
+JIT_RUNTIMES = frozenset({"node", "java"})
+_PY_VERSION = re.compile(r"python(\d+)\.(\d+)")
 
 
 class FunctionStat(msgspec.Struct, kw_only=True):
+    """One row of the merged ranking: time in the function itself and under it."""
+
     function: str
     module: str
-    kernel: bool
-    self_samples: int
-    self_pct: float  # of all samples
-    total_samples: int
+    self_pct: float  # of all samples: the function was the leaf
     total_pct: float  # of all samples: the function was anywhere on the stack
 
 
 class StackStat(msgspec.Struct, kw_only=True):
     stack: list[str]  # comm first, then root ... leaf
-    samples: int
     pct: float
 
 
-class ProcessStat(msgspec.Struct, kw_only=True):
+class ProcessStat(msgspec.Struct, kw_only=True, omit_defaults=True):
+    pid: int  # -1 when the source had no pids
     comm: str
     samples: int
     pct: float
+    command: str | None = None  # command line (capped), when the process was seen while profiling
+
+
+class RuntimeUse(msgspec.Struct, kw_only=True):
+    """Samples of one interpreter or JIT runtime in one process."""
+
+    runtime: str
+    pid: int
+    comm: str
+    samples: int  # the process's samples
+    eval_samples: int  # with an eval-loop frame on the stack
+    eval_frame: str  # the eval-loop frame seen most
+    unnamed_leaf_samples: int  # leaf frame without a symbol (JIT code without a perf map)
+    module: str  # the interpreter's binary or library (python3.11, libjvm.so, ...)
+    perf_support: bool  # frames already named by the runtime's perf support (py::...)
 
 
 class ProfileAnalysis(msgspec.Struct, kw_only=True):
     samples: int
-    busy_samples: int  # samples not in the idle loop
+    busy_samples: int  # samples not in the idle loop (own samples included: they used CPU)
+    own_samples: int  # samples of perf-mcp's own processes, left out of the rankings
+    expected_samples: int | None
     idle_pct: float
     kernel_pct: float  # samples whose leaf frame is in the kernel
     unknown_pct: float  # samples whose leaf frame has no symbol
-    top_self: list[FunctionStat]
-    top_total: list[FunctionStat]
+    kernel_samples: int  # the same as counts, of the ranked (not idle, not perf-mcp's) samples
+    unknown_samples: int
+    functions: list[FunctionStat]
     hottest_stacks: list[StackStat]
     processes: list[ProcessStat]
+    runtimes: list[RuntimeUse]
+    top_self: list[tuple[str, int]]  # (function, leaf samples), best first, for the findings
+    self_by_pid: dict[str, dict[int, int]]  # top functions' leaf samples per pid
+    kernel_by_pid: dict[int, int]
 
 
 def _pct(n: int, total: int) -> float:
@@ -67,56 +120,132 @@ def _rank(item: tuple[str, int]) -> tuple[int, bool, str]:
     return (-item[1], _is_unknown(item[0]), item[0])
 
 
-def analyse(folded: Folded, *, top_n: int = 20, top_stacks: int = 10) -> ProfileAnalysis:
-    """Rank functions by self and total samples and stacks by samples; idle-loop samples are counted
-    in the percentages' denominator but left out of the rankings (they would drown everything)."""
+def _runtime_of(comm: str, modules: Iterable[str]) -> tuple[str, str] | None:
+    """(runtime, module) for a JIT runtime told by its binary or library; interpreters are told by frames."""
+    for m in modules:
+        if m == "libjvm.so":
+            return "java", m
+    if comm in ("node", "nodejs") or comm.startswith("node"):
+        return "node", comm
+    if comm == "java":
+        return "java", comm
+    return None
+
+
+def _stacks_by_pid(folded: Folded) -> Iterable[tuple[int, dict[str, int]]]:
+    if folded.by_pid:
+        return folded.by_pid.items()
+    return [(-1, folded.stacks)]
+
+
+def analyse(folded: Folded, *, own_pids: frozenset[int] = frozenset(), expected: int | None = None,
+            top_n: int = 10, top_stacks: int = 5) -> ProfileAnalysis:
+    """Rank functions, stacks and processes; idle-loop and perf-mcp samples are counted in the
+    denominators but left out of the rankings (idle would drown everything; ours is not the user's)."""
     total = folded.samples
     self_c: Counter[str] = Counter()
     total_c: Counter[str] = Counter()
-    comm_c: Counter[str] = Counter()
-    busy: list[tuple[str, int]] = []
-    idle = kern = unknown = 0
-    for stack, count in folded.stacks.items():
-        frames = stack.split(";")
-        comm = frames[0]
-        comm_c[comm] += count
-        if comm in IDLE_COMMS:
-            idle += count
+    proc_c: Counter[tuple[int, str]] = Counter()
+    self_pid: dict[str, Counter[int]] = {}
+    kernel_by_pid: Counter[int] = Counter()
+    ranked: list[tuple[str, int]] = []
+    runtimes: list[RuntimeUse] = []
+    idle = kern = unknown = own = 0
+    for pid, stacks in _stacks_by_pid(folded):
+        eval_c: Counter[str] = Counter()
+        eval_runtime: Counter[str] = Counter()
+        pid_samples = unnamed_leaf = 0
+        py_named = False
+        comm_of: Counter[str] = Counter()
+        modules: set[str] = set()
+        for stack, count in stacks.items():
+            frames = stack.split(";")
+            comm = frames[0]
+            if comm in IDLE_COMMS:
+                idle += count
+                continue
+            if pid in own_pids:
+                own += count
+                continue
+            proc_c[(pid, comm)] += count
+            comm_of[comm] += count
+            pid_samples += count
+            ranked.append((stack, count))
+            leaf = frames[-1] if len(frames) > 1 else None
+            if leaf is not None:
+                self_c[leaf] += count
+                self_pid.setdefault(leaf, Counter())[pid] += count
+                if leaf in folded.kernel_frames:
+                    kern += count
+                    kernel_by_pid[pid] += count
+                elif _is_unknown(leaf):
+                    unknown += count
+                    unnamed_leaf += count
+            names = set(frames[1:])
+            for name in names:
+                total_c[name] += count
+            for runtime, loops in EVAL_LOOPS.items():
+                hit = names & loops
+                if hit:
+                    frame = min(hit)
+                    eval_c[frame] += count
+                    eval_runtime[runtime] += count
+                    modules.add(folded.frame_dso.get(frame, ""))
+                    break
+            if not py_named and any(n.startswith("py::") for n in names):
+                py_named = True
+            if len(frames) > 1:
+                modules.update(folded.frame_dso.get(n, "") for n in (frames[1], frames[-1]))
+        if not pid_samples:
             continue
-        busy.append((stack, count))
-        leaf = frames[-1] if len(frames) > 1 else None
-        if leaf is not None:
-            self_c[leaf] += count
-            if leaf in folded.kernel_frames:
-                kern += count
-            elif _is_unknown(leaf):
-                unknown += count
-        for name in set(frames[1:]):
-            total_c[name] += count
+        comm = comm_of.most_common(1)[0][0]
+        if eval_runtime:
+            runtime, n = eval_runtime.most_common(1)[0]
+            frame = eval_c.most_common(1)[0][0]
+            runtimes.append(RuntimeUse(runtime=runtime, pid=pid, comm=comm, samples=pid_samples, eval_samples=n,
+                                       eval_frame=frame, unnamed_leaf_samples=unnamed_leaf,
+                                       module=folded.frame_dso.get(frame, ""), perf_support=py_named))
+        else:
+            jit = _runtime_of(comm, modules)
+            if jit is not None:
+                runtimes.append(RuntimeUse(runtime=jit[0], pid=pid, comm=comm, samples=pid_samples, eval_samples=0,
+                                           eval_frame="", unnamed_leaf_samples=unnamed_leaf, module=jit[1],
+                                           perf_support=False))
+
+    busy = total - idle
+    if expected:
+        idle_pct = round(max(0.0, min(100.0, 100.0 * (1.0 - busy / expected))), 2)
+    else:
+        idle_pct = _pct(idle, total)
 
     def stat(name: str) -> FunctionStat:
-        return FunctionStat(
-            function=name,
-            module=folded.frame_dso.get(name, "[unknown]"),
-            kernel=name in folded.kernel_frames,
-            self_samples=self_c[name],
-            self_pct=_pct(self_c[name], total),
-            total_samples=total_c[name],
-            total_pct=_pct(total_c[name], total),
-        )
+        return FunctionStat(function=name, module=folded.frame_dso.get(name, "[unknown]"),
+                            self_pct=_pct(self_c[name], total), total_pct=_pct(total_c[name], total))
 
-    busy.sort(key=lambda sc: (-sc[1], sc[0]))
+    by_self = sorted(self_c.items(), key=_rank)
+    chosen = [n for n, _ in by_self[:top_n]]
+    chosen += [n for n, _ in sorted(total_c.items(), key=_rank)[: max(3, top_n // 2)] if n not in chosen]
+    functions = sorted((stat(n) for n in chosen), key=lambda f: (-f.self_pct, -f.total_pct, f.function))
+    ranked.sort(key=lambda sc: (-sc[1], sc[0]))
+    runtimes.sort(key=lambda r: -r.samples)
     return ProfileAnalysis(
         samples=total,
-        busy_samples=total - idle,
-        idle_pct=_pct(idle, total),
+        busy_samples=busy,
+        own_samples=own,
+        expected_samples=expected,
+        idle_pct=idle_pct,
         kernel_pct=_pct(kern, total),
         unknown_pct=_pct(unknown, total),
-        top_self=[stat(n) for n, _ in sorted(self_c.items(), key=_rank)[:top_n]],
-        top_total=[stat(n) for n, _ in sorted(total_c.items(), key=_rank)[:top_n]],
-        hottest_stacks=[StackStat(stack=s.split(";"), samples=c, pct=_pct(c, total)) for s, c in busy[:top_stacks]],
-        processes=[ProcessStat(comm=c, samples=n, pct=_pct(n, total))
-                   for c, n in sorted(comm_c.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]],
+        kernel_samples=kern,
+        unknown_samples=unknown,
+        functions=functions,
+        hottest_stacks=[StackStat(stack=s.split(";"), pct=_pct(c, total)) for s, c in ranked[:top_stacks]],
+        processes=[ProcessStat(pid=p, comm=c, samples=n, pct=_pct(n, total))
+                   for (p, c), n in sorted(proc_c.items(), key=lambda kv: (-kv[1], kv[0]))[:top_n]],
+        runtimes=runtimes,
+        top_self=by_self[:3],
+        self_by_pid={n: dict(self_pid[n]) for n, _ in by_self[:3]},
+        kernel_by_pid=dict(kernel_by_pid),
     )
 
 
@@ -124,50 +253,161 @@ def _confidence(samples: int) -> float:
     return round(min(1.0, 0.4 + 0.6 * samples / MIN_SAMPLES_FOR_CONFIDENCE), 2)
 
 
-def findings(a: ProfileAnalysis, *, target: str, rate_hz: int) -> list[Finding]:
+def _top_pid(counts: dict[int, int], share_pct: float) -> int | None:
+    """The pid holding at least share_pct of counts, if any (and a real pid)."""
+    if not counts:
+        return None
+    pid, n = max(counts.items(), key=lambda kv: kv[1])
+    return pid if pid > 0 and 100.0 * n / max(1, sum(counts.values())) >= share_pct else None
+
+
+def _python_advice(r: RuntimeUse) -> str:
+    m = _PY_VERSION.search(r.module)
+    version = (int(m.group(1)), int(m.group(2))) if m else None
+    head = ("Python 3.12+ can name Python functions for perf: start the program with `python -X perf` or "
+            "PYTHONPERFSUPPORT=1 (or call sys.activate_stack_trampoline('perf') in it) and profile again; "
+            "frames then read py::function:file.")
+    if version is not None and version < (3, 12):
+        return (f"{head} This interpreter is Python {version[0]}.{version[1]} ({r.module}), which has no perf "
+                "support: run the program on Python 3.12 or later, or use a Python sampling profiler (py-spy).")
+    return head
+
+
+def _interpreter_finding(r: RuntimeUse, rate_hz: int, conf: float) -> Finding | None:
+    share = 100.0 * r.eval_samples / r.samples
+    if r.perf_support or share < INTERPRETER_INFO_PCT:
+        return None
+    who = f"pid {r.pid} ({r.comm})" if r.pid > 0 else r.comm
+    if r.runtime == "python":
+        advice = _python_advice(r)
+    elif r.runtime == "node":
+        advice = ("Start node with --perf-basic-prof (or --perf-basic-prof-only-functions) so it writes "
+                  f"/tmp/perf-{r.pid}.map, and profile again: perf then names the JavaScript functions.")
+    elif r.runtime == "ruby":
+        advice = ("perf sees Ruby's VM loop, not Ruby methods: Ruby 3.3+ with YJIT can write a perf map "
+                  "(--yjit-perf), else use a Ruby sampling profiler (stackprof, rbspy).")
+    elif r.runtime == "perl":
+        advice = "perf sees Perl's op loop, not Perl subs: use a Perl profiler (Devel::NYTProf)."
+    else:
+        advice = "perf sees PHP's executor, not PHP functions: PHP 8's opcache.jit_debug=0x10 writes a perf map."
+    return Finding(
+        id="cpu_profile.interpreter", severity="warning" if share >= INTERPRETER_WARN_PCT else "info",
+        resource="process",
+        title=f"{who} runs in the {r.runtime} interpreter's eval loop ({r.eval_frame}) in {share:.0f}% of its samples",
+        detail=(f"{r.eval_samples} of {r.samples} samples of {who} have {r.eval_frame} ({r.module or 'interpreter'}) "
+                f"on the stack: the profile shows the interpreter, not which {r.runtime} functions use the CPU."),
+        confidence=conf, metrics={"eval_loop_pct": round(share, 2), "samples": float(r.samples)},
+        evidence=[Evidence(tool=TOOL, counter=f"samples with {r.eval_frame} on the stack", value=r.eval_samples,
+                           threshold=INTERPRETER_INFO_PCT, sample=f"{rate_hz} Hz, {who}")],
+        suggestion=advice,
+    )
+
+
+def _jit_finding(r: RuntimeUse, rate_hz: int, conf: float, map_exists: bool) -> Finding | None:
+    share = 100.0 * r.unnamed_leaf_samples / r.samples
+    if share < JIT_INFO_PCT:
+        return None
+    who = f"pid {r.pid} ({r.comm})" if r.pid > 0 else r.comm
+    how = ("node --perf-basic-prof (or --perf-basic-prof-only-functions)" if r.runtime == "node" else
+           "the JVM with -XX:+UnlockDiagnosticVMOptions -XX:+DumpPerfMapAtExit, `jcmd PID Compiler.perfmap` "
+           "(JDK 17+) or perf-map-agent")
+    have = (f"/tmp/perf-{r.pid}.map exists but did not name these frames (stale, or written after the samples)"
+            if map_exists else f"there is no /tmp/perf-{r.pid}.map")
+    return Finding(
+        id="cpu_profile.jit_unnamed", severity="info", resource="process",
+        title=f"{share:.0f}% of {who}'s samples are in {r.runtime} JIT code that perf cannot name",
+        detail=(f"{r.unnamed_leaf_samples} of {r.samples} samples end in a frame without a symbol; {have}. "
+                "perf names JIT frames from a perf map file, /tmp/perf-PID.map, that the runtime writes."),
+        confidence=conf, metrics={"unnamed_leaf_pct": round(share, 2), "samples": float(r.samples)},
+        evidence=[Evidence(tool=TOOL, counter="leaf frames without a symbol", value=r.unnamed_leaf_samples,
+                           threshold=JIT_INFO_PCT, sample=f"{rate_hz} Hz, {who}")],
+        suggestion=f"Restart it with {how} so it writes /tmp/perf-PID.map, and profile again (the perf rung reads it).",
+    )
+
+
+def findings(a: ProfileAnalysis, *, target: str, rate_hz: int, pid: int | None = None, duration_s: float = 5.0,
+             exited: bool = False, perf_maps: frozenset[int] = frozenset()) -> list[Finding]:
     out: list[Finding] = []
-    busy = a.busy_samples
+    busy = a.busy_samples - a.own_samples
     conf = _confidence(busy)
-    if a.samples and a.idle_pct >= IDLE_INFO_PCT:
+    d = max(1, min(60, round(duration_s)))
+    expected = a.expected_samples
+    if pid is None and a.samples and a.idle_pct >= IDLE_INFO_PCT:
         out.append(Finding(
             id="cpu_profile.mostly_idle", severity="info", resource="cpu",
-            title=f"CPUs were idle in {a.idle_pct:.0f}% of samples",
-            detail=f"Only {busy} of {a.samples} samples were outside the idle loop during the profile of {target}.",
+            title=f"CPUs were idle {a.idle_pct:.0f}% of the time",
+            detail=(f"{a.busy_samples} samples found a task on a CPU, of the {expected} a fully busy machine gives "
+                    f"in the window ({target})." if expected else
+                    f"Only {a.busy_samples} of {a.samples} samples were outside the idle loop ({target})."),
             confidence=conf, metrics={"idle_pct": a.idle_pct, "samples": float(a.samples)},
-            evidence=[Evidence(tool=TOOL, counter="samples in comm swapper", value=a.idle_pct, threshold=IDLE_INFO_PCT)],
-            suggestion="CPU is not the bottleneck here; look at off-CPU time (perf_offcpu_profile) or I/O (perf_io_latency).",
+            evidence=[Evidence(tool=TOOL, counter="1 - busy samples / expected samples", value=a.idle_pct,
+                               threshold=IDLE_INFO_PCT)],
+            suggestion="CPU is not the bottleneck: look at what the work waits for (off-CPU time, I/O latency).",
+            next=next_call("perf_offcpu_profile", duration_s=d),
         ))
-    if busy and a.top_self:
-        top = a.top_self[0]
-        share = 100.0 * top.self_samples / busy
-        hot = share >= HOT_FUNCTION_WARN_PCT and not _is_unknown(top.function)
-        what = f"unsymbolised code in {top.module}" if _is_unknown(top.function) else f"{top.function} ({top.module})"
+    if pid is not None and expected and not exited and a.idle_pct >= OFF_CPU_INFO_PCT:
+        out.append(Finding(
+            id="cpu_profile.mostly_off_cpu", severity="info", resource="process",
+            title=f"{target} was off CPU {a.idle_pct:.0f}% of the time it could have run",
+            detail=(f"{a.samples} samples of the {expected} that its threads (up to the CPU count) would give if "
+                    "always on a CPU: it mostly waits (I/O, locks, sleep, the run queue), and the on-CPU profile "
+                    "covers only the rest."),
+            confidence=conf, metrics={"off_cpu_pct": a.idle_pct, "samples": float(a.samples),
+                                      "expected_samples": float(expected)},
+            evidence=[Evidence(tool=TOOL, counter="1 - samples / expected samples", value=a.idle_pct,
+                               threshold=OFF_CPU_INFO_PCT)],
+            suggestion="Profile where it waits: off-CPU stacks show the blocking calls.",
+            next=next_call("perf_offcpu_profile", pid=pid, duration_s=d),
+        ))
+    eval_frames = frozenset().union(*EVAL_LOOPS.values())
+    if busy and a.top_self and not (a.top_self[0][0] in eval_frames and a.runtimes):
+        # (an eval loop on top is the interpreter finding's to explain, below)
+        name, n = a.top_self[0]
+        top = next((f for f in a.functions if f.function == name), None)
+        share = 100.0 * n / busy
+        hot = share >= HOT_FUNCTION_WARN_PCT and not _is_unknown(name)
+        module = top.module if top else "[unknown]"
+        what = f"unsymbolised code in {module}" if _is_unknown(name) else f"{name} ({module})"
+        owner = _top_pid(a.self_by_pid.get(name, {}), OWN_TOP_PCT) if pid is None else None
         out.append(Finding(
             id="cpu_profile.hot_function", severity="warning" if hot else "info", resource="cpu",
             title=f"{what} is the hottest function: {share:.1f}% of busy samples",
-            detail=(f"{top.self_samples} of {busy} on-CPU samples had {top.function} as the leaf frame; it was on "
-                    f"the stack in {top.total_samples} samples ({top.total_pct:.1f}% of all)."),
+            detail=(f"{n} of {busy} on-CPU samples had {name} as the leaf frame"
+                    + (f"; it was on the stack in {top.total_pct:.1f}% of all samples" if top else "")
+                    + (f"; pid {owner} took most of them" if owner else "") + "."),
             confidence=conf,
-            metrics={"self_pct_of_busy": round(share, 2), "self_samples": float(top.self_samples),
-                     "total_pct": top.total_pct},
-            evidence=[Evidence(tool=TOOL, counter="leaf-frame samples", value=top.self_samples,
+            metrics={"self_pct_of_busy": round(share, 2), "self_samples": float(n)},
+            evidence=[Evidence(tool=TOOL, counter="leaf-frame samples", value=n,
                                threshold=HOT_FUNCTION_WARN_PCT, sample=f"{rate_hz} Hz, {target}")],
-            suggestion=("Look at the hottest stacks and the flame graph to see which callers lead to it; "
-                        "optimise or call it less." if hot else "The time is spread out; read the flame graph."),
+            suggestion=("Read the hottest stacks and the flame graph for the callers that lead to it; optimise it "
+                        "or call it less." if hot else "The time is spread out; read the flame graph."),
+            next=next_call(TOOL, pid=owner, duration_s=d) if owner else None,
         ))
-    if busy and 100.0 * a.kernel_pct / max(100.0 - a.idle_pct, 1e-9) >= KERNEL_WARN_PCT:
-        share = 100.0 * a.kernel_pct / (100.0 - a.idle_pct)
+    if busy and 100.0 * a.kernel_samples / busy >= KERNEL_WARN_PCT:
+        share = 100.0 * a.kernel_samples / busy
+        who = pid if pid is not None else _top_pid(a.kernel_by_pid, OWN_TOP_PCT)
         out.append(Finding(
             id="cpu_profile.kernel_time", severity="warning", resource="cpu",
             title=f"{share:.0f}% of busy samples were in the kernel",
-            detail="A large share of on-CPU time is spent in kernel code (system calls, page faults, interrupts).",
+            detail="A large share of on-CPU time is spent in kernel code (system calls, page faults, interrupts)"
+                   + (f"; pid {who} took most of it." if who is not None and pid is None else "."),
             confidence=conf, metrics={"kernel_pct_of_busy": round(share, 2)},
             evidence=[Evidence(tool=TOOL, counter="leaf frames in [kernel.kallsyms]", value=round(share, 2),
                                threshold=KERNEL_WARN_PCT)],
-            suggestion="Count system calls (perf_syscall_count) and check faults and context switches (perf_snapshot).",
+            suggestion="Count the system calls that lead there; check faults and context switches.",
+            next=(next_call("perf_syscall_count", pid=who, duration_s=d) if who is not None else
+                  next_call("perf_syscall_count", duration_s=d, per_process=True)),
         ))
-    if busy and 100.0 * a.unknown_pct / max(100.0 - a.idle_pct, 1e-9) >= UNKNOWN_INFO_PCT:
-        share = 100.0 * a.unknown_pct / (100.0 - a.idle_pct)
+    explained: set[int] = set()
+    for r in a.runtimes[:3]:
+        f = _interpreter_finding(r, rate_hz, conf) if r.eval_samples else None
+        if f is None and r.runtime in JIT_RUNTIMES:
+            f = _jit_finding(r, rate_hz, conf, r.pid in perf_maps)
+        if f is not None:
+            out.append(f)
+            explained.add(r.pid)
+    if busy and 100.0 * a.unknown_samples / busy >= UNKNOWN_INFO_PCT and not explained:
+        share = 100.0 * a.unknown_samples / busy
         out.append(Finding(
             id="cpu_profile.missing_symbols", severity="info", resource="process",
             title=f"{share:.0f}% of busy samples have no symbol for the leaf frame",
@@ -175,7 +415,7 @@ def findings(a: ProfileAnalysis, *, target: str, rate_hz: int) -> list[Finding]:
             confidence=conf, metrics={"unknown_pct_of_busy": round(share, 2)},
             evidence=[Evidence(tool=TOOL, counter="leaf frames without a symbol", value=round(share, 2),
                                threshold=UNKNOWN_INFO_PCT)],
-            suggestion=("Install debug symbols (the -dbgsym packages), build with -fno-omit-frame-pointer, "
-                        "or use the runtime's own profiler for JIT or interpreted code (e.g. py-spy, perf-map for JITs)."),
+            suggestion=("Install debug symbols (the -dbgsym packages) or build with -fno-omit-frame-pointer; for "
+                        "JIT runtimes have them write /tmp/perf-PID.map (node --perf-basic-prof, perf-map-agent)."),
         ))
     return sort_findings(out)

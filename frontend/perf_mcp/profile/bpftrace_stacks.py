@@ -137,6 +137,7 @@ def fold_profile_json(raw: bytes) -> BpftraceProfile:
     taken = int(taken) if isinstance(taken, int) else None
     frames_of = _Frames()
     stacks: dict[str, int] = {}
+    by_pid: dict[int, dict[str, int]] = {}
     kernel: set[str] = set()
     frame_dso: dict[str, str] = {}
     samples = bad = unnamed = user = 0
@@ -176,10 +177,12 @@ def fold_profile_json(raw: bytes) -> BpftraceProfile:
             comm = comm.replace(";", ":").strip()
             stack = ";".join([comm, *reversed(names)])
             stacks[stack] = stacks.get(stack, 0) + count
+            mine = by_pid.setdefault(pid, {})
+            mine[stack] = mine.get(stack, 0) + count
             samples += count
     lost = max(0, taken - samples) if taken is not None else 0
     folded = Folded(stacks=stacks, samples=samples, bad_lines=bad + out.bad_lines, dropped_partial_sample=False,
-                    kernel_frames=frozenset(kernel), frame_dso=frame_dso)
+                    kernel_frames=frozenset(kernel), frame_dso=frame_dso, by_pid=by_pid)
     return BpftraceProfile(folded=folded, samples_taken=taken, lost=lost, sampling_start_ns=start,
                            sampling_end_ns=end, unnamed_user_frames=unnamed, user_frames=user,
                            attached=bool(out.attached_probes))

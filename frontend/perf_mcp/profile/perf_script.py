@@ -38,6 +38,9 @@ class Folded(msgspec.Struct, kw_only=True):
     dropped_partial_sample: bool = False
     kernel_frames: frozenset[str] = frozenset()  # frame names whose DSO is the kernel
     frame_dso: dict[str, str] = {}  # frame name -> DSO basename (first seen)
+    # The same stacks apart by process: pid -> {"comm;root;...;leaf": samples}. Empty when the
+    # source has no pids (a folded file read back): the analysis then works on `stacks`.
+    by_pid: dict[int, dict[str, int]] = {}
 
 
 class _FrameInfo(msgspec.Struct, array_like=True):
@@ -106,29 +109,38 @@ def _pid_or_tid(s: str) -> bool:
     return s.isdecimal() or s == "-1"
 
 
-def parse_header(line: str) -> str | None:
-    """'comm pid/tid period' or 'comm pid' -> comm (may be empty), or None when it is not a header."""
+def parse_header_pid(line: str) -> tuple[str, int] | None:
+    """'comm pid/tid period' or 'comm pid' -> (comm (may be empty), pid), or None when it is not a header."""
     parts = line.rsplit(None, 2)
     if len(parts) >= 2 and parts[-1].isdecimal():
         pid, slash, tid = parts[-2].partition("/")
         if slash and _pid_or_tid(pid):  # 'comm pid/tid period'
-            return (parts[0] if len(parts) == 3 else "").replace(";", ":").strip() if _pid_or_tid(tid) else None
+            if not _pid_or_tid(tid):
+                return None
+            return (parts[0] if len(parts) == 3 else "").replace(";", ":").strip(), int(pid)
     comm, _, pid = line.rstrip().rpartition(" ")  # 'comm pid' (comm may hold '/' and digits)
     if not _pid_or_tid(pid):
         return None
-    return comm.replace(";", ":").strip()
+    return comm.replace(";", ":").strip(), int(pid)
+
+
+def parse_header(line: str) -> str | None:
+    """'comm pid/tid period' or 'comm pid' -> comm (may be empty), or None when it is not a header."""
+    parsed = parse_header_pid(line)
+    return parsed[0] if parsed is not None else None
 
 
 def fold(text: str) -> Folded:
     """Fold perf script text into stacks; never raises on malformed input."""
-    counts: dict[tuple[str, ...], int] = {}  # leaf-first frames + comm -> samples
+    counts: dict[tuple[str, ...], int] = {}  # leaf-first frames + comm + pid -> samples
     names: dict[str, str] = {}  # frame line -> frame name ("" = malformed)
-    headers: dict[str, str | None] = {}  # header line -> comm (None = malformed)
+    headers: dict[str, tuple[str, int] | None] = {}  # header line -> (comm, pid) (None = malformed)
     kernel: set[str] = set()
     frame_dso: dict[str, str] = {}
     samples = 0
     bad = 0
     comm: str | None = None  # comm of the sample being read
+    pid = ""  # and its pid
     frames: list[str] = []  # its frames, leaf first
 
     lines = text.split("\n")
@@ -138,6 +150,7 @@ def fold(text: str) -> Folded:
         if not line:
             if comm is not None:
                 frames.append(comm)
+                frames.append(pid)
                 key = tuple(frames)
                 counts[key] = counts.get(key, 0) + 1
                 samples += 1
@@ -162,25 +175,29 @@ def fold(text: str) -> Folded:
         if line in headers:
             header = headers[line]
         else:
-            header = headers[line] = parse_header(line)
+            header = headers[line] = parse_header_pid(line)
         if comm is not None:  # the previous sample lost its blank line
             frames.append(comm)
+            frames.append(pid)
             key = tuple(frames)
             counts[key] = counts.get(key, 0) + 1
             samples += 1
         frames = []
-        comm = header
+        comm, pid = (header[0], str(header[1])) if header is not None else (None, "")
         if header is None:
             # A garbled header: skip its frames rather than pin them on the wrong comm.
             bad += 1
     # The text ended inside a sample (or inside its header): that sample may be cut short.
     dropped = comm is not None or bool(cut_line.strip())
     stacks: dict[str, int] = {}
+    by_pid: dict[int, dict[str, int]] = {}
     for key, n in counts.items():
-        joined = ";".join(reversed(key))
+        joined = ";".join(reversed(key[:-1]))
         stacks[joined] = stacks.get(joined, 0) + n
+        mine = by_pid.setdefault(int(key[-1]), {})
+        mine[joined] = mine.get(joined, 0) + n
     return Folded(stacks=stacks, samples=samples, bad_lines=bad, dropped_partial_sample=dropped,
-                  kernel_frames=frozenset(kernel), frame_dso=frame_dso)
+                  kernel_frames=frozenset(kernel), frame_dso=frame_dso, by_pid=by_pid)
 
 
 def folded_text(stacks: dict[str, int]) -> str:

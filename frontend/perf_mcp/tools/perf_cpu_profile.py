@@ -11,6 +11,12 @@ Ladder (RUNGS, first that works):
 
 Both give a profile.perf_script.Folded, so the analysis (profile.analysis), the
 flame graph (profile.flamegraph) and the artifacts are the same whichever ran.
+
+Processes are told apart by pid and named by command line from snapshots of
+/proc taken while the profile runs (profile.procs); system-wide, perf-mcp's own
+processes (the broker's perf and bpftrace, this frontend) are left out of the
+rankings and counted in own_pct. Idle is judged against the samples a fully
+busy target would give (see profile.analysis).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import logging
 import math
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Annotated, Literal
@@ -31,6 +38,7 @@ from perf_mcp_protocol import Backend, CpuProfile, JobResult, StepResult, limits
 
 from ..contract import ArtifactRef, Finding
 from ..errors import ErrorCode, ToolError
+from ..profile import procs
 from ..profile.analysis import FunctionStat, ProcessStat, StackStat, analyse, findings
 from ..profile.bpftrace_stacks import fold_profile_json
 from ..profile.flamegraph import render_svg
@@ -48,6 +56,8 @@ BPFTRACE_ATTACH_S = 1.0  # progress budget for bpftrace's compile and attach
 BPFTRACE_MAX_LOST_PCT = 5.0
 INLINE_FOLDED_MAX = 256 * 1024  # output_format=collapsed pastes at most this much
 RAW_ARTIFACT_MAX = 32 * 1024 * 1024
+PERF_ATTACH_S = 0.3  # perf record's start-up: the mid-window snapshot waits this long more
+EARLY_STOP_S = 0.25  # perf record ending this much before duration_s: its target exited
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -60,9 +70,12 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     include_kernel: Annotated[bool, Meta(description="Include kernel frames (false = user space only).")] = True
     output_format: Annotated[Literal["summary", "collapsed"], Meta(
         description="summary: rankings only; collapsed: also paste the folded stacks (capped) into data.folded.")] = "summary"
+    top_n: Annotated[int, Meta(ge=1, le=50, description=(
+        "Functions by self time and processes listed (functions by total time add up to half as many)."))] = 10
 
 
-class CpuProfileData(msgspec.Struct, kw_only=True):
+class CpuProfileData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    summary: str  # one line: target, samples, idle, top function, findings
     method: str
     backend: str  # the rung that answered: bpftrace or perf
     skipped: list[Skipped]  # rungs above it and why they did not answer
@@ -73,20 +86,23 @@ class CpuProfileData(msgspec.Struct, kw_only=True):
     include_kernel: bool
     sampled_s: float  # the sampling window (bpftrace: from its own clock, after attaching)
     samples: int
-    expected_samples: int  # sampled_s x rate (x CPUs system-wide): what a fully busy target gives
-    after_sampling_s: float | None  # from the end of sampling to this answer (perf rung: from the broker's step times)
+    # What a fully busy target gives: sampled_s x rate x CPUs system-wide, x min(threads, CPUs) for a process.
+    expected_samples: int
+    # System-wide: share of CPU time no task ran, 1 - busy samples / expected. One process: share of the
+    # time it could have run that it was off CPU, 1 - samples / expected.
     idle_pct: float
-    kernel_pct: float
-    unknown_pct: float
-    top_functions_self: list[FunctionStat]
-    top_functions_total: list[FunctionStat]
+    kernel_pct: float  # samples with the leaf frame in the kernel
+    unknown_pct: float  # samples with a leaf frame without a symbol
+    own_pct: float  # system-wide: samples of perf-mcp's own processes, left out of the rankings below
+    top_functions: list[FunctionStat]  # by self %, then the top by total % (callers of the hot code)
     hottest_stacks: list[StackStat]
-    processes: list[ProcessStat]
+    processes: list[ProcessStat]  # apart by pid, with the command line
     findings: list[Finding]
     artifacts: list[ArtifactRef]
-    folded: str | None
     argv: list[list[str]]
-    broker_job_id: int | None
+    after_sampling_s: float | None = None  # from the end of sampling to this answer (perf: from the broker's step times)
+    broker_job_id: int | None = None
+    folded: str | None = None  # output_format=collapsed
 
 
 def process_name(pid: int) -> str | None:
@@ -171,6 +187,7 @@ class _Collected(msgspec.Struct, kw_only=True):
     rate_hz: int
     sampled_s: float
     sampling_end: float | None  # time.monotonic() when sampling ended, when known
+    stopped_early_s: float | None  # perf rung: perf record ended by itself this early (its target exited)
     warnings: list[str]
     truncated: bool
     argv: list[list[str]]
@@ -209,9 +226,11 @@ def _perf_collected(job: JobResult, p: Params) -> _Collected:
     # Sampling ended when the broker stopped perf record; after it: perf record's exit, perf script.
     after = max(0.0, record.wall_s - p.duration_s) + max(s.wall_s for s in scripts)
     method = f"perf record -g ({sampling_event(record.argv)}) + perf script, folded by perf-mcp"
+    early = record.wall_s if p.pid is not None and record.wall_s < p.duration_s - EARLY_STOP_S else None
     return _Collected(folded=Folded(stacks={}, samples=0), method=method, raw_name="perf-script.txt",
                       raw_desc="Raw perf script output (" + _fields(scripts[0].argv) + ")", raw=raw, rate_hz=rate,
-                      sampled_s=float(p.duration_s), sampling_end=time.monotonic() - after, warnings=warnings,
+                      sampled_s=float(early if early is not None else p.duration_s),
+                      sampling_end=time.monotonic() - after, stopped_early_s=early, warnings=warnings,
                       truncated=truncated, argv=[s.argv for s in job.steps])
 
 
@@ -255,7 +274,8 @@ def _bpftrace_collected(job: JobResult, p: Params) -> _Collected:
     method = "bpftrace profile:hz (stacks counted in the kernel, named at exit)"
     return _Collected(folded=prof.folded, method=method, raw_name="bpftrace-profile.json",
                       raw_desc="Raw bpftrace output (JSON: stack counts by pid, comm, kernel and user stack)",
-                      raw=step.stdout, rate_hz=rate, sampled_s=sampled, sampling_end=end, warnings=warnings,
+                      raw=step.stdout, rate_hz=rate, sampled_s=sampled, sampling_end=end, stopped_early_s=None,
+                      warnings=warnings,
                       truncated=step.stdout_truncated, argv=[s.argv for s in job.steps])
 
 
@@ -277,6 +297,47 @@ def _expected_s(backend: Backend, duration_s: float) -> float:
     return duration_s + (BPFTRACE_ATTACH_S if backend is Backend.BPFTRACE else 0.0)
 
 
+class _Watch:
+    """Snapshots of /proc while the profile runs (see profile.procs): system-wide, every process
+    before, in the middle of the window and after; for one process, that process only."""
+
+    def __init__(self, pid: int | None, duration_s: float) -> None:
+        self.pid = pid
+        self.snaps: list[dict[int, procs.ProcInfo]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        if pid is None:
+            self._thread = threading.Thread(target=self._mid, args=(PERF_ATTACH_S + duration_s / 2,), daemon=True,
+                                            name="cpu-profile-snapshot")
+
+    def take(self) -> None:
+        if self.pid is None:
+            self.snaps.append(procs.snapshot())
+        else:
+            info = procs.read_process(self.pid)
+            self.snaps.append({self.pid: info} if info is not None else {})
+
+    def _mid(self, delay_s: float) -> None:
+        if not self._stop.wait(delay_s):
+            self.take()
+
+    def start(self) -> None:
+        self.take()
+        if self._thread is not None:
+            self._thread.start()
+
+    def cancel(self) -> None:
+        self._stop.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join()
+
+    def seen(self) -> dict[int, procs.ProcInfo]:
+        return procs.merged(self.snaps)
+
+
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     target = "system-wide (all CPUs)"
     if p.pid is not None:
@@ -295,13 +356,26 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
             return _bpftrace_collected(job, p), job
         return _perf_collected(job, p), job
 
-    result = await climb(ctx, RUNGS, p, attempt)
+    watch = _Watch(p.pid, p.duration_s)
+    await trio.to_thread.run_sync(watch.start)
+    try:
+        result = await climb(ctx, RUNGS, p, attempt)
+    finally:
+        watch.cancel()  # the mid-window snapshot, if not taken yet, is not needed any more
+    await trio.to_thread.run_sync(watch.stop)
+    exited = p.pid is not None and not _running(p.pid)
+    await trio.to_thread.run_sync(watch.take)
     got: _Collected = result.value
     warnings = result.warnings() + got.warnings
     truncated = got.truncated
     if got.rate_hz != p.sample_rate_hz:
         warnings.append(f"sampled at {got.rate_hz} Hz, not {p.sample_rate_hz} Hz: the broker bounds "
                         "rate x duration x CPUs so perf.data and its text stay bounded")
+    if exited:
+        when = (f" after {got.stopped_early_s:.1f} s (perf record stopped then)" if got.stopped_early_s is not None
+                else "")
+        warnings.insert(0, f"process {p.pid} exited during the profile{when}: the samples cover its life only, "
+                           f"not the {p.duration_s:g} s asked for")
     subtitle = f"{target}, {got.sampled_s:.3g} s at {got.rate_hz} Hz, {got.method}"
     is_perf = result.rung.backend is Backend.PERF
     outcome = await trio.to_thread.run_sync(_fold_and_render, got.raw if is_perf else None,
@@ -321,9 +395,22 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     if folded.samples == 0:
         warnings.append(f"no samples: {target} did not run on a CPU during the profile")
 
-    analysis = analyse(folded)
+    seen = watch.seen()
     cpus = os.cpu_count() or 1
-    expected = int(math.floor(got.sampled_s * got.rate_hz * (1 if p.pid else cpus)))
+    if p.pid is None:
+        width = cpus
+        own = procs.own_pids(seen, os.getpid(), os.getppid())
+    else:  # a process keeps at most min(threads, CPUs) CPUs busy
+        threads = max((s[p.pid].threads for s in watch.snaps if p.pid in s), default=1)
+        width = max(1, min(threads, cpus))
+        own = frozenset()  # asked for by pid: profiled as asked, even if it is perf-mcp's
+    expected = int(math.floor(got.sampled_s * got.rate_hz * width))
+    analysis = analyse(folded, own_pids=own, expected=expected or None, top_n=p.top_n)
+    processes = [msgspec.structs.replace(r, command=seen[r.pid].command) if r.pid in seen else r
+                 for r in analysis.processes]
+    perf_maps = frozenset(r.pid for r in analysis.runtimes if os.path.exists(f"/tmp/perf-{r.pid}.map"))
+    found = findings(analysis, target=target, rate_hz=got.rate_hz, pid=p.pid, duration_s=p.duration_s,
+                     exited=exited, perf_maps=perf_maps)
     group = ctx.artifacts.new_group("cpu-profile")
     artifacts: list[ArtifactRef] = []
     for name, mime, content, desc in (
@@ -355,30 +442,55 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     job = result.job
     after = round(time.monotonic() - got.sampling_end, 3) if got.sampling_end is not None else None
     data = CpuProfileData(
-        method=got.method, backend=result.backend, skipped=result.skipped, target=target, pid=p.pid,
+        summary="", method=got.method, backend=result.backend, skipped=result.skipped, target=target, pid=p.pid,
         duration_s=p.duration_s, sample_rate_hz=got.rate_hz, include_kernel=p.include_kernel,
         sampled_s=round(got.sampled_s, 3), samples=folded.samples, expected_samples=expected,
-        after_sampling_s=after,
         idle_pct=analysis.idle_pct, kernel_pct=analysis.kernel_pct, unknown_pct=analysis.unknown_pct,
-        top_functions_self=analysis.top_self, top_functions_total=analysis.top_total,
-        hottest_stacks=analysis.hottest_stacks, processes=analysis.processes,
-        findings=findings(analysis, target=target, rate_hz=got.rate_hz),
-        artifacts=artifacts, folded=inline, argv=got.argv, broker_job_id=job.job_id if job else None,
+        own_pct=round(100.0 * analysis.own_samples / folded.samples, 2) if folded.samples else 0.0,
+        top_functions=analysis.functions, hottest_stacks=analysis.hottest_stacks, processes=processes,
+        findings=found, artifacts=artifacts, argv=got.argv, after_sampling_s=after,
+        broker_job_id=job.job_id if job else None, folded=inline,
     )
+    data.summary = headline(data, exited=exited)
     return ToolOutput(data=data, summary=summarise(data), warnings=warnings, truncated=truncated)
+
+
+def headline(d: CpuProfileData, *, exited: bool = False) -> str:
+    """data.summary: one line."""
+    if d.samples == 0:
+        return f"CPU profile of {d.target}: no samples in {d.sampled_s:g} s" + ("; it exited" if exited else "")
+    idle = (f"CPUs {d.idle_pct:.0f}% idle" if d.pid is None else f"off CPU {d.idle_pct:.0f}% of the time")
+    parts = [f"CPU profile of {d.target}: {d.samples} samples of {d.expected_samples} expected in "
+             f"{d.sampled_s:g} s at {d.sample_rate_hz} Hz ({idle})"]
+    if exited:
+        parts.append("the process exited during the profile")
+    if d.top_functions:
+        top = max(d.top_functions, key=lambda f: f.self_pct)
+        parts.append(f"hottest {top.function} {top.self_pct:.0f}% self")
+    if d.pid is None and d.processes:
+        pr = d.processes[0]
+        parts.append(f"top process pid {pr.pid} ({pr.comm}) {pr.pct:.0f}%")
+    if d.findings:
+        worst = d.findings[0]
+        parts.append(f"{len(d.findings)} finding{'s' if len(d.findings) > 1 else ''}, first [{worst.severity}] "
+                     f"{worst.title}")
+    return "; ".join(parts)
 
 
 def summarise(d: CpuProfileData) -> str:
     if d.samples == 0:
-        return f"CPU profile of {d.target}: no samples in {d.duration_s:g} s"
-    lines = [f"CPU profile of {d.target}: {d.samples} samples in {d.duration_s:g} s at {d.sample_rate_hz} Hz"
-             + (f", {d.idle_pct:.0f}% idle" if d.idle_pct else "")]
+        return d.summary
+    lines = [d.summary]
     lines += [f"[{f.severity}] {f.title}" for f in d.findings]
     lines.append("Top functions (self %, total %):")
-    lines += [f"  {f.self_pct:6.2f}% {f.total_pct:6.2f}%  {f.function} ({f.module})" for f in d.top_functions_self[:10]]
+    lines += [f"  {f.self_pct:6.2f}% {f.total_pct:6.2f}%  {f.function} ({f.module})" for f in d.top_functions]
     if d.hottest_stacks:
         s = d.hottest_stacks[0]
         lines.append(f"Hottest stack ({s.pct:.1f}%): " + " > ".join(s.stack[-6:]))
+    if d.pid is None and d.processes:
+        lines.append("Processes: " + ", ".join(f"{r.pid} {r.comm} {r.pct:.0f}%" for r in d.processes[:5]))
+    if d.own_pct:
+        lines.append(f"perf-mcp's own processes: {d.own_pct:.1f}% of samples, left out of the rankings")
     lines += [f"{a.name}: {a.uri} ({a.size} bytes)" for a in d.artifacts]
     lines.append(f"Method: {d.method}" + "".join(f"; {s.method} skipped: {s.reason}" for s in d.skipped))
     return "\n".join(lines)
@@ -389,8 +501,10 @@ TOOL = ToolSpec(
     title="CPU profile (bpftrace or perf record)",
     description=(
         "Sample on-CPU call stacks of one process or the whole system (run by the root broker: bpftrace "
-        "profile:hz counting stacks in the kernel for a process, else `perf record -g`) and fold them. Returns top functions by self and total share of samples, the hottest "
-        "stacks, per-process sample counts, findings, and links to a flame graph SVG, folded stacks and the "
+        "profile:hz counting stacks in the kernel for a process, else `perf record -g`) and fold them. Returns a one-line "
+        "summary, top functions with self and total share of samples, the hottest stacks, processes by pid and "
+        "command line (perf-mcp's own left out), idle or off-CPU share against the expected samples, findings "
+        "with the next call, and links to a flame graph SVG, folded stacks and the "
         "raw output as MCP resources. data.method says which ran and data.skipped why the other did not. Needs the perf-mcp broker and the 'profile' grant."
     ),
     params=Params,
