@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
@@ -36,9 +37,10 @@ from perf_mcp_protocol import (
     encode_frame,
     limits,
 )
+from perf_mcp_protocol.messages import REQUEST_CLASS
 from perf_mcp_protocol.messages import ErrorCode as BrokerErrorCode
 
-from .errors import BROKER_START_HINT, GRANT_HINT, ErrorCode, ToolError
+from .errors import BROKER_START_HINT, GRANT_HINT, POLKIT_POLICY_FILE, SETUP_POLICY_HINT, ErrorCode, ToolError
 
 log = logging.getLogger(__name__)
 
@@ -85,8 +87,24 @@ _BROKER_ERRORS: dict[BrokerErrorCode, tuple[ErrorCode, str | None]] = {
 }
 
 
-def error_from_reply(reply: ErrorReply) -> ToolError:
+_NOT_REGISTERED_RE = re.compile(r"[Aa]ction (org\.perfmcp\.[a-z_]+) is not registered")
+
+
+def error_from_reply(reply: ErrorReply, request: Request | None = None) -> ToolError:
+    """The ToolError for a broker's ErrorReply. A refusal because polkit does not know
+    the action (its .policy file is not installed) is a set-up error, CAPABILITY_MISSING
+    naming the missing file; any other refusal is PERMISSION_DENIED carrying the grant
+    that was refused (the server lists the tools that work without it)."""
     code, suggestion = _BROKER_ERRORS.get(reply.code, (ErrorCode.EXECUTION_FAILED, None))
+    job_class = REQUEST_CLASS.get(type(request)) if request is not None else None
+    grant = job_class.value if job_class is not None else None
+    if reply.code == BrokerErrorCode.PERMISSION_DENIED and (m := _NOT_REGISTERED_RE.search(reply.message)):
+        return ToolError(ErrorCode.CAPABILITY_MISSING,
+                         f"set-up: polkit does not know the action {m.group(1)}: {POLKIT_POLICY_FILE} is missing "
+                         f"(broker: {reply.message})", suggestion=SETUP_POLICY_HINT, recoverable=True)
+    if reply.code == BrokerErrorCode.PERMISSION_DENIED and grant is not None:
+        return ToolError(code, f"broker: the '{grant}' grant (polkit action org.perfmcp.{grant}) was refused: "
+                         f"{reply.message}", suggestion=suggestion, grant=grant)
     return ToolError(code, f"broker: {reply.message}", suggestion=suggestion)
 
 
@@ -172,7 +190,7 @@ class BrokerClient:
             await stream.send_all(encode_frame(Hello(protocol_version=limits.PROTOCOL_VERSION)))
             first = decode_broker_message(await reader.read_frame(limits.MAX_SMALL_REPLY_FRAME))
             if isinstance(first, ErrorReply):
-                raise error_from_reply(first)
+                raise error_from_reply(first, request)
             if not isinstance(first, BrokerHello):
                 raise ProtocolError(f"expected broker_hello, got {type(first).__name__}")
             hello = first
@@ -196,7 +214,7 @@ class BrokerClient:
                     case JobResult() | AccessReply():
                         return BrokerReply(hello=hello, job_id=job_id, final=msg)
                     case ErrorReply():
-                        raise error_from_reply(msg)
+                        raise error_from_reply(msg, request)
                     case _:
                         raise ProtocolError(f"unexpected {type(msg).__name__} during a job")
         except ProtocolError as exc:

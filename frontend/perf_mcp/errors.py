@@ -8,6 +8,7 @@ Anything else a handler raises becomes EXECUTION_FAILED and is logged.
 from __future__ import annotations
 
 import enum
+from collections.abc import Iterable
 
 
 class ErrorCode(enum.Enum):
@@ -59,9 +60,12 @@ DEFAULT_SUGGESTION: dict[ErrorCode, str] = {
     ErrorCode.DEVICE_NOT_FOUND: "Pass a name listed in /proc/diskstats (disks) or /sys/class/net (interfaces).",
 }
 
-# Worth retrying as is (later, or after the operator acts) rather than changing the call.
+# Worth calling again: as is (later, or after the operator acts), or with the named parameter fixed.
+# INVALID_PARAMS is recoverable: the message names the parameter, the value and what is
+# allowed, so the same call with that one parameter fixed works.
 RECOVERABLE: frozenset[ErrorCode] = frozenset(
     {
+        ErrorCode.INVALID_PARAMS,
         ErrorCode.BROKER_UNAVAILABLE,
         ErrorCode.TIMEOUT,
         ErrorCode.PROFILER_BUSY,
@@ -71,6 +75,38 @@ RECOVERABLE: frozenset[ErrorCode] = frozenset(
         ErrorCode.CAPABILITY_MISSING,
     }
 )
+
+
+POLKIT_POLICY_FILE = "/usr/share/polkit-1/actions/org.perfmcp.policy"
+
+SETUP_POLICY_HINT = (
+    f"The perf-mcp polkit actions are not installed. As root, copy polkit/org.perfmcp.policy from the "
+    f"perf-mcp source to {POLKIT_POLICY_FILE} (packaging/install.py does it, and the Debian package ships it), "
+    "then call again; polkit reads it without a restart. Until then only root may run broker jobs."
+)
+
+# The broker grant (polkit action org.perfmcp.<grant>) each tool needs for its main
+# answer. A tool not listed needs none (it reads /proc and /sys as the user, and may
+# use a grant for more detail: perf_snapshot other users' I/O, perf_fd_trace other
+# users' processes, perf_thread_profile's off-CPU part, perf_io_latency mode=trace).
+TOOL_GRANT: dict[str, str] = {
+    "perf_cpu_profile": "profile",
+    "perf_offcpu_profile": "trace",
+    "perf_runq_latency": "trace",
+    "perf_syscall_count": "trace",
+    "perf_exec_trace": "trace",
+    "perf_bio_latency": "trace",
+    "perf_io_layers": "trace",
+    "perf_file_trace": "trace",
+    "perf_vfs_latency": "trace",
+    "perf_tcp_trace": "trace",
+    "perf_dns_latency": "trace",
+}
+
+
+def tools_without(grant: str | None, served: Iterable[str]) -> list[str]:
+    """The served tools that still answer without `grant` (None: without any grant)."""
+    return sorted(t for t in served if TOOL_GRANT.get(t) is None or (grant is not None and TOOL_GRANT[t] != grant))
 
 
 class ToolError(Exception):
@@ -83,9 +119,11 @@ class ToolError(Exception):
         *,
         suggestion: str | None = None,
         recoverable: bool | None = None,
+        grant: str | None = None,
     ) -> None:
         super().__init__(message)
         self.code = code
+        self.grant = grant  # PERMISSION_DENIED: the broker grant that was refused, when known
         self.message = message
         self.suggestion = suggestion or DEFAULT_SUGGESTION[code]
         self.recoverable = code in RECOVERABLE if recoverable is None else recoverable

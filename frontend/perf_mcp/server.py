@@ -11,9 +11,11 @@ Invariants:
 from __future__ import annotations
 
 import base64
+import json
 import logging
 import re
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import anyio
@@ -27,7 +29,7 @@ from . import __version__
 from .artifacts import ArtifactStore
 from .broker_client import BrokerClient
 from .contract import ArtifactRef, Envelope, ErrorInfo, hostname, utc_timestamp
-from .errors import ErrorCode, ToolError, single_leaf
+from .errors import ErrorCode, ToolError, single_leaf, tools_without
 from .registry import ProgressFn, Registry, Services, ToolContext, ToolOutput, ToolSpec, discover
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,13 @@ def describe_allowed(prop: dict[str, Any]) -> str:
     if "anyOf" in prop:
         return " or ".join(describe_allowed(p) for p in prop["anyOf"])
     if "enum" in prop:
-        return "one of " + ", ".join(repr(v) for v in prop["enum"])
+        return "one of " + ", ".join(repr(v) for v in prop["enum"] if v is not None)
+    if isinstance(prop.get("type"), list):  # ["integer", "null"]: an optional value
+        return " or ".join(describe_allowed({**prop, "type": t}) for t in prop["type"])
+    if prop.get("type") == "string" and ("pattern" in prop or "maxLength" in prop):
+        bits = [f"at most {prop['maxLength']} characters"] if "maxLength" in prop else []
+        bits += [f"matching {prop['pattern']}"] if "pattern" in prop else []
+        return "a string " + ", ".join(bits)
     kind = {"integer": "an integer", "number": "a number", "boolean": "true or false",
             "string": "a string", "null": "null (omit it)"}.get(prop.get("type", ""), prop.get("type", "a value"))
     lo, hi = prop.get("minimum"), prop.get("maximum")
@@ -56,19 +64,28 @@ def describe_allowed(prop: dict[str, Any]) -> str:
     return kind
 
 
-def invalid_params_error(spec: ToolSpec[Any], exc: msgspec.ValidationError, schema: dict[str, Any]) -> ToolError:
+def invalid_params_error(spec: ToolSpec[Any], exc: msgspec.ValidationError, schema: dict[str, Any],
+                         arguments: Mapping[str, Any] | None = None) -> ToolError:
+    """INVALID_PARAMS naming the parameter, the value given and what is allowed
+    (recoverable: the same call with that parameter fixed will work)."""
     text = str(exc)
     props: dict[str, Any] = schema.get("properties", {})
+    args = dict(arguments or {})
     if m := _UNKNOWN_FIELD_RE.search(text):
         allowed = ", ".join(props) or "none"
         return ToolError(ErrorCode.INVALID_PARAMS, f"unknown parameter {m.group(1)!r} for {spec.name}; "
-                         f"parameters: {allowed}")
+                         f"parameters: {allowed}",
+                         suggestion=f"Drop {m.group(1)!r}, or use one of: {allowed}.", recoverable=True)
     m = _PATH_RE.search(text) or _MISSING_FIELD_RE.search(text)
     if m and m.group(1) in props:
         field = m.group(1)
+        allowed = describe_allowed(props[field])
+        given = f"{json.dumps(args[field])[:80]}" if field in args else "nothing (it is required)"
         return ToolError(ErrorCode.INVALID_PARAMS,
-                         f"invalid value for {field}: {text.split(' - at ')[0]}; allowed: {describe_allowed(props[field])}")
-    return ToolError(ErrorCode.INVALID_PARAMS, f"invalid arguments for {spec.name}: {text}")
+                         f"invalid value for {field}: got {given}; allowed: {allowed} "
+                         f"({text.split(' - at ')[0]})",
+                         suggestion=f"Call {spec.name} again with {field} set to {allowed}.", recoverable=True)
+    return ToolError(ErrorCode.INVALID_PARAMS, f"invalid arguments for {spec.name}: {text}", recoverable=True)
 
 
 class App:
@@ -82,6 +99,7 @@ class App:
         self.services.put(broker)  # for background services that read through the broker
         self.host = hostname()
         self._schemas = {name: spec.input_schema() for name, spec in registry.tools.items()}
+        self._validators = {name: _input_validator(schema) for name, schema in self._schemas.items()}
         self._tools = [self._describe(spec) for spec in registry.tools.values()]
 
     def _describe(self, spec: ToolSpec[Any]) -> types.Tool:
@@ -107,7 +125,7 @@ class App:
         try:
             params = msgspec.convert(arguments or {}, spec.params, strict=False)
         except msgspec.ValidationError as exc:
-            return self._failure(name, spec.version, started, invalid_params_error(spec, exc, self._schemas[name]))
+            return self._failure(name, spec.version, started, invalid_params_error(spec, exc, self._schemas[name], arguments))
         ctx = ToolContext(tool=name, broker=self.broker, artifacts=self.artifacts, services=self.services,
                           progress=progress)
         try:
@@ -127,8 +145,10 @@ class App:
                         duration_ms=round((time.perf_counter() - started) * 1000, 1), host=self.host, **kw)
 
     def _success(self, spec: ToolSpec[Any], started: float, out: ToolOutput) -> types.CallToolResult:
+        data = summary_first(msgspec.to_builtins(out.data), out.summary)
+        drop_unserved_next(spec.name, data, self.registry.tools, self._validators)
         env = self._envelope(spec.name, spec.version, started, success=True, warnings=list(out.warnings),
-                             truncated=out.truncated, data=out.data)
+                             truncated=out.truncated, data=data)
         text = out.summary
         if out.warnings:
             text += "\n" + "\n".join(f"warning: {w}" for w in out.warnings)
@@ -137,6 +157,12 @@ class App:
         return types.CallToolResult(content=content, structured_content=msgspec.to_builtins(env), is_error=False)
 
     def _failure(self, tool: str, version: str, started: float, err: ToolError) -> types.CallToolResult:
+        if err.code is ErrorCode.PERMISSION_DENIED and "work without" not in err.suggestion:
+            grant = err.grant or _grant_named(err.message)
+            usable = [t for t in tools_without(grant, self.registry.tools) if t != tool]
+            what = f"the '{grant}' grant" if grant else "any grant"
+            err = ToolError(err.code, err.message, recoverable=err.recoverable, grant=grant,
+                            suggestion=f"{err.suggestion} These tools work without {what}: {', '.join(usable)}.")
         env = self._envelope(tool, version, started, success=False, warnings=[], truncated=False,
                              error=ErrorInfo.from_error(err))
         text = f"{tool} failed: {err.code.value}: {err.message}\nSuggestion: {err.suggestion}"
@@ -158,6 +184,64 @@ class App:
             contents = types.BlobResourceContents(uri=uri, mime_type=art.mime_type,
                                                   blob=base64.b64encode(art.content).decode())
         return types.ReadResourceResult(contents=[contents])
+
+
+_GRANT_RE = re.compile(r"'(profile|trace|inspect)' grant")
+
+
+def _grant_named(message: str) -> str | None:
+    m = _GRANT_RE.search(message)
+    return m.group(1) if m else None
+
+
+def summary_first(data: Any, summary: str) -> Any:
+    """The data object with a one-line `summary` as its first key: the Data struct's
+    own summary field if it has one, else the first line of ToolOutput.summary."""
+    if not isinstance(data, dict):
+        return data
+    own = data.pop("summary", None)
+    line = own if isinstance(own, str) and own else (summary.strip().splitlines() or [""])[0]
+    return {"summary": line, **data}
+
+
+def _input_validator(schema: dict[str, Any]) -> Any:
+    from jsonschema import Draft7Validator
+    return Draft7Validator(schema)
+
+
+def drop_unserved_next(tool: str, data: Any, served: Mapping[str, Any], validators: Mapping[str, Any]) -> int:
+    """Remove every `next` tool call in data (anywhere: findings, root causes) that
+    names a tool this server does not serve or whose arguments do not validate
+    against that tool's inputSchema; each one dropped is logged as an error (a
+    bug in the tool that made it). Returns how many were dropped."""
+    dropped = 0
+
+    def walk(node: Any, path: str) -> None:
+        nonlocal dropped
+        if isinstance(node, dict):
+            nxt = node.get("next")
+            if isinstance(nxt, dict) and "tool" in nxt:
+                name, args = nxt.get("tool"), nxt.get("arguments", {})
+                reason = None
+                if name not in served:
+                    reason = "names a tool that is not served"
+                else:
+                    errors = sorted(validators[name].iter_errors(args), key=lambda e: list(e.path))
+                    if errors:
+                        reason = f"has arguments that {name}'s inputSchema refuses: {errors[0].message}"
+                if reason:
+                    log.error("dropped next step of %s at %s.next: %s %s %s", tool, path, name,
+                              json.dumps(args, sort_keys=True), reason)
+                    node["next"] = None
+                    dropped += 1
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+
+    walk(data, "data")
+    return dropped
 
 
 def _artifact_refs(data: msgspec.Struct) -> list[ArtifactRef]:

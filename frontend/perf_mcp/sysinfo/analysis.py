@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from .collect import CpuSummary, MemorySummary, PsiSummary
 from .parse import Virtualisation
 
@@ -96,6 +96,7 @@ def findings(cpu: CpuSummary, mem: MemorySummary, psi: PsiSummary, virt: Virtual
                    "counters are not available, but timer-based CPU profiles work.",
             confidence=0.95, evidence=[Evidence(tool=TOOL, counter="/sys/bus/event_source/devices/cpu", value="absent")],
             suggestion="Use perf_cpu_profile as usual; its method field says cpu-clock.",
+            next=next_call("perf_cpu_profile", duration_s=10),
         ))
     if cpu.governor == "powersave":
         out.append(Finding(
@@ -108,10 +109,12 @@ def findings(cpu: CpuSummary, mem: MemorySummary, psi: PsiSummary, virt: Virtual
     if virt.virtualised:
         out.append(Finding(
             id="perf_info.virtual_machine", severity="info", resource="cpu",
-            title=f"Running in a virtual machine{f' ({virt.hypervisor})' if virt.hypervisor else ''}",
+            title=("Running in a virtual machine"
+                   + (f" ({virt.hypervisor}{f', {virt.vmm}' if virt.vmm else ''})" if virt.hypervisor else "")),
             detail="CPU time can be taken by the host (steal time); hardware counters are often missing.",
             confidence=0.9, evidence=[Evidence(tool=TOOL, counter="; ".join(virt.evidence) or "cpu flags")],
             suggestion="Watch steal time with perf_snapshot when CPU looks slow.",
+            next=next_call("perf_snapshot"),
         ))
     if mem.thp_enabled == "always":
         out.append(Finding(

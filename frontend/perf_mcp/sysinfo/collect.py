@@ -189,6 +189,14 @@ def virtualisation(hyp_flag: bool, own_cgroup: dict[str, str]) -> parse.Virtuali
         markers[f"cgroup path ({kind})"] = kind
     if glob.glob("/proc/vz") and not os.path.exists("/proc/bc"):
         markers["/proc/vz"] = "openvz"
+    try:
+        platform = sorted(os.listdir("/sys/bus/platform/devices"))
+    except OSError:
+        platform = []
     return parse.detect_virtualisation(hypervisor_flag=hyp_flag, dmi=dmi,
                                        hypervisor_type=read_text("/sys/hypervisor/type"),
-                                       container_markers=markers)
+                                       container_markers=markers,
+                                       clocksources=read_text(
+                                           "/sys/devices/system/clocksource/clocksource0/available_clocksource"),
+                                       cmdline=read_text("/proc/cmdline"), platform_devices=platform,
+                                       dmi_present=os.path.isdir("/sys/class/dmi/id"))

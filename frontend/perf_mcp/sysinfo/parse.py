@@ -209,9 +209,19 @@ _DMI_HYPERVISORS = (
 
 class Virtualisation(msgspec.Struct, kw_only=True):
     virtualised: bool
-    hypervisor: str | None  # a name when one can be told, else None
+    hypervisor: str | None  # a name when one can be told (kvm, xen, vmware, ...), else None
     container: str | None
     evidence: list[str]
+    # The virtual machine monitor when it can be told apart from the hypervisor
+    # (kvm guests: firecracker, qemu, cloud-hypervisor), else None.
+    vmm: str | None = None
+
+
+# Firecracker has no DMI/SMBIOS; its guests are told by their kernel command line
+# (virtio_mmio.device= entries for its MMIO transport, "firecracker" in init's
+# arguments) or by virtio-mmio platform devices; a KVM guest with no DMI at all is
+# named a microVM (firecracker-like) with that evidence.
+_VIRTIO_MMIO_HINTS = ("virtio-mmio", "virtio_mmio", "LNRO0005")
 
 
 def detect_virtualisation(
@@ -220,11 +230,18 @@ def detect_virtualisation(
     dmi: dict[str, str],
     hypervisor_type: str | None,
     container_markers: dict[str, str],
+    clocksources: str | None = None,
+    cmdline: str | None = None,
+    platform_devices: list[str] | None = None,
+    dmi_present: bool | None = None,
 ) -> Virtualisation:
-    """Combine the hints a user can read: the CPU hypervisor flag, DMI strings, /sys/hypervisor,
-    and container markers (/.dockerenv, /run/.containerenv, cgroup paths, $container)."""
+    """Combine the hints a user can read: the CPU hypervisor flag (/proc/cpuinfo), DMI
+    strings, /sys/hypervisor, the kernel's clock sources (kvm-clock: a KVM guest), the
+    kernel command line and platform devices (Firecracker, which has no DMI), and
+    container markers (/.dockerenv, /run/.containerenv, cgroup paths, $container)."""
     evidence: list[str] = []
     hyp: str | None = None
+    vmm: str | None = None
     if hypervisor_type:
         hyp = hypervisor_type.strip().lower()
         evidence.append(f"/sys/hypervisor/type={hyp}")
@@ -236,12 +253,37 @@ def detect_virtualisation(
                 evidence.append(f"dmi {key}={dmi[key].strip()}")
     if hypervisor_flag:
         evidence.append("cpu flag 'hypervisor'")
+    kvm_clock = clocksources is not None and "kvm-clock" in clocksources.split()
+    if kvm_clock:
+        evidence.append("clock source kvm-clock")
+        if hyp in (None, "qemu", "firecracker", "cloud-hypervisor", "openstack"):
+            vmm = hyp if hyp not in (None, "kvm") else None
+            hyp = "kvm"
+    if hyp in ("firecracker", "cloud-hypervisor"):
+        vmm, hyp = hyp, "kvm"
+    words = (cmdline or "").split()
+    mmio_args = [w for w in words if w.startswith("virtio_mmio.device=")]
+    mmio_devs = [d for d in (platform_devices or []) if any(h in d for h in _VIRTIO_MMIO_HINTS)]
+    if any("firecracker" in w.lower() for w in words):
+        vmm = "firecracker"
+        evidence.append("kernel command line names firecracker")
+    if mmio_args or mmio_devs:
+        evidence.append(f"virtio-mmio devices ({len(mmio_args) or len(mmio_devs)}"
+                        f"{' on the kernel command line' if mmio_args else ''})")
+        if dmi_present is False and vmm is None:
+            vmm = "firecracker"
+    if dmi_present is False and (hypervisor_flag or kvm_clock):
+        evidence.append("no DMI/SMBIOS tables (a microVM)")
+        if vmm is None and kvm_clock:
+            vmm = "firecracker"
+    if vmm == "firecracker" and hyp is None:
+        hyp = "kvm"
     container = None
     for marker, kind in container_markers.items():
         evidence.append(f"container marker {marker}")
         container = container or kind
     return Virtualisation(virtualised=hypervisor_flag or hyp is not None, hypervisor=hyp, container=container,
-                          evidence=evidence)
+                          evidence=evidence, vmm=vmm)
 
 
 _CGROUP_CONTAINER_HINTS = (("kubepods", "kubernetes"), ("docker", "docker"), ("libpod", "podman"),

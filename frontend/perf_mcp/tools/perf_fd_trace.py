@@ -152,7 +152,18 @@ async def _collect(ctx: ToolContext, p: Params, reader: _Reader, warnings: list[
     return tables, taken
 
 
+def check_combination(p: Params) -> None:
+    """Parameters each in range that cannot go together: INVALID_PARAMS saying which."""
+    if p.interval_s > p.duration_s:
+        raise ToolError(ErrorCode.INVALID_PARAMS,
+                        f"interval_s {p.interval_s:g} is longer than duration_s {p.duration_s:g}: a growth needs "
+                        f"at least two samples, interval_s must be at most duration_s",
+                        suggestion=f"Call again with interval_s <= {p.duration_s:g} (e.g. "
+                                   f"interval_s={max(1.0, p.duration_s / 4):g}) or duration_s >= {p.interval_s:g}.")
+
+
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:
+    check_combination(p)
     try:
         status = await trio.to_thread.run_sync(read_status, p.pid)
     except ProcessGone:

@@ -192,7 +192,8 @@ def _yn(v: bool | None) -> str:
 
 def summarise(d: PerfInfoData) -> str:
     c, m, f, b = d.cpu, d.memory, d.features, d.broker
-    where = ("VM" + (f" ({d.virtualisation.hypervisor})" if d.virtualisation.hypervisor else "")
+    v = d.virtualisation
+    where = ("VM" + (f" ({v.hypervisor}{f', {v.vmm}' if v.vmm else ''})" if v.hypervisor else "")
              if d.virtualisation.virtualised else "bare metal")
     if d.virtualisation.container:
         where += f", container {d.virtualisation.container}"
