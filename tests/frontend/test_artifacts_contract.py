@@ -165,6 +165,6 @@ async def test_handler_failures_become_typed_errors_and_the_app_keeps_serving() 
     r = await app.call("t_group", None, progress)
     assert r.is_error and r.structured_content["error"]["code"] == "DEVICE_NOT_FOUND"
     r = await app.call("t_ok", {}, progress)
-    assert not r.is_error and r.structured_content["data"] == {"n": 1}
+    assert not r.is_error and r.structured_content["data"] == {"summary": "fine", "n": 1}  # summary first
     assert r.structured_content["warnings"] == ["w"] and r.content[0].text == "fine\nwarning: w"
     jsonschema.validate(r.structured_content, reg.tools["t_ok"].output_schema())
