@@ -510,12 +510,16 @@ def read_process_io(req: ProcessIo, cap: int) -> StepResult:
     for name in sorted((n for n in os.listdir("/proc") if n.isdecimal()), key=int):
         try:
             try:
-                fds = str(len(os.listdir(f"/proc/{name}/fd")))
+                # Linux 6.2+ gives the number of open fds as the size of /proc/N/fd (no listing)
+                fds = str(os.stat(f"/proc/{name}/fd").st_size or len(os.listdir(f"/proc/{name}/fd")))
             except PermissionError:
                 fds = "-"
             try:
-                with open(f"/proc/{name}/io", "rb") as f:
-                    io = f.read(4096)
+                fd = os.open(f"/proc/{name}/io", os.O_RDONLY | os.O_CLOEXEC)
+                try:
+                    io = os.read(fd, 4096)
+                finally:
+                    os.close(fd)
             except PermissionError:
                 io = b""
         except (FileNotFoundError, ProcessLookupError):
