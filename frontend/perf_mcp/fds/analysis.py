@@ -22,7 +22,7 @@ from typing import Literal
 
 import msgspec
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..use.thresholds import Thresholds
 from .parse import FdTable, classify_target, count_by_type
 
@@ -201,7 +201,8 @@ def findings(samples: list[FdSample], g: Growth, v: LeakVerdict, soft: int | Non
                                sample=f"R² {g.r2}, steps up or flat {g.steps_not_down_pct}%")],
             suggestion=("Find the code path that opens without closing: the new descriptors' targets are in "
                         "data.new_fds (include_fd_list=true lists them); perf_file_trace mode=opens shows the "
-                        "opening call sites.")))
+                        "opening call sites."),
+            next=next_call("perf_file_trace", mode="opens", pid=pid, duration_s=10)))
     pct = None if not soft else current / soft * 100.0
     row = table["process.fd_pct_of_soft_limit"]
     severity = row.severity(pct)

@@ -21,7 +21,7 @@ import ipaddress
 
 import msgspec
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..procfs import NetSnmp, SoftnetStat, softnet_rates
 from ..procfs.derive import Deltas
 from ..use.thresholds import Threshold, Thresholds
@@ -466,6 +466,7 @@ def retransmit_finding(tcp: TcpHealth, counters: list[CounterDelta], sockets: So
         suggestion=("Find where packets are lost: interface drops and errors here and on the peer, "
                     "firewall/nftables drops, a congested or lossy link. perf_tcp_trace shows which "
                     "connections retransmit; compare the worst sockets' RTT with their minimum RTT for queueing."),
+        next=next_call("perf_tcp_trace", mode="lifecycle", duration_s=10),
     )
 
 

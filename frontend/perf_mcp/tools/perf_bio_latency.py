@@ -40,7 +40,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, BioLatency, JobResult, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import histogram as H
@@ -305,7 +305,8 @@ def findings(d: Any, spec: TraceSpec, rows: list[tuple[str, H.Hist]], tool: str 
             detail=f"In {d.duration_s} s no block request completed on {spec.device}: nothing read or wrote it "
                    "(or the page cache absorbed every access).",
             confidence=0.9, evidence=[Evidence(tool=tool, counter="ios", value=0, window_s=float(d.duration_s))],
-            suggestion=f"perf_io_latency {json.dumps({'duration_s': 5})} shows which devices are busy."))
+            suggestion=f"perf_io_latency {json.dumps({'duration_s': 5})} shows which devices are busy.",
+            next=next_call("perf_io_latency", duration_s=5)))
     for name, h in rows:
         n = h.count
         if n < MIN_IOS_FOR_FINDING:
@@ -336,7 +337,7 @@ def findings(d: Any, spec: TraceSpec, rows: list[tuple[str, H.Hist]], tool: str 
                          "mean_ms": round((m or 0.0) * f, 3), "ios": float(n)},
                 evidence=[Evidence(tool=tool, counter=f"bio_latency_p99_{unit}", value=round(p99 or 0.0, 3),
                                    threshold=limit / f, window_s=float(d.duration_s), sample=_bucket_sample(h, 0.99))],
-                suggestion=nxt))
+                suggestion=nxt, next=next_call("perf_io_latency", **dev_args, duration_s=5)))
         if spec.histogram_type == "linear":
             sla = float(spec.linear_bucket_ms) / f
             over = at_or_above(h, sla)
@@ -352,7 +353,8 @@ def findings(d: Any, spec: TraceSpec, rows: list[tuple[str, H.Hist]], tool: str 
                                        threshold=round(n * SLA_SHARE_PCT / 100.0, 2), window_s=float(d.duration_s),
                                        sample=f"linear buckets of {spec.linear_bucket_ms} ms")],
                     suggestion=f"perf_io_latency {json.dumps({**dev_args, 'duration_s': 5})} shows whether the "
-                               "device is saturated (utilisation, queue size)."))
+                               "device is saturated (utilisation, queue size).",
+                    next=next_call("perf_io_latency", **dev_args, duration_s=5)))
     q = d.queue
     if q is not None and q.share_pct is not None and q.share_pct >= QUEUE_SHARE_PCT and q.inserted_ios >= MIN_IOS_FOR_FINDING \
             and (q.mean_queue_us or 0.0) >= 1000.0:
@@ -368,7 +370,8 @@ def findings(d: Any, spec: TraceSpec, rows: list[tuple[str, H.Hist]], tool: str 
                                window_s=float(d.duration_s), sample=f"queue {q.queue_ms:.1f} ms in total")],
             suggestion=f"perf_io_latency {json.dumps({**({'device': spec.device} if spec.device else {}), 'duration_s': 5})} "
                        "shows the queue size and utilisation; perf_offcpu_profile "
-                       f"{json.dumps({'duration_s': 5})} which threads submit and wait."))
+                       f"{json.dumps({'duration_s': 5})} which threads submit and wait.",
+            next=next_call("perf_io_latency", device=spec.device, duration_s=5)))
     return sort_findings(out)
 
 

@@ -26,7 +26,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, DnsLatency, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import dns_parse
@@ -136,7 +136,8 @@ def _slow_finding(d: DnsLatencyData, lookups: list[Lookup]) -> Finding | None:
         suggestion=("Check the resolver in /etc/resolv.conf and the hosts line of /etc/nsswitch.conf; a local caching "
                     "resolver (systemd-resolved, nscd, dnsmasq) or caching in the application removes the wait. "
                     f'perf_dns_latency with {{"pid": {worst.pid}, "duration_s": 30}} shows how often that process '
-                    "resolves."))
+                    "resolves."),
+        next=next_call("perf_dns_latency", pid=worst.pid or None, duration_s=30))
 
 
 def _failure_finding(d: DnsLatencyData, lookups: list[Lookup]) -> Finding | None:

@@ -35,7 +35,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, ExecTrace, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..procfs.process import parse_pid_stat
 from ..registry import ToolContext, ToolOutput, ToolSpec
@@ -366,6 +366,7 @@ def _storm_finding(d: ExecTraceData, top: ParentCount | None, example: str | Non
         return None
     severity = "critical" if rate > STORM_CRITICAL_PER_S else "warning"
     who, lead = "", None
+    nxt = next_call("perf_cpu_profile", duration_s=10, include_kernel=True)
     suggestion = ('Run perf_cpu_profile with {"duration_s": 10, "include_kernel": true} to see what the churn '
                   "costs (fork, exec, page faults, exit in the kernel).")
     if top is not None:
@@ -377,6 +378,7 @@ def _storm_finding(d: ExecTraceData, top: ParentCount | None, example: str | Non
                       f'"duration_s": 10, "include_timestamps": true}} shows its children and their cadence; '
                       f'perf_cpu_profile with {{"pid": {top.ppid}, "duration_s": 10}} shows where it decides to. '
                       "Batching the work, or doing it in-process instead of calling a program per item, ends the storm.")
+        nxt = next_call("perf_exec_trace", pid=top.ppid or None, duration_s=10, include_timestamps=True)
     return Finding(
         id="process.exec_storm", severity=severity, resource="process",
         title=f"Exec storm: {rate:.1f} short-lived processes per second" + (f", mostly from {lead}" if lead else ""),
@@ -389,7 +391,7 @@ def _storm_finding(d: ExecTraceData, top: ParentCount | None, example: str | Non
         evidence=[Evidence(tool=NAME, counter="short_lived_processes_per_s", value=rate,
                            threshold=STORM_CRITICAL_PER_S if severity == "critical" else STORM_WARNING_PER_S,
                            window_s=float(d.duration_s), sample=example)],
-        suggestion=suggestion)
+        suggestion=suggestion, next=nxt)
 
 
 def _failure_finding(d: ExecTraceData) -> Finding | None:
@@ -407,7 +409,9 @@ def _failure_finding(d: ExecTraceData) -> Finding | None:
                            window_s=float(d.duration_s), sample=top.example)],
         suggestion=(f"Check that {top.example} exists and is executable for that user, and the caller's PATH; "
                     f'perf_exec_trace with {{"include_failed": true, "include_timestamps": true, '
-                    f'"name_pattern": "{top.example.rsplit("/", 1)[-1][:60]}"}} shows who keeps trying.'))
+                    f'"name_pattern": "{top.example.rsplit("/", 1)[-1][:60]}"}} shows who keeps trying.'),
+        next=next_call("perf_exec_trace", duration_s=10, include_failed=True, include_timestamps=True,
+                       name_pattern=top.example.rsplit("/", 1)[-1][:60] or None))
 
 
 def analyse(p: Params, parsed: exec_parse.ExecRecords, before: dict[int, tuple[int, str]],

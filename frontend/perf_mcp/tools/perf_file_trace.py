@@ -44,7 +44,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, FileMode, FileTrace, StepResult, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..fds.collect import NotPermitted, ProcessGone, read_local, read_via_broker
 from ..registry import ToolContext, ToolOutput, ToolSpec
@@ -562,7 +562,9 @@ def findings(p: Params, d: FileTraceData) -> list[Finding]:
                                 f"create it, fix the search path, or cache the miss. perf_file_trace with "
                                 f"{_args(p, mode='opens', pid=err.example_pid, name_pattern=top.path[:200])} "
                                 "shows every attempt with its flags; perf_syscall_count with "
-                                f'{{"pid": {err.example_pid}, "errors": true}} shows what else fails.')))
+                                f'{{"pid": {err.example_pid}, "include_errors": true}} shows what else fails.'),
+                    next=next_call("perf_file_trace", duration_s=10, mode="opens", pid=err.example_pid,
+                                   name_pattern=top.path[:200])))
         reopen = [c for c in o.by_path if c.processes == 1 and c.opens - c.failed >= REOPEN_INFO_PER_S * dur]
         if reopen:
             top2 = reopen[0]
@@ -580,7 +582,8 @@ def findings(p: Params, d: FileTraceData) -> list[Finding]:
                                    window_s=dur, sample=top2.path)],
                 suggestion=(f"Keep {top2.path} open in pid {top2.top_pid} ({top2.top_comm}) or cache what is read "
                             f'from it; perf_cpu_profile with {{"duration_s": 10, "pid": {top2.top_pid}}} shows what '
-                            "the opens cost the process.")))
+                            "the opens cost the process."),
+                next=next_call("perf_cpu_profile", duration_s=10, pid=top2.top_pid)))
     if d.slow_ops is not None:
         s = d.slow_ops
         syncs = [e for e in s.events if e.op in ("fsync", "fdatasync")]
@@ -600,7 +603,8 @@ def findings(p: Params, d: FileTraceData) -> list[Finding]:
                                                          f"{syncs[0].latency_ms} ms" if syncs else f.path))],
                 suggestion=('Run perf_bio_latency with {"duration_s": 10} to see whether the device is slow, and '
                             "perf_io_layers to compare what is written with what reaches the disk; sync less often "
-                            "(group commits) if the application allows.")))
+                            "(group commits) if the application allows."),
+                next=next_call("perf_bio_latency", duration_s=10)))
         io_files = [f for f in s.by_file if any(k not in ("fsync", "fdatasync") for k in f.ops)]
         if io_files:
             f = io_files[0]
@@ -626,7 +630,9 @@ def findings(p: Params, d: FileTraceData) -> list[Finding]:
                             + _args(p, pid=sample.pid if sample else None) + " shows where the reader waits."
                             if waits else
                             'Run perf_bio_latency with {"duration_s": 10} and perf_io_layers with '
-                            '{"duration_s": 10} to see whether the disk or the page cache is the bottleneck.')))
+                            '{"duration_s": 10} to see whether the disk or the page cache is the bottleneck.'),
+                next=(next_call("perf_offcpu_profile", duration_s=10, pid=sample.pid if sample else None)
+                      if waits else next_call("perf_bio_latency", duration_s=10))))
     if d.file_lifecycle is not None:
         lc = d.file_lifecycle
         rate = lc.short_lived / dur
@@ -646,7 +652,9 @@ def findings(p: Params, d: FileTraceData) -> list[Finding]:
                                    window_s=dur, sample=lc.events[0].path if lc.events else None)],
                 suggestion=(f"perf_file_trace with {_args(p, mode='file_lifecycle', pid=top3.pid)} lists them; "
                             "perf_exec_trace shows whether a process per item is behind it." if top3 else
-                            "perf_exec_trace shows whether a process per item is behind it.")))
+                            "perf_exec_trace shows whether a process per item is behind it."),
+                next=(next_call("perf_file_trace", duration_s=10, mode="file_lifecycle", pid=top3.pid) if top3
+                      else next_call("perf_exec_trace", duration_s=10))))
     return sort_findings(out)
 
 

@@ -31,7 +31,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, IoLayers, JobResult, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..procfs.disk import parse_diskstats
 from ..procfs.process import parse_pid_io
@@ -367,7 +367,9 @@ def findings(d: IoLayersData) -> list[Finding]:
             suggestion=(f"perf_vfs_latency {json.dumps({'pid': top.pid, 'duration_s': 5, 'min_latency_ms': 5})} "
                         "shows which files its reads wait on" if top else
                         f"perf_io_layers {json.dumps({'duration_s': 10, 'include_details': True})} names the "
-                        "readers") + f"; perf_bio_latency {json.dumps({'duration_s': 5})} how fast the disk answers."))
+                        "readers") + f"; perf_bio_latency {json.dumps({'duration_s': 5})} how fast the disk answers.",
+            next=(next_call("perf_vfs_latency", pid=top.pid, duration_s=5, min_latency_ms=5) if top else
+                  next_call("perf_io_layers", duration_s=10, include_details=True))))
     if d.processes:
         top = max(d.processes, key=lambda x: (x.block.read_bytes or 0) + (x.block.write_bytes or 0))
         tb = (top.block.read_bytes or 0) + (top.block.write_bytes or 0)
@@ -382,7 +384,8 @@ def findings(d: IoLayersData) -> list[Finding]:
                 confidence=0.7, metrics={"block_bytes": float(tb)},
                 evidence=[Evidence(tool=NAME, counter="block_bytes", value=tb, window_s=w, sample=f"pid {top.pid}")],
                 suggestion=f"perf_vfs_latency {json.dumps({'pid': top.pid, 'duration_s': 5})} shows which of its "
-                           "file calls are slow."))
+                           "file calls are slow.",
+                next=next_call("perf_vfs_latency", pid=top.pid, duration_s=5)))
     return sort_findings(out)
 
 

@@ -26,7 +26,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, JobResult, OffcpuProfile, StepResult, limits
 
-from ..contract import ArtifactRef, Evidence, Finding, sort_findings
+from ..contract import ArtifactRef, Evidence, Finding, NextCall, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..profile.flamegraph import render_svg
 from ..profile.perf_script import folded_text
@@ -298,6 +298,18 @@ def _next_step(kind: str, pid: int | None, duration_s: int) -> str:
     return f"perf_thread_profile {target} include_offcpu=true puts this beside each thread's CPU and run-queue wait."
 
 
+def _next_call(kind: str, pid: int | None, duration_s: int) -> NextCall | None:
+    """The tool call _next_step's words start with, with the arguments from the data."""
+    d = min(max(duration_s, 5), 30)
+    if kind == "lock":
+        return next_call("perf_cpu_profile", pid=pid, duration_s=d) if pid else None
+    if kind == "disk I/O":
+        return next_call("perf_io_latency", mode="trace", duration_s=d)
+    if kind == "preempted":
+        return next_call("perf_runq_latency", pid=pid or None, duration_s=d)
+    return next_call("perf_thread_profile", pid=pid, include_offcpu=True) if pid else None
+
+
 def findings(a: Analysis, *, window_s: float, duration_s: int, pid: int | None, target: str,
              method: str, complete: bool) -> list[Finding]:
     out: list[Finding] = []
@@ -330,6 +342,7 @@ def findings(a: Analysis, *, window_s: float, duration_s: int, pid: int | None, 
                                threshold=round(window_ms * BLOCKED_PCT / 100.0, 1), window_s=window_s,
                                sample=f"tid {t.tid}: {sample}")],
             suggestion=_next_step(t.wait_kind, t.pid if t.pid is not None else pid, duration_s),
+            next=_next_call(t.wait_kind, t.pid if t.pid is not None else pid, duration_s),
         ))
     if a.total_us and _pct(a.preempted_us, a.total_us) >= PREEMPTED_PCT:
         share = _pct(a.preempted_us, a.total_us)
@@ -343,6 +356,7 @@ def findings(a: Analysis, *, window_s: float, duration_s: int, pid: int | None, 
             evidence=[Evidence(tool=NAME, counter="preempted_offcpu_ms", value=_ms(a.preempted_us),
                                threshold=PREEMPTED_PCT, window_s=window_s, sample=target)],
             suggestion=_next_step("preempted", pid, duration_s),
+            next=_next_call("preempted", pid, duration_s),
         ))
     return sort_findings(out)
 

@@ -29,7 +29,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, JobResult, RunqLatency, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import histogram as H
@@ -233,7 +233,8 @@ def findings(d: RunqLatencyData, total: H.Hist, p: Params, processes: list[Proce
                     "it slept (or was stopped) all along, or it has exited."),
             confidence=0.9, evidence=[Evidence(tool=NAME, counter="waits", value=0, window_s=d.duration_s)],
             suggestion=f"perf_thread_profile {json.dumps({'pid': p.pid, 'duration_s': 5})} shows where its threads "
-                       "spend their time instead."))
+                       "spend their time instead.",
+            next=next_call("perf_thread_profile", pid=p.pid, duration_s=5)))
     p99 = hist.p99_us
     if p99 is not None and n >= MIN_WAITS_FOR_FINDING:
         p99_ms = p99 / 1000.0
@@ -269,7 +270,10 @@ def findings(d: RunqLatencyData, total: H.Hist, p: Params, processes: list[Proce
                 evidence=[Evidence(tool=NAME, counter="runq_latency_p99_us", value=round(p99, 1),
                                    threshold=limit * 1000.0, window_s=float(d.duration_s),
                                    sample=_bucket_sample(total, 0.99))],
-                suggestion=nxt))
+                suggestion=nxt,
+                next=(next_call("perf_runq_latency", duration_s=5, per_pid=True) if p.pid is not None else
+                      next_call("perf_cpu_profile", pid=processes[0].pid or None, duration_s=10) if processes else
+                      next_call("perf_cpu_profile", duration_s=10))))
     if d.cpus:
         busy = [c for c in d.cpus if c.histogram.count >= 50 and c.histogram.mean_us]
         if len(busy) >= 2:
@@ -288,7 +292,8 @@ def findings(d: RunqLatencyData, total: H.Hist, p: Params, processes: list[Proce
                     evidence=[Evidence(tool=NAME, counter=f"cpu{hi.cpu}.mean_us", value=hi.histogram.mean_us,
                                        window_s=float(d.duration_s),
                                        sample=f"cpu{lo.cpu}.mean_us={lo.histogram.mean_us}")],
-                    suggestion=f"perf_cpu_profile {json.dumps({'duration_s': 10})} shows what runs on the busy CPU."))
+                    suggestion=f"perf_cpu_profile {json.dumps({'duration_s': 10})} shows what runs on the busy CPU.",
+                    next=next_call("perf_cpu_profile", duration_s=10)))
     return sort_findings(out)
 
 

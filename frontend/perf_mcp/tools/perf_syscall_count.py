@@ -26,6 +26,7 @@ filter and the top_n cut have every row to work on.
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -35,7 +36,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, JobResult, SyscallCount, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, NextCall, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace.ladder import LadderResult, Rung, RungFailed, Skipped, climb, find_step, run_job, step_failure
@@ -492,7 +493,25 @@ def findings(d: SyscallCountData, rows: list[SyscallRow], p: Params) -> list[Fin
                                    threshold=SLOW_MEAN_US, window_s=window)],
                 suggestion=_next_for_calls(p, d, r.name),
             ))
+    for f in out:
+        if f.next is None:
+            f.next = _as_call(f.suggestion)
     return sort_findings(out)
+
+
+_CALL_RE = re.compile(r"\b(perf_[a-z_]+)((?: [a-z_]+=[A-Za-z0-9_.]+)+)")
+
+
+def _as_call(text: str) -> NextCall | None:
+    """The tool call a suggestion starts with ("perf_x pid=12 include_errors=true ..."), as a NextCall."""
+    m = _CALL_RE.search(text)
+    if m is None:
+        return None
+    args: dict[str, object] = {}
+    for pair in m.group(2).split():
+        key, _, raw = pair.partition("=")
+        args[key] = (raw == "true" if raw in ("true", "false") else int(raw) if raw.isdigit() else raw)
+    return next_call(m.group(1), **args)
 
 
 def _benign(name: str, errno: int) -> bool:

@@ -33,7 +33,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, TcpMode, TcpTrace, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import tcp_parse
@@ -232,7 +232,9 @@ def _churn_finding(d: TcpTraceData, sessions: list[Session]) -> Finding | None:
                                   f"{worst[0].duration_ms} ms")],
         suggestion=(f"Reuse connections to {raddr}:{rport} (HTTP keep-alive, a connection pool). "
                     f'perf_tcp_trace with {{{target}"mode": "connections", "remote_port": {rport}, '
-                    f'"duration_s": 10}} shows the handshake time each new connection pays.'))
+                    f'"duration_s": 10}} shows the handshake time each new connection pays.'),
+        next=next_call("perf_tcp_trace", pid=pid or None, mode="connections", remote_port=rport or None,
+                       duration_s=10))
 
 
 def _retrans_finding(d: TcpTraceData, retrans: list[RetransSocket], threshold) -> Finding | None:  # type: ignore[no-untyped-def]
@@ -258,7 +260,8 @@ def _retrans_finding(d: TcpTraceData, retrans: list[RetransSocket], threshold) -
                            window_s=float(d.duration_s), sample=f"{where} {worst.segments} segments")],
         suggestion=("perf_net_health shows drops and errors per interface and the retransmit rate of the whole "
                     f'host; perf_tcp_trace with {{"mode": "lifecycle", "remote_port": {worst.rport}, '
-                    '"duration_s": 10}} shows each session\'s retransmitted segments and smoothed RTT.'))
+                    '"duration_s": 10}} shows each session\'s retransmitted segments and smoothed RTT.'),
+        next=next_call("perf_tcp_trace", mode="lifecycle", remote_port=worst.rport or None, duration_s=10))
 
 
 def _connect_findings(d: TcpTraceData, conns: list[Connect]) -> list[Finding]:
@@ -279,7 +282,8 @@ def _connect_findings(d: TcpTraceData, conns: list[Connect]) -> list[Finding]:
             evidence=[Evidence(tool=NAME, counter="connect SYN_SENT->CLOSE", value=float(len(failed)), threshold=0.0,
                                window_s=float(d.duration_s), sample=f"{c0.comm} -> {raddr}:{rport}")],
             suggestion=(f"Check that something listens on {raddr}:{rport} (a refusal takes microseconds, a firewall "
-                        "drop times out after seconds); perf_net_health shows the host's resets and drops.")))
+                        "drop times out after seconds); perf_net_health shows the host's resets and drops."),
+            next=next_call("perf_net_health")))
     slow = [c for c in conns if c.kind == "connect" and c.ok and (c.latency_ms or 0) > SLOW_CONNECT_MS]
     if slow:
         w = max(slow, key=lambda c: c.latency_ms or 0)
@@ -293,7 +297,8 @@ def _connect_findings(d: TcpTraceData, conns: list[Connect]) -> list[Finding]:
                                value=w.latency_ms, threshold=SLOW_CONNECT_MS, window_s=float(d.duration_s),
                                sample=f"{w.laddr}:{w.lport} -> {w.raddr}:{w.rport}")],
             suggestion=(f'perf_tcp_trace with {{"mode": "connections", "remote_port": {w.rport}, "duration_s": 30}} '
-                        "over a longer window shows whether SYNs are being resent (SYN-ACK retransmits on the peer)")))
+                        "over a longer window shows whether SYNs are being resent (SYN-ACK retransmits on the peer)"),
+            next=next_call("perf_tcp_trace", mode="connections", remote_port=w.rport or None, duration_s=30)))
     waited = [c for c in conns if c.kind == "accept" and (c.accept_wait_ms or 0) > SLOW_ACCEPT_MS]
     if waited:
         w = max(waited, key=lambda c: c.accept_wait_ms or 0)
@@ -307,7 +312,8 @@ def _connect_findings(d: TcpTraceData, conns: list[Connect]) -> list[Finding]:
                                threshold=SLOW_ACCEPT_MS, window_s=float(d.duration_s),
                                sample=f"{w.raddr}:{w.rport} -> port {w.lport}")],
             suggestion=(f'perf_offcpu_profile with {{"pid": {w.pid}, "duration_s": 10}} shows what the accepting '
-                        f'thread waits on; perf_cpu_profile with {{"pid": {w.pid}}} whether it is busy instead.')))
+                        f'thread waits on; perf_cpu_profile with {{"pid": {w.pid}}} whether it is busy instead.'),
+            next=next_call("perf_offcpu_profile", pid=w.pid or None, duration_s=10)))
     return out
 
 

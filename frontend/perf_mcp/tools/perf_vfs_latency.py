@@ -38,7 +38,7 @@ from msgspec import Meta
 
 from perf_mcp_protocol import Backend, JobResult, VfsLatency, limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..trace import histogram as H
@@ -274,7 +274,8 @@ def findings(d: VfsLatencyData, p: Params) -> list[Finding]:
             detail=(f"In {d.duration_s} s pid {p.pid} made no read, write, fsync or open call"
                     f"{'' if p.include_all_files else ' on a file (include_all_files counts pipes and sockets too)'}."),
             confidence=0.9, evidence=[Evidence(tool=NAME, counter="calls", value=0, window_s=window)],
-            suggestion=f"perf_offcpu_profile {json.dumps({'pid': p.pid, 'duration_s': 5})} shows where it waits."))
+            suggestion=f"perf_offcpu_profile {json.dumps({'pid': p.pid, 'duration_s': 5})} shows where it waits.",
+            next=next_call("perf_offcpu_profile", pid=p.pid, duration_s=5)))
     fsync = next((o for o in d.operations if o.op == "fsync"), None)
     if fsync is not None and fsync.calls and fsync.histogram.p99_us is not None:
         p99_ms = fsync.histogram.p99_us / 1000
@@ -297,7 +298,8 @@ def findings(d: VfsLatencyData, p: Params) -> list[Finding]:
                                    sample=top.path if top else None)],
                 suggestion=(f"perf_bio_latency {json.dumps({'duration_s': 5, 'per_device': True})} shows whether the "
                             f"device is slow; perf_io_layers {json.dumps({'duration_s': 10, 'include_details': True})} "
-                            "who else writes.")))
+                            "who else writes."),
+                next=next_call("perf_bio_latency", duration_s=5, per_device=True)))
     if d.files:
         f = d.files[0]
         share = f.total_ms / 1000 / window
@@ -312,7 +314,8 @@ def findings(d: VfsLatencyData, p: Params) -> list[Finding]:
                 evidence=[Evidence(tool=NAME, counter="slow_calls", value=f.slow_calls, window_s=window,
                                    sample=f.path)],
                 suggestion=(f"perf_offcpu_profile {json.dumps({'pid': f.pids[0], 'duration_s': 5})} shows the "
-                            "reader's wait; profile the writer to see why it writes slowly.")))
+                            "reader's wait; profile the writer to see why it writes slowly."),
+                next=next_call("perf_offcpu_profile", pid=f.pids[0], duration_s=5)))
         elif share >= FILE_SLOW_SHARE and f.file_class in ("file", "blockdev", "dir"):
             out.append(Finding(
                 id="vfs.slow_file", severity="warning", resource="disk",
@@ -326,7 +329,8 @@ def findings(d: VfsLatencyData, p: Params) -> list[Finding]:
                                    window_s=window, sample=f.path)],
                 suggestion=(f"perf_io_layers {json.dumps({'duration_s': 10, 'include_details': True})} shows how "
                             f"much reaches the disk (page-cache hits); perf_bio_latency "
-                            f"{json.dumps({'duration_s': 5})} how fast the device answers.")))
+                            f"{json.dumps({'duration_s': 5})} how fast the device answers."),
+                next=next_call("perf_io_layers", duration_s=10, include_details=True)))
     return sort_findings(out)
 
 
