@@ -110,6 +110,25 @@ class V1Cgroup:
             return int(self.read("memory", "memory.usage_in_bytes"))
         return int(self.read("v2", "memory.current"))
 
+    def limit_hits(self) -> int:
+        """Times the memory limit was hit: v1 memory.failcnt, v2 memory.events max."""
+        if "memory" in self.dirs:
+            return int(self.read("memory", "memory.failcnt"))
+        return self.stat("v2", "memory.events")["max"]
+
+    def oom_kills(self) -> int:
+        if "memory" in self.dirs:
+            return self.stat("memory", "memory.oom_control")["oom_kill"]
+        return self.stat("v2", "memory.events")["oom_kill"]
+
+    def no_swap(self) -> None:
+        """v2: no swap for this cgroup (memory.swap.max 0), so a hog meets the OOM killer."""
+        if "memory" not in self.dirs and (self.dirs["v2"] / "memory.swap.max").exists():
+            self.write("v2", "memory.swap.max", "0")
+
+    def directories(self) -> set[str]:
+        return {str(d) for d in self.dirs.values()}
+
     def hierarchy(self, controller: str) -> str:
         return "v1" if controller in self.dirs else "v2"
 

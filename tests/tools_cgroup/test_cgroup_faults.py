@@ -1,12 +1,16 @@
-"""perf_cgroup_summary on real v1 cgroups under real faults, through the real
+"""perf_cgroup_summary on real cgroups under real faults, through the real
 MCP client with the frontend as perfmcp-denied (cgroup files are world-readable;
-no broker needed):
+no broker needed). Each cgroup is made in the hierarchy this host has its
+controller in (cg_util.cgroup): v1 on the project's hybrid machines, v2 on a
+v2-only host; the counters the test reads and expects are that hierarchy's
+(v1 failcnt / memory.oom_control, v2 memory.events max / oom_kill).
 
-- CPU throttling: cpu.cfs_quota_us 20000 per 100000 us period, a busy loop.
+- CPU throttling: a quota of 20000 us per 100000 us period, a busy loop.
 - Memory limit hits: a 64 MiB memory cgroup, a process re-reading a 256 MiB file
-  (page cache charged to the cgroup and reclaimed at the limit: failcnt grows).
-- OOM kill: a 32 MiB memory cgroup, a process touching 128 MiB (no swap here:
-  the OOM killer ends it; that is the point).
+  (page cache charged to the cgroup and reclaimed at the limit: the limit-hit
+  counter grows).
+- OOM kill: a 32 MiB memory cgroup, a process touching 128 MiB (no swap here, and
+  none for the cgroup on v2: the OOM killer ends it; that is the point).
 - Quiet control: the same quota with a sleeping process: no warning or critical.
 
 The tool's counters are checked against the cgroup files read by the test
@@ -24,12 +28,21 @@ import trio
 
 import helpers
 from helpers import envelope, ok_data  # noqa: F401  (re-exported)
-from cg_util import v1_cgroup
+from cg_util import V1Cgroup, cgroup
 
-# v1 files throughout (cpu.cfs_quota_us, memory.failcnt, memory.oom_control, "(v1)" counter names):
-# on a host without these v1 controllers the module is skipped with that reason; the
-# hierarchy-neutral throttling and memory checks run everywhere in test_cgroup_top.py.
-pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.cgroup_v1("cpu", "cpuacct", "memory")]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.cgroup_any("cpu", "memory")]
+
+
+def cpu_files(cg: V1Cgroup) -> str:
+    """How the tool names the CPU counters' source in evidence."""
+    return "cpu.stat (v1)" if cg.hierarchy("cpu") == "v1" else "cpu.stat"
+
+
+def hits(cg: V1Cgroup) -> tuple[str, str, str]:
+    """(data field, its window field, evidence counter) of the memory limit hits."""
+    if cg.hierarchy("memory") == "v1":
+        return "failcnt", "failcnt_in_window", "memory (v1) failcnt"
+    return "events_max", "events_max_in_window", "memory memory.events max"
 
 
 
@@ -45,15 +58,14 @@ def loud(data: dict[str, Any]) -> list[tuple[str, str]]:
 async def test_cpu_quota_throttles_a_busy_loop(
     test_users: helpers.TestUsers, shared_tmp: Path, busy_exe: Path
 ) -> None:
-    with v1_cgroup("cpu", "cpuacct") as cg:
-        cg.write("cpu", "cpu.cfs_period_us", "100000")
-        cg.write("cpu", "cpu.cfs_quota_us", "20000")
+    with cgroup("cpu") as cg:
+        cg.set_cpu_quota(20000, 100000)
         busy = cg.start(test_users.granted, [busy_exe, "120"])
-        assert await helpers.await_until(lambda: cg.stat("cpu", "cpu.stat")["nr_throttled"] >= 3, 10)
+        assert await helpers.await_until(lambda: cg.throttling()[0] >= 3, 30)
         async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
-            before = cg.stat("cpu", "cpu.stat")
+            before = cg.throttling()
             by_pid = ok_data(await client.call_tool("perf_cgroup_summary", {"pid": busy.pid}))
-            after = cg.stat("cpu", "cpu.stat")
+            after = cg.throttling()
             by_path = ok_data(await client.call_tool("perf_cgroup_summary", {"cgroup_path": cg.path}))
     for data in (by_pid, by_path):
         found = by_id(data)
@@ -61,19 +73,19 @@ async def test_cpu_quota_throttles_a_busy_loop(
         f = found["cgroup.cpu_throttling"]
         assert f["severity"] == "critical" and f["resource"] == "cgroup"
         counters = {e["counter"] for e in f["evidence"]}
-        assert {"cpu.stat (v1) nr_throttled", "cpu.stat (v1) throttled_time (s)"} <= counters
+        assert {f"{cpu_files(cg)} nr_throttled", f"{cpu_files(cg)} throttled_time (s)"} <= counters
+        assert f["next"] == {"tool": "perf_cpu_profile", "arguments": {"pid": busy.pid, "duration_s": 5}}
         cpu = data["cpu"]
         assert (cpu["quota_us"], cpu["period_us"], cpu["quota_cores"]) == (20000, 100000, 0.2)
         assert cpu["window_periods"] >= 5 and cpu["window_throttled_pct"] > 50
         assert 0.1 <= cpu["usage_cores"] <= 0.3  # the quota holds it near 0.2 CPU
         assert cpu["window_throttled_s"] > 0.5  # ~0.8 s of every second waiting, on 1 CPU
     cpu = by_pid["cpu"]
-    assert before["nr_throttled"] <= cpu["nr_throttled"] <= after["nr_throttled"]
-    assert before["throttled_time"] / 1e9 <= cpu["throttled_s"] <= after["throttled_time"] / 1e9
+    assert before[0] <= cpu["nr_throttled"] <= after[0]
+    assert before[1] - 1e-6 <= cpu["throttled_s"] <= after[1] + 1e-6  # rounded to the microsecond
     assert by_pid["pid"] == busy.pid and by_pid["comm"] == "perfmcp-busy"
-    dirs = {h["directory"] for h in by_pid["hierarchies"]}
-    assert str(cg.dirs["cpu"]) in dirs and str(cg.dirs["cpuacct"]) in dirs
-    print(f"\nthrottling: {cpu['window_throttled']}/{cpu['window_periods']} periods "
+    assert cg.directories() <= {h["directory"] for h in by_pid["hierarchies"]}
+    print(f"\n{cg.hierarchy('cpu')} throttling: {cpu['window_throttled']}/{cpu['window_periods']} periods "
           f"({cpu['window_throttled_pct']:.0f}%), {cpu['window_throttled_s']:.2f} s throttled in "
           f"{by_pid['interval_s']} s, usage {cpu['usage_cores']} CPUs of a 0.2 quota")
 
@@ -81,15 +93,16 @@ async def test_cpu_quota_throttles_a_busy_loop(
 async def test_quiet_control_idle_cgroup_has_no_warning(
     test_users: helpers.TestUsers, shared_tmp: Path
 ) -> None:
-    with v1_cgroup("cpu", "cpuacct", "memory") as cg:
-        cg.write("cpu", "cpu.cfs_quota_us", "20000")
-        cg.write("memory", "memory.limit_in_bytes", str(256 << 20))
+    with cgroup("cpu", "memory") as cg:
+        cg.set_cpu_quota(20000, 100000)
+        cg.set_memory_limit(256 << 20)
         idle = cg.start(test_users.granted, ["/bin/sleep", "120"])
         async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
             data = ok_data(await client.call_tool("perf_cgroup_summary", {"pid": idle.pid}))
     assert loud(data) == [], data["findings"]
     assert data["cpu"]["window_throttled"] == 0 and data["cpu"]["quota_cores"] == 0.2
-    assert data["memory"]["limit_bytes"] == 256 << 20 and data["memory"]["failcnt_in_window"] == 0
+    assert data["memory"]["limit_bytes"] == 256 << 20 and data["memory"][hits(cg)[1]] == 0
+    assert data["memory"]["limit"] == "256.0 MiB" and data["cpu"]["quota"] == "0.2 CPUs"
     print(f"\nidle control: findings {[(f['id'], f['severity']) for f in data['findings']]}")
 
 
@@ -116,25 +129,27 @@ async def test_memory_limit_hits_grow_failcnt(test_users: helpers.TestUsers, sha
     script = shared_tmp / "reader.py"
     script.write_text(READER)
     script.chmod(0o644)
-    with v1_cgroup("memory") as cg:
-        cg.write("memory", "memory.limit_in_bytes", str(64 << 20))
+    with cgroup("memory") as cg:
+        cg.set_memory_limit(64 << 20)
         reader = cg.start(test_users.granted, ["/usr/bin/python3", script, big])
-        assert await helpers.await_until(lambda: int(cg.read("memory", "memory.failcnt")) > 100, 20)
+        assert await helpers.await_until(lambda: cg.limit_hits() > 100, 30)
         async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
-            before = int(cg.read("memory", "memory.failcnt"))
+            before = cg.limit_hits()
             data = ok_data(await client.call_tool("perf_cgroup_summary", {"pid": reader.pid}))
-            after = int(cg.read("memory", "memory.failcnt"))
+            after = cg.limit_hits()
         assert reader.poll() is None  # page cache is reclaimed, nobody is killed
+    total, window, counter = hits(cg)
     mem = data["memory"]
     f = by_id(data)["cgroup.memory_limit_hits"]
-    assert f["severity"] == "warning" and mem["failcnt_in_window"] > 0
-    assert before <= mem["failcnt"] <= after
-    assert f["evidence"][0]["counter"] == "memory (v1) failcnt"
+    assert f["severity"] == "warning" and mem[window] > 0
+    assert before <= mem[total] <= after
+    assert f["evidence"][0]["counter"] == counter
     assert mem["limit_bytes"] == 64 << 20 and mem["usage_bytes"] <= 64 << 20
     assert "cgroup.memory_near_limit" not in by_id(data)  # page cache, not a working set
-    assert mem["stat"]["total_cache"] > mem["stat"]["total_rss"]
-    print(f"\nmemory limit hits: failcnt +{mem['failcnt_in_window']} in {data['interval_s']} s "
-          f"(now {mem['failcnt']}), usage {mem['usage_bytes'] >> 20} MiB of 64 MiB, "
+    cache, anon = ("total_cache", "total_rss") if cg.hierarchy("memory") == "v1" else ("file", "anon")
+    assert mem["stat"][cache] > mem["stat"][anon]
+    print(f"\n{cg.hierarchy('memory')} memory limit hits: {total} +{mem[window]} in {data['interval_s']} s "
+          f"(now {mem[total]}), usage {mem['usage_bytes'] >> 20} MiB of 64 MiB, "
           f"working set {mem['working_set_bytes'] >> 20} MiB")
 
 
@@ -149,23 +164,27 @@ async def test_oom_kill_in_a_small_cgroup(test_users: helpers.TestUsers, shared_
     script = shared_tmp / "hog.py"
     script.write_text(HOG)
     script.chmod(0o644)
-    with v1_cgroup("memory") as cg:
-        cg.write("memory", "memory.limit_in_bytes", str(32 << 20))
+    with cgroup("memory") as cg:
+        cg.set_memory_limit(32 << 20)
+        cg.no_swap()
         hog = cg.start(test_users.granted, ["/usr/bin/python3", script])
         with trio.fail_after(30):
             while hog.poll() is None:
                 await trio.sleep(0.1)
-        assert hog.returncode == -9  # SIGKILL from the OOM killer
-        oom_control = cg.stat("memory", "memory.oom_control")
+        # SIGKILL from the OOM killer
+        assert hog.returncode == -9, (hog.returncode, cg.memory_usage(), cg.limit_hits(), cg.oom_kills(),
+                                      {d: (d / "cgroup.procs").exists() for d in cg.dirs.values()})
+        kills = cg.oom_kills()
         async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
             data = ok_data(await client.call_tool("perf_cgroup_summary", {"cgroup_path": cg.path}))
             gone = envelope(await client.call_tool("perf_cgroup_summary", {"pid": hog.pid}))
     mem = data["memory"]
-    assert mem["oom_kill"] == oom_control["oom_kill"] >= 1
+    assert mem["oom_kill"] == kills >= 1
     f = by_id(data)["cgroup.oom_kills"]
     assert f["severity"] == "warning"  # before the window; "critical" is for kills during it
-    assert f["evidence"][0]["counter"] == "memory (v1) oom_kill" and f["evidence"][0]["value"] == mem["oom_kill"]
-    assert mem["failcnt"] > 0
-    assert [h["controllers"] for h in data["hierarchies"] if h["version"] == "v1"] == [["memory"]]
+    files = "memory (v1)" if cg.hierarchy("memory") == "v1" else "memory"
+    assert f["evidence"][0]["counter"] == f"{files} oom_kill" and f["evidence"][0]["value"] == mem["oom_kill"]
+    assert mem[hits(cg)[0]] > 0
+    assert cg.directories() <= {h["directory"] for h in data["hierarchies"]}
     assert gone["error"]["code"] == "PID_NOT_FOUND"
     print(f"\nOOM: oom_kill {mem['oom_kill']}, failcnt {mem['failcnt']}, finding {f['severity']}")
