@@ -134,6 +134,7 @@ def parse_process_io(data: bytes) -> tuple[dict[int, ProcessIoEntry], list[str]]
         if body.strip():
             try:
                 io = parse_pid_io(body)
+                warnings.extend(f"process_io: pid {int(parts[0])}: {w}" for w in io.warnings)
             except ParseError as exc:
                 warnings.append(f"process_io: pid {int(parts[0])}: {exc}")
         out[int(parts[0])] = ProcessIoEntry(fds=fds, io=io)

@@ -740,16 +740,23 @@ def _top_phrases(pr: Processes) -> list[str]:
     return out
 
 
-def _process_lines(pr: Processes) -> list[str]:
+def _process_lines(pr: Processes, limit: int = 8) -> list[str]:
+    """One line per process, in ranking order (CPU, memory, disk read, disk write, fds), each naming
+    the rankings it tops."""
     rows = {r.pid: r for r in pr.rows}
-    lines = [f"Processes over {pr.window_s:g} s (pid user cpu% rss_MB read/write kB/s fds command):"]
-    for label, pids in (("cpu", pr.cpu), ("memory", pr.memory), ("disk read", pr.disk_read),
-                        ("disk write", pr.disk_write), ("fds", pr.fds)):
-        for pid in pids[:3]:
-            r = rows[pid]
-            io = "-" if r.read_bps is None else f"{(r.read_bps or 0) / 1024:.0f}/{(r.write_bps or 0) / 1024:.0f}"
-            lines.append(f"  {label:10s} {r.pid} {r.user} {r.cpu_pct:.1f} {r.rss_mb:.0f} {io} "
-                         f"{'-' if r.fds is None else r.fds} {r.command[:60]}")
+    tops: dict[int, list[str]] = {}
+    for label, pids in (("cpu", pr.cpu), ("mem", pr.memory), ("read", pr.disk_read), ("write", pr.disk_write),
+                        ("fds", pr.fds)):
+        for pid in pids:
+            tops.setdefault(pid, []).append(label)
+    lines = [f"Processes over {pr.window_s:g} s (pid user cpu% rss_MB read/write kB/s fds command [rankings]):"]
+    for pid, labels in list(tops.items())[:limit]:
+        r = rows[pid]
+        io = "-" if r.read_bps is None else f"{(r.read_bps or 0) / 1024:.0f}/{(r.write_bps or 0) / 1024:.0f}"
+        lines.append(f"  {r.pid} {r.user} {r.cpu_pct:.1f} {r.rss_mb:.0f} {io} {'-' if r.fds is None else r.fds} "
+                     f"{r.command[:60]} [{','.join(labels)}]")
+    if len(tops) > limit:
+        lines.append(f"  ... {len(tops) - limit} more in data.processes")
     lines += [f"  note: {n}" for n in pr.notes]
     return lines
 
