@@ -97,6 +97,8 @@ ensure_users() {
     getent group "$GROUP" >/dev/null || { log "creating group $GROUP"; groupadd --system "$GROUP"; }
     ensure_user "$GRANTED"
     ensure_user "$DENIED"
+    # The broker runs perf script as this user (perf_mcp_broker.jobs.PARSER_USER).
+    ensure_user perf-mcp-parse
     in_group "$GRANTED" "$GROUP" || { log "adding $GRANTED to $GROUP"; usermod -aG "$GROUP" "$GRANTED"; }
     if in_group "$DENIED" "$GROUP"; then
         log "removing $DENIED from $GROUP"

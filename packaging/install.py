@@ -56,6 +56,7 @@ OWN_PACKAGES = (REPO / "broker" / "perf_mcp_broker", REPO / "protocol" / "perf_m
 UNITS = ("perf-mcp-broker.socket", "perf-mcp-broker.service")
 SOCKET_UNIT, SERVICE_UNIT = UNITS
 GROUP = "perf-mcp"
+PARSER_USER = "perf-mcp-parse"  # perf_mcp_broker.jobs.PARSER_USER: perf script runs as it
 PACKAGE = "perf-mcp-broker"
 PYTHON = "/usr/bin/python3"
 POLICY = "/usr/share/polkit-1/actions/org.perfmcp.policy"
@@ -66,19 +67,25 @@ UNIT_DOC_PATH = "/usr/share/doc/perf-mcp-broker"
 
 BOOT = REPO / "broker" / "perf_mcp_broker" / "boot.py"
 IMPORT_PATH_LINE = "IMPORT_PATH: tuple = ()\n"
+BROKER_ENTRY = "perf_mcp_broker.__main__"
+FRONTEND_ENTRY = "perf_mcp.cli"  # the venv's perf-mcp: `sudo perf-mcp` starts isolated and checked too
+ENTRY_LINE = f"ENTRY = {BROKER_ENTRY!r}\n".replace("'", '"')
 
 
-def launcher_text(python: str, import_path: list[str]) -> str:
-    """A launcher of the broker: boot.py with its interpreter (`#!PYTHON -IS`: isolated,
-    no site processing) and its import path filled in. Its first code checks the
-    interpreter, what it has loaded and the import path, and guards every import that
-    follows (perf_mcp_broker/boot.py), before the broker or a dependency is imported."""
+def launcher_text(python: str, import_path: list[str], entry: str = BROKER_ENTRY) -> str:
+    """A launcher: boot.py with its interpreter (`#!PYTHON -IS`: isolated, no site
+    processing), its import path and the module it runs (the broker, or the frontend)
+    filled in. Its first code checks the interpreter, what it has loaded and the import
+    path, and guards every import that follows (perf_mcp_broker/boot.py), before the
+    broker, the frontend or a dependency is imported."""
     text = BOOT.read_text()
     first, rest = text.split("\n", 1)
-    if not first.startswith("#!") or rest.count(IMPORT_PATH_LINE) != 1:
-        raise InstallError(f"{BOOT}: no shebang line or no single {IMPORT_PATH_LINE.strip()!r} line")
-    header = "# perf-mcp-broker launcher, written by packaging/install.py from perf_mcp_broker/boot.py. Do not edit.\n"
-    return f"#!{python} -IS\n{header}" + rest.replace(IMPORT_PATH_LINE, f"IMPORT_PATH: tuple = {tuple(import_path)!r}\n")
+    if not first.startswith("#!") or rest.count(IMPORT_PATH_LINE) != 1 or rest.count(ENTRY_LINE) != 1:
+        raise InstallError(f"{BOOT}: no shebang line, or not one {IMPORT_PATH_LINE.strip()!r} and {ENTRY_LINE.strip()!r}")
+    name = "perf-mcp-broker" if entry == BROKER_ENTRY else "perf-mcp"
+    header = f"# {name} launcher, written by packaging/install.py from perf_mcp_broker/boot.py. Do not edit.\n"
+    rest = rest.replace(IMPORT_PATH_LINE, f"IMPORT_PATH: tuple = {tuple(import_path)!r}\n")
+    return f"#!{python} -IS\n{header}" + rest.replace(ENTRY_LINE, f"ENTRY = {entry!r}\n".replace("'", '"'))
 
 
 def write_file_atomically(path: Path, data: bytes, mode: int) -> bool:
@@ -115,6 +122,12 @@ def venv_launcher(venv: Path, source: Path = REPO) -> Path:
     dest = venv / "bin" / "perf-mcp-broker"
     if write_file_atomically(dest, launcher_text(os.fspath(python), import_path).encode(), 0o755):
         log(f"wrote {dest} (isolated launcher)")
+    # In place of pip's console-script wrapper, whose normal interpreter would run the
+    # venv's .pth files as root under `sudo perf-mcp` before any check.
+    frontend = venv / "bin" / "perf-mcp"
+    text = launcher_text(os.fspath(python), [os.fspath(source / "frontend"), *import_path], FRONTEND_ENTRY)
+    if write_file_atomically(frontend, text.encode(), 0o755):
+        log(f"wrote {frontend} (isolated launcher)")
     return dest
 
 
@@ -426,6 +439,25 @@ def ensure_group(layout: Layout) -> bool:
     return True
 
 
+def ensure_parser_user(layout: Layout) -> None:
+    """Create the unprivileged user perf script runs as, if missing (kept on uninstall,
+    like any system user: files it may have left keep an owner)."""
+    import pwd
+
+    try:
+        pwd.getpwnam(PARSER_USER)
+        return
+    except KeyError:
+        pass
+    if shutil.which("systemd-sysusers"):
+        run(["systemd-sysusers", layout.sysusers])
+    else:
+        run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent",
+             "--shell", "/usr/sbin/nologin", PARSER_USER])
+    pwd.getpwnam(PARSER_USER)  # raises if it did not work
+    log(f"created the user {PARSER_USER}")
+
+
 def group_is_empty(name: str) -> bool:
     import pwd
 
@@ -493,6 +525,7 @@ def install(layout: Layout, python: str = PYTHON) -> None:
                     kept.append(path)  # the administrator's own rules file
                     continue
             _copy_into_system(staged, path, created_dirs)
+    ensure_parser_user(layout)
     manifest = {
         "version": read_version(),
         "prefix": layout.prefix,

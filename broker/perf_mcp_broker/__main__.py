@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import pwd
 import signal
 import socket
 import stat
@@ -26,10 +27,10 @@ import trio
 
 from perf_mcp_protocol import limits
 
-from . import __version__, integrity
+from . import __version__, integrity, runner
 from .authz import Authorizer
 from .hardening import harden
-from .jobs import PROGRAM_PATHS, cache_bpftrace_info, resolve_programs
+from .jobs import PARSER_USER, PROGRAM_PATHS, cache_bpftrace_info, resolve_programs
 from .server import Broker
 
 log = logging.getLogger("perf_mcp_broker")
@@ -121,6 +122,15 @@ def _workroot(stale_after_s: float = 600.0) -> str:
 
 def make_broker(output_cap: int, trusted_uids: frozenset[int] = frozenset(), disabled: list[str] | None = None) -> Broker:
     programs, missing = resolve_programs()
+    try:
+        parser = pwd.getpwnam(PARSER_USER)
+        runner.PARSER_IDS = (parser.pw_uid, parser.pw_gid)
+    except KeyError:  # perf script never runs as root: without its user, no perf job
+        log.error("no user %s (the installer creates it): perf's jobs are off", PARSER_USER)
+        if programs.pop("perf", None):
+            missing.append("perf")
+    if runner.PARSER_IDS is not None and 0 in runner.PARSER_IDS:
+        raise SystemExit(f"perf-mcp-broker: {PARSER_USER} must not be root (uid/gid 0)")
     cache_bpftrace_info({k: v for k, v in programs.items() if k not in (disabled or ())})
     return Broker(
         programs=programs,

@@ -1,5 +1,5 @@
 #!/usr/bin/python3 -IS
-"""perf-mcp-broker's launcher: the integrity rule, checked before anything is imported.
+"""perf-mcp's launcher: the integrity rule, checked before anything is imported.
 
 Every launcher of the root broker is a copy of this file with its first line and
 IMPORT_PATH filled in (packaging/install.py writes /usr/sbin/perf-mcp-broker and the
@@ -8,6 +8,10 @@ that runs:
 
     #!/usr/bin/python3 -IS          the interpreter, isolated
     IMPORT_PATH = ("/usr/lib/perf-mcp/site",)
+
+The development set-up's .venv/bin/perf-mcp is one too, with ENTRY the frontend's
+perf_mcp.cli: `sudo perf-mcp` is checked the same way before its root parent imports
+anything, and no .pth file of the venv runs, as root or not.
 
 Invariants:
 - The interpreter runs isolated: -I (no PYTHON* variables, no user site, no script
@@ -48,6 +52,8 @@ import sys
 # Filled in by packaging/install.py; empty in the package's own copy, which then
 # takes --import-path DIR:DIR... as its first argument.
 IMPORT_PATH: tuple = ()
+# The module whose main(args) the launcher runs.
+ENTRY = "perf_mcp_broker.__main__"
 
 ROOT = frozenset({0})
 # The broker's own top-level modules and those of its dependencies (and theirs:
@@ -445,7 +451,7 @@ def reexec_isolated(args: list) -> None:
 
 
 def _say(text: str) -> None:
-    print(f"perf-mcp-broker: {text}", file=sys.stderr, flush=True)
+    print(f"{os.path.basename(sys.argv[0]) or 'perf-mcp'}: {text}", file=sys.stderr, flush=True)
 
 
 def main(argv: "list | None" = None) -> int:
@@ -474,9 +480,7 @@ def main(argv: "list | None" = None) -> int:
             return 1
     sys.path.extend(p for p in import_path if p not in sys.path)  # after the standard library
     try:
-        from perf_mcp_broker.__main__ import main as broker_main
-
-        return broker_main(args)
+        return __import__(ENTRY, fromlist=["main"]).main(args)
     except ImportRefused as exc:
         _say(refusal_message(exc.problems))
         return 1

@@ -85,6 +85,9 @@ class Step:
     deadline_s: float
     stop_after_s: float | None = None
     with_previous: bool = False  # runs side by side with the step before it (execsnoop + exitsnoop)
+    # Run as the unprivileged PARSER_USER, no capabilities, in this job directory (its cwd;
+    # the argv names files relative to it): the runner hands the directory over for the step.
+    unprivileged_in: str | None = None
 
 
 def resolve_programs(paths: dict[str, tuple[str, ...]] = PROGRAM_PATHS) -> tuple[dict[str, str], list[str]]:
@@ -141,9 +144,26 @@ CPU_PROFILE_MAX_SAMPLES = 360_000
 # A hard bound on perf.data whatever the sample size (deep stacks): perf record
 # stops writing there.
 PERF_DATA_MAX_SIZE = "256M"
+# perf script parses and demangles every sampled binary, other users' included: it runs as
+# this unprivileged user (runner.py), with the kernel's symbols handed over as a file.
+PARSER_USER = "perf-mcp-parse"
+KALLSYMS_COPY = "kallsyms"
+# Programs tried here without CAP_SYS_ADMIN (CAP_PERFMON and CAP_BPF do): their jobs run
+# without it. bpftrace 0.17 needs it for BTF types, gethostlatency for its uprobes; the
+# kprobe tools could not be tried here (no kprobes) and keep it.
+WITHOUT_SYS_ADMIN = frozenset({"perf", "runqlat", "offcputime", "syscount", "execsnoop", "exitsnoop",
+                               "opensnoop", "tcplife", "biolatency"})
+
+
+def _perf_script(programs: dict[str, str], *args: str) -> list[str]:
+    """perf script on perf.data in its cwd (an unprivileged step in the job directory)."""
+    return [_program(programs, "perf"), "script", "-i", "perf.data", "--kallsyms", KALLSYMS_COPY, *args]
+
+
 # perf script's fields: the fewest the fold needs (measured in bench/bench_cpu_profile.py:
-# tid and period cost output and parsing, and name nothing the profile uses).
-CPU_PROFILE_SCRIPT_FIELDS = "comm,pid,ip,sym,dso"
+# tid and period cost output and parsing, and name nothing the profile uses; time bounds the
+# window perf sampled, without perf record's start-up, for the expected sample count).
+CPU_PROFILE_SCRIPT_FIELDS = "comm,pid,time,ip,sym,dso"
 # perf script processes over time slices of perf.data, side by side (1: one process).
 CPU_PROFILE_SCRIPT_SLICES = 1
 
@@ -187,13 +207,14 @@ def build_cpu_profile(req: CpuProfile, programs: dict[str, str], workdir: str) -
               "--max-size", PERF_DATA_MAX_SIZE, "--no-bpf-event"]
     record += ["-p", str(int(req.pid))] if req.pid is not None else ["-a"]
     record += ["-o", data]
-    script = [perf, "script", "-i", data, "-F", CPU_PROFILE_SCRIPT_FIELDS]
+    script = _perf_script(programs, "-F", CPU_PROFILE_SCRIPT_FIELDS)
     steps = [Step("record", tuple(record), deadline_s=duration + limits.JOB_GRACE_S, stop_after_s=duration)]
     slices = _time_slices(CPU_PROFILE_SCRIPT_SLICES) if CPU_PROFILE_SCRIPT_SLICES > 1 else [None]
     for i, span in enumerate(slices):
         name = "script" if span is None else f"script{i + 1}"
         argv = script if span is None else [*script, "--time", span]
-        steps.append(Step(name, tuple(argv), deadline_s=60.0 + 4 * duration, with_previous=i > 0))
+        steps.append(Step(name, tuple(argv), deadline_s=60.0 + 4 * duration, with_previous=i > 0,
+                          unprivileged_in=workdir))
     return steps
 
 
@@ -222,11 +243,10 @@ def build_offcpu_profile(req: OffcpuProfile, programs: dict[str, str], workdir: 
         target = _opt_pid(req.pid) or ["-a", "-m", "256"]
         record = [perf, "record", "-e", "sched:sched_switch", "-g", "--switch-events", *target, "-N", "-B",
                   "--max-size", PERF_DATA_MAX_SIZE, "-o", data]
-        script = [perf, "script", "-i", data, "--ns", "--show-switch-events",
-                  "-F", "comm,pid,tid,time,trace,ip,sym,dso"]
+        script = _perf_script(programs, "--ns", "--show-switch-events", "-F", "comm,pid,tid,time,trace,ip,sym,dso")
         return [
             Step("record", tuple(record), deadline_s=d + limits.JOB_GRACE_S, stop_after_s=float(d)),
-            Step("script", tuple(script), deadline_s=60.0 + 4 * d),
+            Step("script", tuple(script), deadline_s=60.0 + 4 * d, unprivileged_in=workdir),
         ]
     raise Unsupported(req.backend)
 

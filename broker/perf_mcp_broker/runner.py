@@ -14,11 +14,19 @@ Invariants:
 - Children are forked from the main thread (subprocess.Popen called directly,
   not through a worker thread), because PR_SET_PDEATHSIG fires when the forking
   *thread* exits.
+- A job gets the broker's bounding set and no more (never CAP_KILL, CAP_SETUID,
+  CAP_SETGID, CAP_SETPCAP, which the broker keeps for itself); a program that works
+  without CAP_SYS_ADMIN (jobs.WITHOUT_SYS_ADMIN) loses it too where the kernel has
+  CAP_PERFMON and CAP_BPF. An unprivileged step (perf script) runs as PARSER_USER
+  with no capability at all, in its job directory, which is readable by that user's
+  group only while such a step runs (with a copy of /proc/kallsyms read here).
 """
 
 from __future__ import annotations
 
+import collections
 import errno
+import functools
 import os
 import resource
 import signal
@@ -29,7 +37,7 @@ import trio
 
 from perf_mcp_protocol import StepResult, limits
 
-from .jobs import Step
+from .jobs import KALLSYMS_COPY, PROGRAM_PATHS, WITHOUT_SYS_ADMIN, Step
 
 CHILD_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C", "LC_ALL": "C"}
 _READ_CHUNK = 256 * 1024
@@ -37,10 +45,30 @@ _READ_CHUNK = 256 * 1024
 MAX_FILE_BYTES = 2 * 1024**3
 
 
-def _child_setup() -> None:  # runs in the child between fork and exec
+# (uid, gid) of jobs.PARSER_USER, set at start-up (make_broker); None: no such user,
+# and the broker runs no unprivileged step.
+PARSER_IDS: tuple[int, int] | None = None
+_PROGRAM_OF = {path: name for name, paths in PROGRAM_PATHS.items() for path in paths}
+_CAP_BPF = 39  # the last of CAP_PERFMON (38) and CAP_BPF (39)
+
+
+def _perfmon_and_bpf() -> bool:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read()) >= _CAP_BPF
+    except (OSError, ValueError):
+        return False
+
+
+_SYS_ADMIN_OPTIONAL = _perfmon_and_bpf()
+
+
+def _child_setup(drop_sys_admin: bool) -> None:  # runs in the child between fork and exec
     import prctl
 
-    prctl.set_pdeathsig(signal.SIGKILL)
+    if drop_sys_admin:
+        prctl.capbset.drop(prctl.CAP_SYS_ADMIN)
+    prctl.set_pdeathsig(signal.SIGKILL)  # after any uid change (Popen's user=), which clears it
     for which, value in _CHILD_RLIMITS:
         _lower_rlimit(which, value)
     os.umask(0o077)
@@ -102,26 +130,68 @@ async def _read_capped(fd_stream: trio.lowlevel.FdStream, capture: _Capture, on_
                 return
 
 
+_handed_over: collections.Counter[str] = collections.Counter()  # job dir -> unprivileged steps in it
+
+
+def _hand_over(workdir: str) -> None:
+    """Open the job directory for an unprivileged step: a copy of /proc/kallsyms (read
+    here, as root: the parser would see zero addresses where kptr_restrict hides them),
+    the files (perf.data) and the directory readable by all. No one else gets there:
+    its parents (the 0700 runtime and jobs directories) let no user through, and the
+    step starts in it (its cwd, set while still root) and names files relative to it."""
+    if _handed_over[workdir]:  # a step beside this one did it
+        return
+    with open("/proc/kallsyms", "rb") as src, open(os.path.join(workdir, KALLSYMS_COPY), "xb") as dst:
+        while chunk := src.read(1 << 20):
+            dst.write(chunk)
+    with os.scandir(workdir) as entries:
+        for entry in entries:
+            if entry.is_file(follow_symlinks=False):
+                os.chmod(entry.path, 0o644)
+    os.chmod(workdir, 0o755)
+
+
 async def run_step(step: Step, stdout_cap: int, stderr_cap: int = limits.STDERR_CAP) -> StepResult:
     """Run one step to completion; see the module invariants.
 
     On cancellation the group gets SIGINT, then SIGTERM, then SIGKILL (shielded,
     bounded by CANCEL_ESCALATION_S each) and is reaped before Cancelled propagates.
     """
+    workdir = step.unprivileged_in
+    if workdir is not None:
+        if PARSER_IDS is None:
+            raise RuntimeError(f"no user for unprivileged steps (step {step.name})")
+        _hand_over(workdir)
+        _handed_over[workdir] += 1
+        try:
+            return await _run(step, stdout_cap, stderr_cap)
+        finally:
+            _handed_over[workdir] -= 1
+            if not _handed_over[workdir]:
+                del _handed_over[workdir]
+                os.chmod(workdir, 0o700)
+    return await _run(step, stdout_cap, stderr_cap)
+
+
+async def _run(step: Step, stdout_cap: int, stderr_cap: int) -> StepResult:
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
     started = time.monotonic()
+    unprivileged = step.unprivileged_in is not None
+    as_user = {"user": PARSER_IDS[0], "group": PARSER_IDS[1], "extra_groups": []} if unprivileged else {}
+    drop_sys_admin = not unprivileged and _SYS_ADMIN_OPTIONAL and _PROGRAM_OF.get(step.argv[0]) in WITHOUT_SYS_ADMIN
     try:
         proc = subprocess.Popen(
             list(step.argv),
             stdin=subprocess.DEVNULL,
             stdout=out_w,
             stderr=err_w,
-            cwd="/",
+            cwd=step.unprivileged_in or "/",
             env=CHILD_ENV,
             start_new_session=True,
-            preexec_fn=_child_setup,
+            preexec_fn=functools.partial(_child_setup, drop_sys_admin),
             close_fds=True,
+            **as_user,
         )
     except BaseException:
         for fd in (out_r, out_w, err_r, err_w):

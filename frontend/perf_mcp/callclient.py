@@ -55,11 +55,14 @@ async def _call(ns: argparse.Namespace, arguments: dict[str, Any]) -> int:
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters
 
-    server_args = ["-m", "perf_mcp"]
+    # The server through the launcher that started this command (isolated and checked
+    # before any import when root: packaging/install.py venv-launcher), else `python -m`.
+    launcher = sys.argv[0] if os.path.basename(sys.argv[0]) == "perf-mcp" and sys.flags.isolated else None
+    command, server_args = (launcher, []) if launcher else (sys.executable, ["-m", "perf_mcp"])
     if ns.user:
         server_args += ["--user", ns.user]
     overrides = {"PERF_MCP_BROKER_SOCKET": ns.broker_socket} if ns.broker_socket else {}
-    params = StdioServerParameters(command=sys.executable, args=server_args, env=server_env(overrides))
+    params = StdioServerParameters(command=command, args=server_args, env=server_env(overrides))
 
     async def progress(value: float, total: float | None, message: str | None) -> None:
         if not ns.quiet:

@@ -192,14 +192,23 @@ def cmdline(pid: int) -> list[str]:
 
 
 _JOBDIR = re.compile(r"^(/.*/job\d+-[^/]+)/perf\.data$")
+_JOBDIR_CWD = re.compile(r"^/.*/job\d+-[^/]+$")
 
 
-def job_dir_of(argv: list[str]) -> str | None:
-    """The broker's per-job directory from a perf command line (`-o DIR/perf.data`, `-i ...`)."""
+def job_dir_of(argv: list[str], pid: int | None = None) -> str | None:
+    """The broker's per-job directory from a perf command line (`-o DIR/perf.data`), or
+    else from process pid's cwd (perf script runs unprivileged in the job directory and
+    names its files relative to it)."""
     for arg in argv:
         m = _JOBDIR.match(arg)
         if m:
             return m.group(1)
+    if pid is not None:
+        try:
+            cwd = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:
+            return None
+        return cwd if _JOBDIR_CWD.match(cwd) else None
     return None
 
 

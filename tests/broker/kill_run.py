@@ -36,6 +36,7 @@ class KillFigures:
     before_accepted: int = 0
     after_final: int = 0  # the job had ended before the kill landed
     busy: int = 0
+    refused: dict[str, int] = field(default_factory=dict)  # final answers other than BUSY before Accepted
     gone_s: list[float] = field(default_factory=list)
     not_gone: list[str] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -67,7 +68,7 @@ def _job_procs(broker_pid: int, tag: int, dirs: set[str]) -> list[int]:
     out = []
     for pid in helpers.descendants(broker_pid):
         argv = cmdline(pid)
-        d = job_dir_of(argv)
+        d = job_dir_of(argv, pid)
         tagged = "-p" in argv and str(tag) in argv
         if d and tagged:  # perf record -p TAG -o DIR/perf.data: DIR is this stream's
             dirs.add(d)
@@ -123,6 +124,9 @@ async def _stream(user: str, broker: helpers.RunningBroker, tag: int, n: int, rn
                 first = await client.wait_for_type("accepted", timeout=60.0)
                 if first["type"] != "accepted":
                     figs.busy += first.get("code") == "BUSY"
+                    if first.get("code") != "BUSY":
+                        key = f"{first.get('code') or first['type']}: {first.get('message', '')[:80]}"
+                        figs.refused[key] = figs.refused.get(key, 0) + 1
                     continue
                 accepted = True
                 await trio.sleep(rng.uniform(0.0, length))
@@ -204,6 +208,7 @@ def describe(figs: KillFigures) -> dict[str, object]:
         "before_accepted": figs.before_accepted,
         "job_already_over": figs.after_final,
         "busy_retries": figs.busy,
+        "refused": figs.refused,
         "kill_to_group_gone": figs.distribution(),
         "not_gone": len(figs.not_gone),
         "audit_outcomes": figs.outcomes,

@@ -159,7 +159,7 @@ async def test_a_disabled_program_is_named_in_program_missing(module_broker_fact
 # --------------------------------------------------------------------------- cancel in perf script
 
 
-async def _close_during_script(broker: helpers.RunningBroker, duration: float) -> tuple[int, list[str], str, float] | None:
+async def _close_during_script(broker: helpers.RunningBroker, duration: float) -> tuple[int, str, str, float] | None:
     """Run a profile; close the connection the moment its perf script is seen. None when
     perf script came and went between two looks."""
     conn = await RawConn.open(broker.socket_path)
@@ -174,8 +174,9 @@ async def _close_during_script(broker: helpers.RunningBroker, duration: float) -
                     argv = cmdline(p.pid)
                     job_dir = job_dir or job_dir_of(argv)
                     if argv[1:2] == ["script"]:
+                        script_dir = job_dir_of(argv, p.pid)  # its cwd
                         await conn.aclose()  # the client goes away while perf script runs
-                        return p.pid, argv, job_dir or "", time.monotonic()
+                        return p.pid, script_dir or "", job_dir or "", time.monotonic()
                 if job_dir and not os.path.exists(job_dir):
                     return None  # the job ended before perf script was seen
                 await trio.sleep(0.003)
@@ -193,8 +194,8 @@ async def test_closing_the_connection_during_perf_script_ends_it(module_broker_f
         if caught:
             break
     assert caught, "perf script was never seen running"
-    script_pid, script_argv, job_dir, closed_at = caught
-    assert job_dir and job_dir_of(script_argv) == job_dir, script_argv
+    script_pid, script_dir, job_dir, closed_at = caught
+    assert job_dir and script_dir == job_dir, (script_dir, job_dir)
     gone = await helpers.await_until(lambda: helpers.read_proc_stat(script_pid) is None and not os.path.exists(job_dir), 10.0)
     took = time.monotonic() - closed_at
     await helpers.await_until(lambda: any(r["outcome"] == "cancelled" for r in audit_records(broker.log_text())), 5.0)

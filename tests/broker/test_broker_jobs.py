@@ -55,7 +55,7 @@ async def test_client_killed_mid_job_leaves_no_perf_behind(broker_alive: helpers
         accepted = await client.wait_for_type("accepted")
         assert accepted["type"] == "accepted", accepted
         perfs = await wait_for_perf(broker.pid)
-        job_dirs = {d for p in perfs if (d := job_dir_of(cmdline(p.pid)))}
+        job_dirs = {d for p in perfs if (d := job_dir_of(cmdline(p.pid), p.pid))}
         assert job_dirs, f"no job directory in the perf command lines {[cmdline(p.pid) for p in perfs]}"
         assert all(os.path.isdir(d) for d in job_dirs)
         await trio.sleep(2.0)

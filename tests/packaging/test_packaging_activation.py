@@ -62,12 +62,14 @@ async def test_systemd_socket_activate_serves_non_root_users(
         # It is the broker that answered, in place of the activator (same PID), sandboxed.
         status = pkg_util.proc_status(activated.pid)
         assert os.fspath(helpers.BROKER_BIN) in Path(f"/proc/{activated.pid}/cmdline").read_text().split("\0")
-        from perf_mcp_broker.hardening import KEEP
+        from perf_mcp_broker.hardening import JOBS, KEEP
 
-        # hardening.py's set (SETPCAP dropped too), within what this machine has at all
-        # (these VMs lack CAP_SYS_RESOURCE even in PID 1's bounding set).
+        # hardening.py's sets, within what this machine has at all (these VMs lack
+        # CAP_SYS_RESOURCE even in PID 1's bounding set): the broker keeps KEEP, and
+        # its bounding set, what any job can hold, is JOBS only.
         own = int(pkg_util.proc_status(os.getpid())["CapBnd"], 16)
-        assert int(status["CapBnd"], 16) == pkg_util.cap_mask(list(KEEP)) & own, status["CapBnd"]
+        assert int(status["CapEff"], 16) == pkg_util.cap_mask(list(KEEP)) & own, status["CapEff"]
+        assert int(status["CapBnd"], 16) == pkg_util.cap_mask(list(JOBS)) & own, status["CapBnd"]
         assert status["NoNewPrivs"] == "1"
 
         profile = pkg_util.run_client(test_users.granted, sock, "profile")

@@ -234,10 +234,40 @@ def test_unit_starts_the_installed_launcher() -> None:
 
 @pytest.fixture
 def venv_copy(base: Path) -> Path:
-    """A root-owned copy of the development venv (perf-mcp installed editable from this tree)."""
+    """A root-owned copy of the development venv (perf-mcp installed editable from this
+    tree), with its own launchers as the set-up writes them (bin/perf-mcp-broker, bin/perf-mcp)."""
     copy = base / "venv"
     shutil.copytree(helpers.REPO / ".venv", copy, symlinks=True)
+    res = subprocess.run(["/usr/bin/python3", os.fspath(INSTALL_PY), "venv-launcher", os.fspath(copy)],
+                         capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=60)
+    assert res.returncode == 0, res.stderr
     return copy
+
+
+def test_sudo_mode_never_runs_a_pth_file_as_root(base: Path, venv_copy: Path, test_users: helpers.TestUsers) -> None:
+    """`sudo perf-mcp` starts the venv's bin/perf-mcp, an isolated launcher (not pip's
+    wrapper): a .pth file planted in the venv never runs, neither in the root parent nor
+    in the MCP server that `perf-mcp call` starts. Control: the venv's normal interpreter
+    runs it as root. Known answers: no marker; perf_info answers through the server."""
+    marker = base / "marker"
+    pth = f"import os; open({os.fspath(marker)!r}, 'a').write('pth ran as uid %d\\n' % os.getuid())\n"
+    (venv_copy / "lib" / PY / "site-packages" / "zz-sudo.pth").write_text(pth)
+    frontend = venv_copy / "bin" / "perf-mcp"
+    assert frontend.read_text().splitlines()[0] == f"#!{venv_copy}/bin/python -IS"
+    assert run([venv_copy / "bin" / "python", "-c", "pass"], base / "unused").returncode == 0
+    assert set(marker.read_text().splitlines()) == {"pth ran as uid 0"}  # the control: the .pth is live
+    marker.unlink()
+    # The MCP side serves as the user and reads end-of-file on stdin: both halves exit 0.
+    res = run([frontend, "--user", test_users.denied.name], base / "unused")
+    assert res.returncode == 0, res.stderr
+    assert not marker.exists(), marker.read_text()
+    # `perf-mcp call` as root: the client, and the server it starts through the same launcher.
+    res = run([frontend, "call", "perf_info", "--user", test_users.denied.name, "--json", "--quiet"], base / "unused",
+              timeout=120)
+    assert res.returncode == 0 and '"success": true' in res.stdout and '"tool": "perf_info"' in res.stdout, res.stderr[-2000:]
+    pkg_util.report("sudo perf-mcp with a live .pth in its venv", serve_exit=0, call_exit=res.returncode,
+                    marker=marker.exists())
+    assert not marker.exists(), marker.read_text()
 
 
 def test_sudo_mode_refuses_a_broker_dependency_another_user_owns(base: Path, venv_copy: Path,
@@ -248,7 +278,7 @@ def test_sudo_mode_refuses_a_broker_dependency_another_user_owns(base: Path, ven
     module = site / "jeepney" / "__init__.py"
     plant(module, test_users.denied)
     marker = base / "marker"
-    frontend = [venv_copy / "bin" / "python", venv_copy / "bin" / "perf-mcp", "--user", test_users.denied.name]
+    frontend = [venv_copy / "bin" / "perf-mcp", "--user", test_users.denied.name]
     res = run(frontend, marker)
     assert res.returncode == 1, res.stderr
     assert "perf-mcp: refusing to run as root" in res.stderr, res.stderr

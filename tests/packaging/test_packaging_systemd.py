@@ -87,10 +87,12 @@ def test_systemd_socket_activation_polkit_and_a_profile(container: pkg_util.Cont
     show = c.systemctl_show("perf-mcp-broker.service", "ActiveState", "MainPID", "ExecStart")
     assert show["ActiveState"] == "active" and "/usr/sbin/perf-mcp-broker" in show["ExecStart"]
     status = pkg_util.proc_status(int(show["MainPID"]), c.path("/proc"))  # a PID of the container
-    from perf_mcp_broker.hardening import KEEP
+    from perf_mcp_broker.hardening import JOBS, KEEP
 
+    # The broker keeps KEEP; its bounding set, what any job can hold, is JOBS only.
     own = int(pkg_util.proc_status(os.getpid())["CapBnd"], 16)
-    assert int(status["CapBnd"], 16) == pkg_util.cap_mask(list(KEEP)) & own
+    assert int(status["CapEff"], 16) == pkg_util.cap_mask(list(KEEP)) & own
+    assert int(status["CapBnd"], 16) == pkg_util.cap_mask(list(JOBS)) & own
     assert status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"  # seccomp filter from the unit
 
     denied = client(c, test_users.denied, "access")
@@ -184,12 +186,34 @@ TOOL_RUNS = {
                      " | grep -m1 -F '[kernel.kallsyms]'"], 0, "kernel.kallsyms"),
 }
 # And what the sandbox must stop; each of these works in the container without it.
+PTRACE_PY = """
+import ctypes, os, subprocess, sys
+libc = ctypes.CDLL(None, use_errno=True)
+child = subprocess.Popen(["sleep", "30"])
+ok = libc.ptrace(16, child.pid, None, None) == 0  # PTRACE_ATTACH
+err = ctypes.get_errno()
+child.kill()
+sys.exit(0 if ok else f"ptrace: {os.strerror(err)}")
+"""
+VM_WRITEV_PY = """
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+src, dst = ctypes.create_string_buffer(b"x"), ctypes.create_string_buffer(1)
+local, remote = iovec(ctypes.addressof(src), 1), iovec(ctypes.addressof(dst), 1)
+n = libc.process_vm_writev(os.getpid(), ctypes.byref(local), 1, ctypes.byref(remote), 1, 0)
+sys.exit(0 if n == 1 else f"process_vm_writev: {os.strerror(ctypes.get_errno())}")
+"""
 FORBIDDEN_RUNS = {
     "write /run": (["touch", "/run/perf-mcp-written"], "Read-only file system"),
     "new namespace": (["unshare", "--net", "true"], "Operation not permitted"),
     "mount": (["sh", "-c", "mount -t tmpfs tmpfs $RUNTIME_DIRECTORY && umount $RUNTIME_DIRECTORY"], "ermission denied"),
     "network": (["python3", "-c", "import socket; socket.socket(socket.AF_INET)"], "Address family not supported"),
-    "setuid": (["setpriv", "--reuid=65534", "true"], "Operation not permitted"),
+    # No attaching to, or writing into, another process (SystemCallFilter=, ReadOnlyPaths=/proc).
+    "ptrace": (["python3", "-c", PTRACE_PY], "ptrace: Operation not permitted"),
+    "process_vm_writev": (["python3", "-c", VM_WRITEV_PY], "process_vm_writev: Operation not permitted"),
+    "write /proc": (["sh", "-c", "sleep 30 & echo x > /proc/$!/comm; s=$?; kill $!; exit $s"], "Read-only file system"),
 }
 
 
