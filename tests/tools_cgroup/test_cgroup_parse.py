@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from cg_util import PROCFS_FIXTURES, V2_CGROUP, FakeV2
@@ -187,3 +188,82 @@ def test_cgroup_rows_live_in_the_one_thresholds_table() -> None:
     assert THRESHOLDS["cgroup.cpu_throttled_pct"].critical == 25.0
     assert THRESHOLDS["cgroup.memory_working_set_pct"].warning == 85.0
     assert THRESHOLDS["process.fd_pct_of_soft_limit"].critical == 95.0
+
+
+# ---------------------------------------------------------------- the root's children (pure)
+
+
+def _child(usage_ns: int, nr_periods: int, nr_throttled: int, throttled_ns: int, quota: bytes,
+           memory: int, limit: bytes) -> dict[str, dict[str, bytes]]:
+    return {"cpu": {"cpu.cfs_quota_us": quota, "cpu.cfs_period_us": b"100000\n",
+                    "cpu.stat": f"nr_periods {nr_periods}\nnr_throttled {nr_throttled}\n"
+                                f"throttled_time {throttled_ns}\n".encode()},
+            "cpuacct": {"cpuacct.usage": f"{usage_ns}\n".encode()},
+            "memory": {"memory.usage_in_bytes": f"{memory}\n".encode(), "memory.limit_in_bytes": limit}}
+
+
+NO_LIMIT = b"9223372036854771712\n"  # v1's no-limit value with 4 KiB pages
+
+
+def test_top_children_rank_and_say_none_for_no_limit() -> None:
+    from perf_mcp.cgroup import children
+
+    first = {
+        "/busy": parse_reading(_child(0, 0, 0, 0, b"-1\n", 10 << 20, NO_LIMIT), None),
+        "/throttled": parse_reading(_child(0, 100, 50, 1_000_000_000, b"20000\n", 1 << 20, NO_LIMIT), None),
+        "/big": parse_reading(_child(0, 0, 0, 0, b"-1\n", 900 << 20, b"1073741824\n"), None),
+    }
+    second = {  # one second later
+        "/busy": parse_reading(_child(1_500_000_000, 0, 0, 0, b"-1\n", 10 << 20, NO_LIMIT), None),
+        "/throttled": parse_reading(_child(200_000_000, 110, 60, 1_800_000_000, b"20000\n", 1 << 20, NO_LIMIT),
+                                    None),
+        "/big": parse_reading(_child(10_000_000, 0, 0, 0, b"-1\n", 1000 << 20, b"1073741824\n"), None),
+    }
+    warnings: list[str] = []
+    top, findings = children.top_children(first, second, 1.0, THRESHOLDS, 2, warnings)
+    assert warnings == [] and top.cgroups_seen == 3
+    assert [r.cgroup_path for r in top.by_cpu] == ["/busy", "/throttled"]  # top_n 2 of 3
+    assert top.by_cpu[0].cpu_cores == 1.5 and top.by_cpu[0].cpu_limit == "none"
+    assert top.by_cpu[0].cpu_limit_cores is None
+    assert [r.cgroup_path for r in top.by_memory] == ["/big", "/busy"]
+    big = top.by_memory[0]
+    assert (big.memory_bytes, big.memory_limit, big.memory_limit_bytes) == (1000 << 20, "1024.0 MiB", 1 << 30)
+    assert top.by_memory[1].memory_limit == "none" and top.by_memory[1].memory_limit_bytes is None
+    assert [r.cgroup_path for r in top.by_throttling] == ["/throttled"]  # the others never were
+    t = top.by_throttling[0]
+    assert (t.throttled_pct, t.throttled_s, t.throttled_s_total, t.cpu_limit) == (100.0, 0.8, 1.8, "0.2 CPUs")
+    encoded = msgspec.json.encode(top)
+    assert b"9223372036854771712" not in encoded and b'"max"' not in encoded
+    # findings: the throttled cgroup (critical) and the one whose working set is 98% of its limit
+    got = {(f.id, f.severity, f.next.arguments["cgroup_path"] if f.next else None) for f in findings}
+    assert got == {("cgroup.cpu_throttling", "critical", "/throttled"),
+                   ("cgroup.memory_near_limit", "critical", "/big")}
+    assert all(f.title.startswith(f.next.arguments["cgroup_path"] + ": ") for f in findings if f.next)
+    assert children.describe(top).startswith("most CPU /busy 1.5 CPUs (limit none); most memory /big")
+
+
+def test_every_next_call_is_valid_for_the_tool_it_names(tmp_path: Path) -> None:
+    """The next calls of perf_cgroup_summary's findings (listing and one cgroup)
+    validate against the input schema of the served tool they name."""
+    import jsonschema
+
+    from perf_mcp import contract
+    from perf_mcp.cgroup import children
+    from perf_mcp.registry import discover
+
+    tools = discover().tools
+    fake = FakeV2(tmp_path)  # FAKE v2 tree: throttling, pids near the limit
+    mounts, _ = read_mounts(str(fake.mountinfo))
+    located = locate(hierarchies_for_path(V2_CGROUP, mounts))
+    a = take_reading(located).reading
+    fake.set_counters(usage_usec=5_200_000, nr_periods=1210, nr_throttled=345, throttled_usec=8_623_456,
+                      current=268_435_456, events_max=1543, oom=12, oom_kill=3, pids=97, pids_events_max=2,
+                      rbytes=90_430_464, wbytes=299_008_000)
+    b = take_reading(located).reading
+    one = analysis.analyse(a, b, 1.0, THRESHOLDS, v1_files=False, v2_path=V2_CGROUP, busiest_pid=4242).findings
+    _, listed = children.top_children({V2_CGROUP: a}, {V2_CGROUP: b}, 1.0, THRESHOLDS, 5, [])
+    nexts = [f.next for f in one + listed if f.next is not None]
+    assert {n.tool for n in nexts} == {"perf_cpu_profile", "perf_exec_trace", "perf_cgroup_summary"}
+    for n in nexts:
+        assert n.tool in tools, n
+        jsonschema.validate(n.arguments, contract.input_schema(tools[n.tool].params))
