@@ -5,11 +5,13 @@ the right evidence. A quiet control run must report no warning or critical
 finding; on this shared machine the control also measures the load itself
 (from /proc, independently of perf-mcp) over the same window, leaves out only
 the resources that were busy (and names them), and judges all the others.
+Swap merely in use does not make memory busy: it is information, not a warning.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -63,7 +65,8 @@ async def test_cpu_saturation_is_a_cpu_finding_with_psi_and_run_queue(
     assert f["metrics"]["psi.cpu.some"] > 25
     assert f["metrics"]["cpu.run_queue"] > cpus  # 2 x cores of busy loops: more runnable than CPUs
     assert "perf_cpu_profile" in f["suggestion"] and "perf_runq_latency" in f["suggestion"]
-    assert all(e["window_s"] == data["window_s"] and e["sample"] == data["window_end"] for e in f["evidence"])
+    assert all(e["window_s"] == data["window_s"] and e["sample"] == data["window_end"] for e in f["evidence"]
+               if not e["counter"].startswith("/proc/PID"))  # the top processes' own window is the attribution's
     cpu_row = row(data, "cpu")
     assert cpu_row["status"] == "critical"
     since = cpu_row["since"]
@@ -192,8 +195,16 @@ def _read_counters() -> dict[str, Any]:
             kind, *fields = line.split()
             psi[f"{res}.{kind}"] = int(fields[-1].split("=")[1])
     whole = set(os.listdir("/sys/block"))
-    disks = {p[2]: int(p[12]) for p in (line.split() for line in Path("/proc/diskstats").read_text().splitlines())
-             if p[2] in whole}
+    rows = [p for p in (line.split() for line in Path("/proc/diskstats").read_text().splitlines()) if p[2] in whole]
+    disks = {p[2]: int(p[12]) for p in rows}
+    # reads, read ms, writes, write ms, time in queue
+    disk_io = {p[2]: (int(p[3]), int(p[6]), int(p[7]), int(p[10]), int(p[13])) for p in rows}
+    vmstat = {k: int(v) for k, v in (line.split() for line in Path("/proc/vmstat").read_text().splitlines())}
+    vm = {"swap": vmstat.get("pswpin", 0) + vmstat.get("pswpout", 0), "majflt": vmstat["pgmajfault"],
+          "direct": vmstat.get("pgscan_direct", 0),
+          "stall": sum(v for k, v in vmstat.items() if k.startswith("allocstall"))}
+    per_cpu = {line.split()[0]: [int(x) for x in line.split()[1:]] for line in stat if line[:3] == "cpu" and
+               line[3].isdigit()}
     drops = {}
     for line in Path("/proc/net/dev").read_text().splitlines()[2:]:
         name, _, rest = line.partition(":")
@@ -203,7 +214,20 @@ def _read_counters() -> dict[str, Any]:
     tcp = dict(zip(*(line.split()[1:] for line in snmp if line.startswith("Tcp:")), strict=True))
     mem = {line.split(":")[0]: int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()}
     return {"t": time.monotonic(), "cpu": [int(x) for x in stat[0].split()[1:]], "psi": psi, "disks": disks,
-            "drops": drops, "retrans": int(tcp["RetransSegs"]), "out": int(tcp["OutSegs"]), "mem": mem}
+            "drops": drops, "retrans": int(tcp["RetransSegs"]), "out": int(tcp["OutSegs"]), "mem": mem,
+            "disk_io": disk_io, "vm": vm, "per_cpu": per_cpu, "full": _fullest_filesystem()}
+
+
+def _fullest_filesystem() -> tuple[float, str]:
+    """The fullest block filesystem by space or inodes (df -P and df -Pi), for the control."""
+    worst = (0.0, "")
+    for flag in ("-P", "-Pi"):
+        out = subprocess.run(["df", flag], capture_output=True, text=True, check=False).stdout.splitlines()[1:]
+        for line in out:
+            f = line.split()
+            if len(f) >= 6 and f[0].startswith("/dev/") and f[4].rstrip("%").isdigit():
+                worst = max(worst, (float(f[4].rstrip("%")), f[5]))
+    return worst
 
 
 def _busy(a: dict[str, Any], b: dict[str, Any]) -> float:
@@ -223,6 +247,12 @@ def _loudness(a: dict[str, Any], b: dict[str, Any], runq: list[int]) -> dict[str
 
     if busy > 50:
         add("cpu", f"CPU {busy:.0f}% busy")
+    for name, ticks in b["per_cpu"].items():  # one hot CPU (the single-CPU rule's margin)
+        if name in a["per_cpu"] and _busy({"cpu": a["per_cpu"][name]}, {"cpu": ticks}) > 80:
+            add("cpu", f"{name} {_busy({'cpu': a['per_cpu'][name]}, {'cpu': ticks}):.0f}% busy")
+    steal = [y - x for x, y in zip(a["cpu"], b["cpu"], strict=False)]
+    if sum(steal[:8]) and steal[7] / sum(steal[:8]) > 0.05:
+        add("cpu", f"steal {steal[7] / sum(steal[:8]):.0%}")
     cpus = os.cpu_count() or 1
     if runq and sum(runq) / len(runq) > 0.75 * cpus:
         add("cpu", f"run queue {sum(runq) / len(runq):.1f}")
@@ -236,6 +266,20 @@ def _loudness(a: dict[str, Any], b: dict[str, Any], runq: list[int]) -> dict[str
         util = (ticks - a["disks"].get(disk, ticks)) / (secs * 10)
         if util > 40:
             add("disk", f"disk {disk} {util:.0f}% util")
+        if disk in a["disk_io"]:
+            d = [y - x for x, y in zip(a["disk_io"][disk], b["disk_io"][disk], strict=True)]
+            ios = d[0] + d[2]
+            if ios >= 20 and (d[1] + d[3]) / ios > 10:
+                add("disk", f"disk {disk} await {(d[1] + d[3]) / ios:.0f} ms")
+            if d[4] / (secs * 1000) > 1.5:
+                add("disk", f"disk {disk} aqu-sz {d[4] / (secs * 1000):.1f}")
+    if b["full"][0] > 85:
+        add("disk", f"filesystem {b['full'][1]} {b['full'][0]:.0f}% full")
+    rates = {k: (b["vm"][k] - a["vm"][k]) / secs for k in b["vm"]}
+    for key, limit, text in (("swap", 5, "pages swapped/s"), ("majflt", 100, "major faults/s"),
+                             ("direct", 50, "direct reclaim scans/s"), ("stall", 0.5, "allocation stalls/s")):
+        if rates[key] > limit:
+            add("memory", f"{rates[key]:.0f} {text}")
     for name, drops in b["drops"].items():
         if drops > a["drops"].get(name, drops):
             add("network", f"{drops - a['drops'][name]} drops on {name}")
@@ -245,8 +289,6 @@ def _loudness(a: dict[str, Any], b: dict[str, Any], runq: list[int]) -> dict[str
     m = b["mem"]
     if m["MemAvailable"] / m["MemTotal"] < 0.3:
         add("memory", f"memory {m['MemAvailable'] / m['MemTotal']:.0%} available")
-    if m.get("SwapTotal") and m["SwapTotal"] - m["SwapFree"] > 0:
-        add("memory", f"{(m['SwapTotal'] - m['SwapFree']) // 1024} MiB of swap used")
     return loud
 
 

@@ -617,7 +617,9 @@ def _describe(c: Check) -> str:
 
 def _finding(fid: str, resource: Resource, title: str, breaches: list[Check], context: list[Check],
              fc: FindingContext, suggestion: str, extra: str = "", nxt: NextCall | None = None,
-             severity: Severity | None = None) -> Finding:
+             severity: Severity | None = None, shown: Sequence[Check] = ()) -> Finding:
+    """Evidence: the breaching checks (and `shown`); the context checks'
+    values are in the metrics only (say less)."""
     detail = "; ".join(_describe(c) for c in breaches)
     if extra:
         detail += ". " + extra
@@ -625,7 +627,7 @@ def _finding(fid: str, resource: Resource, title: str, breaches: list[Check], co
     return Finding(
         id=fid, severity=severity or _severity(breaches), resource=resource, title=title, detail=detail,
         confidence=_confidence(breaches), metrics=metrics_,
-        evidence=[_evidence(c, fc) for c in breaches + context],
+        evidence=[_evidence(c, fc) for c in breaches + [c for c in shown if c not in breaches]],
         suggestion=suggestion, next=nxt,
     )
 
@@ -763,7 +765,7 @@ def disk_findings(signals: list[Signal], fc: FindingContext) -> list[Finding]:
         nxt = (next_call("perf_bio_latency", device=dev, duration_s=5) if own
                else next_call("perf_io_latency", device=dev, duration_s=5))
         out.append(_finding(f"use.disk.{dev}", "disk", title, breaches + psi_breach, context + psi, fc,
-                            "Next: " + "; ".join(steps) + ".", extra, nxt=nxt))
+                            "Next: " + "; ".join(steps) + ".", extra, nxt=nxt, shown=psi))
     for s in signals:  # busy parallel disks that are not saturated: say so, as information
         c = s.check
         if c.kind != "utilisation" or not c.info or not c.id.startswith("disk.") or c.target in devices:
@@ -876,7 +878,9 @@ def name_culprits(findings: list[Finding], attribution: Any, fc: FindingContext,
             out.append(f)
             continue
         lead = rows[0]
-        names = "; ".join(f"{_proc_label(r)} {_amount(r, figure):.0f}{unit}" for r in rows)
+        names = f"{_proc_label(lead)} {_amount(lead, figure):.0f}{unit}"
+        if len(rows) > 1:
+            names += f", then {', '.join(f'pid {r.pid} {_amount(r, figure):.0f}{unit}' for r in rows[1:])}"
         evidence = list(f.evidence) + [
             Evidence(tool=fc.tool, counter=f"{counter} [{_proc_label(r)}]", value=round(_amount(r, figure), 1),
                      window_s=round(getattr(attribution, "window_s", fc.window_s), 3), sample=fc.sample)
