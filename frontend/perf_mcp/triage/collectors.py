@@ -1,0 +1,402 @@
+"""Which collectors run in each mode, and running them concurrently.
+
+A collector is one served tool called in-process (its registry spec, its Params,
+a ToolContext sharing this call's artifacts and services), or one of two small
+procfs readers of the triage itself (per-process attribution, fd growth). Each
+answer is kept as the JSON an agent would read (msgspec.to_builtins of the
+tool's data), so the correlation rules read the same thing the tools answer and
+their tests feed them captured real answers.
+
+Timing (the broker runs one profiling/tracing job per user at a time, so the
+tracing collectors form one chain, queued by triage.queue):
+- quick: attribution and fd growth over the sampler's recent history (the
+  first calls after start-up wait until it holds MIN_HISTORY_S), then
+  perf_use_check and perf_snapshot from the ring, perf_cgroup_summary (top
+  children, and the pid's cgroup).
+- standard: from the start, the tracing chain perf_runq_latency,
+  perf_syscall_count (and perf_dns_latency when network is in focus) and
+  perf_net_health; once attribution names the top process, perf_thread_profile
+  of it (or of pid, with its off-CPU stacks) and perf_fd_trace of the process
+  whose fds grew.
+- deep: adds perf_offcpu_profile, perf_cpu_profile, perf_io_layers,
+  perf_bio_latency and perf_vfs_latency to the chain.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+import trio
+
+from ..errors import ErrorCode, ToolError, single_leaf
+from ..registry import ToolContext, ToolSpec
+from .model import CollectorRun, CouldNotRun
+from .queue import QueuedBroker, queued_broker
+
+log = logging.getLogger(__name__)
+
+MIN_HISTORY_S = 3  # samples of the 1 Hz ring a quick answer waits for after start-up
+FD_WINDOW_S = 2.5  # the shortest gap between the two fd counts
+DEMAND_WINDOW_S = 1.0  # schedstat window of the top processes' threads
+TOP_N = 5
+TRACE_S = {"standard": 2, "deep": 3}
+# Hard limits per mode (collectors still running then are listed as timed out).
+MODE_LIMIT_S = {"quick": 20.0, "standard": 45.0, "deep": 110.0}
+FOCUS = {
+    "attribution": {"cpu", "memory", "disk", "network"},
+    "perf_use_check": {"cpu", "memory", "disk", "network"},
+    "perf_snapshot": {"cpu", "memory", "disk", "network"},
+    "fd_growth": set(),  # all only
+    "perf_cgroup_summary": {"cpu", "memory"},
+    "perf_cgroup_summary.pid": {"cpu", "memory"},
+    "perf_runq_latency": {"cpu"},
+    "perf_syscall_count": {"cpu"},
+    "perf_thread_profile": {"cpu"},
+    "perf_fd_trace": set(),
+    "perf_net_health": {"network"},
+    "perf_dns_latency": {"network"},
+    "perf_offcpu_profile": {"cpu", "disk"},
+    "perf_cpu_profile": {"cpu"},
+    "perf_io_layers": {"disk"},
+    "perf_bio_latency": {"disk"},
+    "perf_vfs_latency": {"disk"},
+}
+
+
+class Observations(msgspec.Struct, kw_only=True):
+    """Everything the collectors saw, as JSON; the input of correlate."""
+
+    mode: str
+    focus: str
+    pid: int | None = None
+    cpus: int = 1
+    own_pid: int = 0
+    answers: dict[str, Any] = {}  # collector name -> the tool's data (JSON builtins)
+    warnings: dict[str, list[str]] = {}
+    attribution: dict[str, Any] | None = None
+    # top CPU processes: pid -> {threads, tid, cpu_pct, runq_pct} of its busiest thread over DEMAND_WINDOW_S
+    threads: dict[int, dict[str, Any]] = {}
+    fd_growth: list[dict[str, Any]] = []  # {pid, command, user, first, last, window_s}
+
+
+@dataclass
+class Collection:
+    obs: Observations
+    runs: list[CollectorRun] = field(default_factory=list)
+    could_not_run: list[CouldNotRun] = field(default_factory=list)
+    blind_spots: list[str] = field(default_factory=list)
+    running: dict[str, float] = field(default_factory=dict)  # name -> start (trio clock)
+
+
+def wanted(name: str, focus: str) -> bool:
+    return focus == "all" or focus in FOCUS.get(name, set())
+
+
+def tool_spec(tool: str) -> ToolSpec[Any] | None:
+    try:
+        module = importlib.import_module(f"perf_mcp.tools.{tool}")
+    except Exception:  # a tool that does not import is not served either
+        log.exception("triage: tool module %s does not import", tool)
+        return None
+    return getattr(module, "TOOL", None)
+
+
+async def _quiet(progress: float, total: float | None = None, message: str | None = None) -> None:
+    """The sub-tools' own progress is replaced by the triage's (one consistent total)."""
+
+
+class Runner:
+    def __init__(self, ctx: ToolContext, col: Collection) -> None:
+        self.ctx = ctx
+        self.col = col
+        self.broker: QueuedBroker = queued_broker(ctx)
+        self.done = 0
+
+    def _sub(self, tool: str) -> ToolContext:
+        return ToolContext(tool=tool, broker=self.broker, artifacts=self.ctx.artifacts,  # type: ignore[arg-type]
+                           services=self.ctx.services, progress=_quiet)
+
+    async def tool(self, name: str, tool: str, args: dict[str, Any]) -> dict[str, Any] | None:
+        """Run one tool; its data (JSON) or None, with could_not_run saying why."""
+        spec = tool_spec(tool)
+        if spec is None:
+            self._fail(name, "the tool is not served by this build", None, 0.0, "skipped")
+            return None
+        params = msgspec.convert(args, spec.params)
+        t0 = trio.current_time()
+        self.col.running[name] = t0
+        waited_before = self.broker.waited_s.get(id(trio.lowlevel.current_task()), 0.0)
+        try:
+            out = await spec.handler(self._sub(tool), params)
+        except Exception as exc:  # Cancelled is a BaseException: it passes
+            leaf = single_leaf(exc)
+            if isinstance(leaf, ToolError):
+                self._fail(name, leaf.message, leaf.code.value, t0, "failed")
+            else:
+                log.exception("triage collector %s failed", name)
+                self._fail(name, f"{type(leaf).__name__}: {leaf}", ErrorCode.EXECUTION_FAILED.value, t0, "failed")
+            return None
+        finally:
+            self.col.running.pop(name, None)
+        data = msgspec.to_builtins(out.data)
+        self.col.obs.answers[name] = data
+        if out.warnings:
+            self.col.obs.warnings[name] = list(out.warnings)
+        queued = self.broker.waited_s.pop(id(trio.lowlevel.current_task()), 0.0) - waited_before
+        self.col.runs.append(CollectorRun(name=name, status="ok", duration_ms=_ms(t0), method=data.get("method"),
+                                          queued_ms=round(queued * 1000, 1) if queued > 0.05 else None))
+        self.done += 1
+        return data
+
+    def _fail(self, name: str, reason: str, code: str | None, t0: float, status: str) -> None:
+        self.col.could_not_run.append(CouldNotRun(collector=name, reason=reason, code=code))
+        self.col.runs.append(CollectorRun(name=name, status=status, duration_ms=_ms(t0) if t0 else 0.0))  # type: ignore[arg-type]
+        self.done += 1
+
+    async def local(self, name: str, fn: Callable[[], Awaitable[None]]) -> None:
+        t0 = trio.current_time()
+        self.col.running[name] = t0
+        try:
+            await fn()
+        except Exception as exc:
+            leaf = single_leaf(exc)
+            code = leaf.code.value if isinstance(leaf, ToolError) else ErrorCode.EXECUTION_FAILED.value
+            if not isinstance(leaf, ToolError):
+                log.exception("triage collector %s failed", name)
+            self._fail(name, str(getattr(leaf, "message", leaf)), code, t0, "failed")
+            return
+        finally:
+            self.col.running.pop(name, None)
+        self.col.runs.append(CollectorRun(name=name, status="ok", duration_ms=_ms(t0)))
+        self.done += 1
+
+
+def _ms(t0: float) -> float:
+    return round((trio.current_time() - t0) * 1000, 1)
+
+
+# ---------------------------------------------------------------- the triage's own procfs readers
+
+
+def count_fds(pids: list[int] | None = None, proc: str = "/proc") -> dict[int, int]:
+    """Open fds of every process this user may read (others give EACCES: skipped)."""
+    out: dict[int, int] = {}
+    names = [str(p) for p in pids] if pids is not None else [n for n in os.listdir(proc) if n.isdigit()]
+    for name in names:
+        try:
+            out[int(name)] = len(os.listdir(f"{proc}/{name}/fd"))
+        except OSError:
+            continue
+    return out
+
+
+def num_threads(pid: int, proc: str = "/proc") -> int | None:
+    try:
+        with open(f"{proc}/{pid}/stat", "rb") as f:
+            text = f.read(4096)
+        return int(text[text.rindex(b")") + 2:].split()[17])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def read_schedstat(pids: list[int], proc: str = "/proc") -> dict[int, dict[int, tuple[int, int]]]:
+    """pid -> tid -> (ns on CPU, ns waiting on a run queue): /proc/PID/task/TID/schedstat (world-readable)."""
+    out: dict[int, dict[int, tuple[int, int]]] = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"{proc}/{pid}/task")
+        except OSError:
+            continue
+        per: dict[int, tuple[int, int]] = {}
+        for tid in tids[:256]:
+            try:
+                with open(f"{proc}/{pid}/task/{tid}/schedstat", "rb") as f:
+                    fields = f.read(256).split()
+                per[int(tid)] = (int(fields[0]), int(fields[1]))
+            except (OSError, ValueError, IndexError):
+                continue
+        out[pid] = per
+    return out
+
+
+def thread_demand(first: dict[int, dict[int, tuple[int, int]]], last: dict[int, dict[int, tuple[int, int]]],
+                  window_s: float) -> dict[int, dict[str, Any]]:
+    """The busiest thread of each process: its share of one CPU on it and waiting for it. A thread on
+    CPU 50% and runnable-waiting 45% of the window wants a whole CPU: the machine's contention hid it."""
+    out: dict[int, dict[str, Any]] = {}
+    for pid, threads in last.items():
+        best: dict[str, Any] | None = None
+        for tid, (on, wait) in threads.items():
+            before = first.get(pid, {}).get(tid)
+            if before is None or window_s <= 0:
+                continue
+            cpu = (on - before[0]) / 1e9 / window_s * 100
+            runq = (wait - before[1]) / 1e9 / window_s * 100
+            if best is None or cpu + runq > best["cpu_pct"] + best["runq_pct"]:
+                best = {"tid": tid, "cpu_pct": round(cpu, 1), "runq_pct": round(runq, 1)}
+        if best is not None:
+            best["threads"] = len(threads)
+            out[pid] = best
+    return out
+
+
+def _comm(pid: int) -> str | None:
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read(64).decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+
+
+def fd_growers(first: dict[int, int], last: dict[int, int], window_s: float, own: int,
+               min_growth: int = 10) -> list[dict[str, Any]]:
+    rows = []
+    for pid, n in last.items():
+        before = first.get(pid)
+        if before is None or pid == own or n - before < min_growth:
+            continue
+        rows.append({"pid": pid, "command": _comm(pid), "first": before, "last": n, "window_s": round(window_s, 2),
+                     "slope_per_s": round((n - before) / window_s, 2) if window_s > 0 else None})
+    rows.sort(key=lambda r: -(r["last"] - r["first"]))
+    return rows[:TOP_N]
+
+
+# ---------------------------------------------------------------- the plan
+
+
+def top_process(obs: Observations) -> int | None:
+    """The process to look at closely: the given pid, else the top CPU process of attribution."""
+    if obs.pid is not None:
+        return obs.pid
+    rows = (obs.attribution or {}).get("cpu") or []
+    for row in rows:
+        if row.get("pid") and row.get("pid") != obs.own_pid and (row.get("cpu_pct") or 0) >= 5:
+            return int(row["pid"])
+    return None
+
+
+async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
+                  progress: Callable[[Collection, Runner], Awaitable[None]]) -> Collection:
+    obs = Observations(mode=mode, focus=focus, pid=pid, cpus=os.cpu_count() or 1, own_pid=os.getpid())
+    col = Collection(obs=obs)
+    runner = Runner(ctx, col)
+    trace_s = TRACE_S.get(mode, 2)
+    quick_done = trio.Event()
+
+    async def attribution_then_local() -> None:
+        """quick: wait for history, attribution + fd growth, then the ring's tools."""
+        t_start = trio.current_time()
+        first_fds = await trio.to_thread.run_sync(count_fds) if wanted("fd_growth", focus) else {}
+        t_first = trio.current_time()
+        try:
+            from ..tools._sampler_service import system_sampler
+
+            await system_sampler(ctx, min_samples=MIN_HISTORY_S + 1)
+        except ToolError as exc:
+            col.blind_spots.append(f"the background sampler: {exc.message}")
+        if first_fds:
+            await trio.sleep_until(t_first + FD_WINDOW_S)
+        async with trio.open_nursery() as inner:
+            if wanted("attribution", focus):
+                inner.start_soon(runner.local, "attribution", _attribution)
+            if first_fds:
+                inner.start_soon(runner.local, "fd_growth", lambda: _fd_growth(first_fds, t_first))
+        log.debug("quick collectors in %.1f s", trio.current_time() - t_start)
+        quick_done.set()
+        async with trio.open_nursery() as inner:
+            inner.start_soon(runner.tool, "perf_use_check", "perf_use_check", {"window_s": 10.0})
+            inner.start_soon(runner.tool, "perf_snapshot", "perf_snapshot", {"include_per_cpu": True})
+
+    async def _attribution() -> None:
+        try:
+            from ..procfs.attribution import attribute
+        except ImportError:
+            col.blind_spots.append("per-process attribution is not in this build: no culprit process by CPU, "
+                                   "memory, disk or fds")
+            return
+        att = await attribute(ctx, window_s=10.0, top_n=TOP_N)
+        obs.attribution = msgspec.to_builtins(att)
+        tops = [r.pid for r in att.cpu[:3] if (r.cpu_pct or 0) >= 10]
+        if tops:
+            first = await trio.to_thread.run_sync(read_schedstat, tops)
+            t0 = trio.current_time()
+            await trio.sleep(DEMAND_WINDOW_S)
+            last = await trio.to_thread.run_sync(read_schedstat, tops)
+            obs.threads = thread_demand(first, last, trio.current_time() - t0)
+
+    async def _fd_growth(first: dict[int, int], t_first: float) -> None:
+        last = await trio.to_thread.run_sync(count_fds, list(first))
+        obs.fd_growth = fd_growers(first, last, trio.current_time() - t_first, obs.own_pid)
+
+    async def cgroups() -> None:
+        async with trio.open_nursery() as inner:
+            if wanted("perf_cgroup_summary", focus):
+                inner.start_soon(runner.tool, "perf_cgroup_summary", "perf_cgroup_summary", {})
+            if pid is not None and wanted("perf_cgroup_summary.pid", focus):
+                inner.start_soon(runner.tool, "perf_cgroup_summary.pid", "perf_cgroup_summary", {"pid": pid})
+
+    async def tracing_chain() -> None:
+        """The tracing collectors one after another: the broker runs one such job per user at a time,
+        and a chain keeps their order (the most telling first) where waiters on a slot would race."""
+        chain: list[tuple[str, dict[str, Any]]] = [
+            ("perf_runq_latency", {"duration_s": trace_s, "per_pid": True, "top_n": TOP_N, "pid": pid}),
+            ("perf_syscall_count", {"duration_s": trace_s, "per_process": True, "top_n": 10, "pid": pid}),
+            ("perf_dns_latency", {"duration_s": trace_s, "pid": pid}),
+        ]
+        if mode == "deep":
+            chain += [
+                ("perf_offcpu_profile", {"duration_s": 3, "pid": pid, "top_n": TOP_N}),
+                ("perf_cpu_profile", {"duration_s": 3.0, "pid": pid}),
+                ("perf_io_layers", {"duration_s": 3, "include_details": True, "top_n": TOP_N}),
+                ("perf_bio_latency", {"duration_s": 3}),
+                ("perf_vfs_latency", {"duration_s": 3, "pid": pid, "top_n": 10}),
+            ]
+        for name, args in chain:
+            if wanted(name, focus):
+                await runner.tool(name, name, args)
+
+    async def after_quick() -> None:
+        """The collectors that need the top process (attribution) first."""
+        await quick_done.wait()
+        target = top_process(obs)
+        async with trio.open_nursery() as inner:
+            if target is not None and wanted("perf_thread_profile", focus):
+                inner.start_soon(runner.tool, "perf_thread_profile", "perf_thread_profile",
+                                 {"pid": target, "duration_s": 3.0, "include_offcpu": pid is not None, "top_n": 10})
+            growing = obs.fd_growth[0]["pid"] if obs.fd_growth else None
+            if growing is not None and wanted("perf_fd_trace", focus):
+                inner.start_soon(runner.tool, "perf_fd_trace", "perf_fd_trace",
+                                 {"pid": growing, "duration_s": 3.0, "interval_s": 1.0})
+
+    async def ticker() -> None:
+        while True:
+            await progress(col, runner)
+            await trio.sleep(1.0)
+
+    with trio.move_on_after(MODE_LIMIT_S[mode]):
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticker)
+            async with trio.open_nursery() as work:
+                work.start_soon(attribution_then_local)
+                work.start_soon(cgroups)
+                if mode in ("standard", "deep"):
+                    work.start_soon(tracing_chain)
+                    if wanted("perf_net_health", focus):
+                        work.start_soon(runner.tool, "perf_net_health", "perf_net_health",
+                                        {"include_tcp_details": True})
+                    work.start_soon(after_quick)
+            nursery.cancel_scope.cancel()
+    now = trio.current_time()
+    for name, t0 in col.running.items():
+        col.could_not_run.append(CouldNotRun(collector=name, reason=(
+            f"still running when the {mode} triage's limit of {MODE_LIMIT_S[mode]:g} s ran out "
+            f"({now - t0:.1f} s); it was stopped"), code=ErrorCode.TIMEOUT.value))
+        col.runs.append(CollectorRun(name=name, status="timed_out", duration_ms=round((now - t0) * 1000, 1)))
+    col.running.clear()
+    return col

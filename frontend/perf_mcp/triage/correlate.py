@@ -1,0 +1,614 @@
+"""Correlation: the collectors' answers (Observations, the JSON the tools answer)
+merged into candidate root causes, each naming a culprit with its evidence chain.
+
+Pure: nothing here reads a file or a clock. Each rule reads the answers it needs
+with .get() (a collector that could not run leaves its answer out, and the rule
+concludes from the rest) and returns RootCauses with score 0; rank.py merges,
+deduplicates and scores them.
+
+The rules, in words:
+- cpu.single_thread: a thread at >= SINGLE_THREAD_PCT of one CPU on a machine with
+  more CPUs (perf_thread_profile's finding, or attribution's top process with one
+  thread); the USE mean is quoted in the evidence: it hides this.
+- cpu.saturation: the USE cpu row breached; the culprit is the top CPU process when
+  it holds >= DOMINANT_SHARE of the busy time, else the system. Run-queue latency
+  (runqlat) and off-CPU preemption join it as evidence.
+- runq.latency: runqlat p99 over RUNQ_P99_MS without a saturated USE cpu row.
+- cgroup.cpu_throttled: a cgroup throttled in >= the cgroup.cpu_throttled_pct
+  threshold of its CFS periods (perf_cgroup_summary: top children, or the pid's).
+- memory.pressure / cgroup.memory_limit: the USE memory row breached; a cgroup at
+  its limit (limit hits, OOM kills, working set near the limit) is named as such.
+- disk.saturation: a device over its USE thresholds (or io PSI); the culprit is the
+  process with >= DOMINANT_SHARE of the storage bytes (attribution, io_layers).
+- disk.capacity: a filesystem over its space or inode threshold.
+- fd.leak: perf_fd_trace's leak verdict, or fds grown by >= FD_GROWTH_WARNING in the
+  quick window.
+- dns.slow: perf_dns_latency's slow lookups: the process and the name.
+- network.retransmits / network.drops: TCP retransmits (the peer when one remote has
+  >= DOMINANT_SHARE of them), drops per interface or in the CPU backlog.
+- process.blocked: off-CPU time of the given pid dominated by one blocking stack.
+- exec.storm: forks/s over EXEC_STORM_PER_S; syscall.storm: one process over
+  SYSCALL_STORM_PER_S and most of the calls.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any
+
+from ..contract import Evidence, next_call
+from ..use.thresholds import Thresholds, default_thresholds
+from .collectors import Observations
+from .model import Culprit, RootCause
+
+SINGLE_THREAD_PCT = 85.0  # % of the window one thread is on a CPU or waiting for one
+MIN_CONTENDED_PCT = 30.0  # ... of which at least this much on it (a starved thread is runq.latency)
+DOMINANT_SHARE = 0.5  # one process (or peer) holding this share of the resource is the culprit
+RUNQ_P99_MS = 10.0
+FD_GROWTH_WARNING = 20  # fds in the quick window
+FD_GROWTH_MIN = 10
+EXEC_STORM_PER_S = (50.0, 200.0)  # warning, critical
+SYSCALL_STORM_PER_S = 100_000.0
+SYSCALL_STORM_SHARE = 0.6
+BLOCKED_SHARE_PCT = 50.0  # one thread off-CPU this share of the window in one stack
+# perf-mcp's own programs: never a culprit (they run because the triage asked).
+OWN_COMMS = frozenset({"perf", "bpftrace", "perf-mcp", "perf-mcp-broker", "runqlat", "syscount", "offcputime",
+                       "biolatency", "gethostlatency", "execsnoop", "exitsnoop", "opensnoop", "tcplife",
+                       "tcpstates", "vfsstat", "fsslower"})
+SEVERITY_OF_STATUS = {"warning": "warning", "critical": "critical"}
+
+
+def _iso(epoch: float | None) -> str | None:
+    if epoch is None:
+        return None
+    t = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc)
+    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+class View:
+    """Read access to the observations, tolerant of collectors that did not answer."""
+
+    def __init__(self, obs: Observations, th: Thresholds) -> None:
+        self.obs = obs
+        self.th = th
+        self.use = obs.answers.get("perf_use_check") or {}
+        self.att = obs.attribution or {}
+        self.window_s = float(self.use.get("window_s") or self.att.get("window_s") or 0) or None
+
+    def answer(self, name: str) -> dict[str, Any]:
+        return self.obs.answers.get(name) or {}
+
+    def findings(self, name: str, *ids: str) -> list[dict[str, Any]]:
+        return [f for f in self.answer(name).get("findings") or [] if not ids or f.get("id") in ids]
+
+    def rows(self, key: str) -> list[dict[str, Any]]:
+        return [r for r in self.att.get(key) or [] if r.get("pid") != self.obs.own_pid and not self.own(r)]
+
+    def own(self, row: dict[str, Any]) -> bool:
+        command = str(row.get("command") or row.get("comm") or "")
+        first = command.split()[0].rsplit("/", 1)[-1] if command.split() else ""
+        return first.strip("[]") in OWN_COMMS or row.get("pid") == self.obs.own_pid
+
+    def process_row(self, pid: int | None) -> dict[str, Any] | None:
+        if pid is None:
+            return None
+        for key in ("cpu", "memory", "disk_read", "disk_write", "fds"):
+            for r in self.att.get(key) or []:
+                if r.get("pid") == pid:
+                    return r
+        return None
+
+    def process(self, pid: int, command: str | None = None, tid: int | None = None, **extra: Any) -> Culprit:
+        row = self.process_row(pid) or {}
+        return Culprit(kind="thread" if tid and tid != pid else "process", pid=pid, tid=tid if tid != pid else None,
+                       user=row.get("user"), command=row.get("command") or command, cgroup=row.get("cgroup"),
+                       **extra)
+
+    def use_row(self, resource: str) -> dict[str, Any] | None:
+        return next((r for r in self.use.get("table") or [] if r.get("resource") == resource
+                     and r.get("name") == resource), None)
+
+    def checks(self, resource: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for row in self.use.get("table") or []:
+            if resource is not None and row.get("resource") != resource:
+                continue
+            for kind in ("utilisation", "saturation", "errors"):
+                out.extend(row.get(kind) or [])
+        return out
+
+    def since(self, resource: str) -> str | None:
+        row = self.use_row(resource)
+        if not row or row.get("status") == "ok" or not row.get("since"):
+            return None
+        return _iso(row["since"].get("since"))
+
+    def check_evidence(self, c: dict[str, Any]) -> Evidence:
+        limit = c.get("critical") if c.get("status") == "critical" else c.get("warning")
+        return Evidence(tool="perf_use_check", counter=f"{c.get('counter')} [{c.get('target')}]",
+                        value=c.get("value"), threshold=limit, window_s=self.window_s)
+
+
+def _ev(tool: str, counter: str, value: Any, threshold: float | None = None, window_s: float | None = None,
+        sample: str | None = None) -> Evidence:
+    if isinstance(value, float):
+        value = round(value, 3)
+    return Evidence(tool=tool, counter=counter, value=value, threshold=threshold,
+                    window_s=round(window_s, 3) if window_s else None, sample=sample)
+
+
+def _finding_evidence(f: dict[str, Any]) -> list[Evidence]:
+    out = []
+    for e in f.get("evidence") or []:
+        try:
+            out.append(Evidence(**{k: v for k, v in e.items() if k in Evidence.__struct_fields__}))
+        except TypeError:
+            continue
+    return out
+
+
+def _cause(kind: str, title: str, culprit: Culprit, severity: str, confidence: float, evidence: list[Evidence],
+           **kw: Any) -> RootCause:
+    return RootCause(kind=kind, title=title, culprit=culprit, severity=severity, confidence=round(min(confidence, 0.99), 2),
+                     score=0.0, evidence=evidence, **kw)
+
+
+# ---------------------------------------------------------------- CPU
+
+
+def single_thread(v: View) -> list[RootCause]:
+    out: list[RootCause] = []
+    cpus = v.obs.cpus
+    if cpus < 2:
+        return out  # one CPU: a busy thread is saturation, judged there
+    mean = next((c for c in v.checks("cpu") if c.get("id") == "cpu.utilisation"), None)
+    mean_ev = ([_ev("perf_use_check", "CPU utilisation, mean of all CPUs (the USE mean hides one busy CPU)",
+                    mean.get("value"), mean.get("warning"), v.window_s)] if mean else [])
+    tp = v.answer("perf_thread_profile")
+    for f in v.findings("perf_thread_profile", "process.single_thread_bottleneck"):
+        pid = tp.get("pid")
+        tid = int((f.get("metrics") or {}).get("tid") or pid or 0) or None
+        if pid is None:
+            continue
+        pct = (f.get("metrics") or {}).get("cpu_pct")
+        culprit = v.process(pid, tp.get("comm"), tid=tid)
+        culprit = Culprit(**{**_fields(culprit), "kind": "process"}) if tid == pid else culprit
+        out.append(_cause("cpu.single_thread",
+                          f"{tp.get('comm')} (pid {pid}) is bound by one thread at {pct:.0f}% of one CPU "
+                          f"on a {cpus}-CPU machine", culprit, f.get("severity", "warning"),
+                          float(f.get("confidence", 0.85)), _finding_evidence(f) + mean_ev,
+                          next=next_call("perf_cpu_profile", pid=pid, duration_s=10),
+                          detail=f.get("detail")))
+    seen = {rc.culprit.pid for rc in out}
+    for t in tp.get("threads") or []:  # contention hides it: on CPU + waiting to run = a whole CPU wanted
+        pid = tp.get("pid")
+        cpu, runq = t.get("cpu_pct") or 0.0, t.get("runq_wait_pct") or 0.0
+        if pid is None or pid in seen or cpu < MIN_CONTENDED_PCT or cpu + runq < SINGLE_THREAD_PCT:
+            continue
+        seen.add(pid)
+        ev = [_ev("perf_thread_profile", "thread on CPU + waiting to run (% of the window, schedstat)",
+                  round(cpu + runq, 1), SINGLE_THREAD_PCT, tp.get("window_s"),
+                  f"tid {t.get('tid')} {t.get('name')}: {cpu:.0f}% on CPU, {runq:.0f}% runnable waiting")]
+        out.append(_cause("cpu.single_thread", f"{tp.get('comm')} (pid {pid}) is bound by one thread that wants a "
+                          f"whole CPU ({cpu:.0f}% on it, {runq:.0f}% waiting for it) on a {cpus}-CPU machine",
+                          v.process(pid, tp.get("comm"), tid=t.get("tid")), "warning", 0.8, ev + mean_ev,
+                          next=next_call("perf_cpu_profile", pid=pid, duration_s=10)))
+        break  # the busiest thread only
+    for row in v.rows("cpu"):
+        d = v.obs.threads.get(row["pid"]) or {}
+        cpu, runq = d.get("cpu_pct") or 0.0, d.get("runq_pct") or 0.0
+        if row["pid"] in seen or cpu < MIN_CONTENDED_PCT or cpu + runq < SINGLE_THREAD_PCT:
+            continue
+        seen.add(row["pid"])
+        ev = [_ev("attribution", "busiest thread on CPU + waiting to run (% of the window, schedstat)",
+                  round(cpu + runq, 1), SINGLE_THREAD_PCT, None,
+                  f"pid {row['pid']} ({d.get('threads')} thread(s)), tid {d.get('tid')}: {cpu:.0f}% on CPU, "
+                  f"{runq:.0f}% waiting; process {row.get('cpu_pct')}% of one CPU over {v.att.get('window_s')} s")]
+        out.append(_cause("cpu.single_thread",
+                          f"{_short(row)} (pid {row['pid']}): one thread wants a whole CPU ({cpu:.0f}% on it, "
+                          f"{runq:.0f}% waiting) on a {cpus}-CPU machine",
+                          v.process(row["pid"], tid=d.get("tid")), "warning", 0.7 if d.get("threads") == 1 else 0.65,
+                          ev + mean_ev, next=next_call("perf_cpu_profile", pid=row["pid"], duration_s=10)))
+    return out
+
+
+def _fields(c: Culprit) -> dict[str, Any]:
+    return {k: getattr(c, k) for k in c.__struct_fields__ if getattr(c, k) is not None}
+
+
+def _short(row: dict[str, Any]) -> str:
+    command = str(row.get("command") or row.get("comm") or "?")
+    return command.split()[0].rsplit("/", 1)[-1][:40] if command.split() else "?"
+
+
+def cpu_saturation(v: View) -> list[RootCause]:
+    row = v.use_row("cpu")
+    if not row or row.get("status") not in SEVERITY_OF_STATUS:
+        return []
+    breaches = [c for c in v.checks("cpu") if c.get("status") in SEVERITY_OF_STATUS]
+    if not breaches:
+        return []
+    if all(str(c.get("id", "")).startswith("psi.cpu") for c in breaches) and cgroup_throttled(v):
+        return []  # tasks stalled by a CFS quota count in CPU PSI: the throttled cgroup explains them
+    busy = next((c.get("value") for c in v.checks("cpu") if c.get("id") == "cpu.utilisation"), None)
+    ev = [v.check_evidence(c) for c in breaches]
+    culprit = Culprit(kind="system")
+    top = (v.rows("cpu") or [None])[0]
+    if top and busy:
+        share = (top.get("cpu_pct") or 0.0) / max(1.0, busy * v.obs.cpus)
+        ev.append(_ev("attribution", "top process CPU (% of one CPU)", top.get("cpu_pct"), None,
+                      v.att.get("window_s"), f"pid {top['pid']} {top.get('command')}: {share:.0%} of the busy time"))
+        if share >= DOMINANT_SHARE:
+            culprit = v.process(top["pid"])
+    ev += _runq_evidence(v)
+    conf = 0.6 + 0.1 * (len(breaches) - 1) + (0.1 if len(ev) > len(breaches) + 1 else 0)
+    who = f" mostly by {culprit.text()}" if culprit.kind != "system" else ""
+    return [_cause("cpu.saturation", f"CPU saturated{who}: {row.get('detail', '')}".rstrip(": "), culprit,
+                   row["status"], conf, ev, since=v.since("cpu"),
+                   next=next_call("perf_cpu_profile", pid=culprit.pid, duration_s=10))]
+
+
+def _runq_evidence(v: View) -> list[Evidence]:
+    rq = v.answer("perf_runq_latency")
+    hist = rq.get("histogram") or {}
+    if not hist.get("count"):
+        return []
+    return [_ev("perf_runq_latency", "run-queue wait p99 (us)", hist.get("p99_us"), RUNQ_P99_MS * 1000,
+                rq.get("duration_s"), f"{hist.get('count')} waits, mean {hist.get('mean_us')} us")]
+
+
+def runq_latency(v: View) -> list[RootCause]:
+    rq = v.answer("perf_runq_latency")
+    hist = rq.get("histogram") or {}
+    p99 = hist.get("p99_us")
+    if not p99 or p99 < RUNQ_P99_MS * 1000 or (hist.get("count") or 0) < 20:
+        return []
+    culprit = Culprit(kind="system")
+    procs = [p for p in rq.get("processes") or [] if not v.own(p)]
+    if v.obs.pid is not None:
+        culprit = v.process(v.obs.pid)
+    severity = "critical" if p99 >= 10 * RUNQ_P99_MS * 1000 else "warning"
+    ev = _runq_evidence(v)
+    if procs:
+        p = procs[0]
+        ev.append(_ev("perf_runq_latency", "most time waited by one process (ms)", p.get("total_wait_ms"), None,
+                      rq.get("duration_s"), f"{p.get('comm')}[{p.get('pid')}]"))
+    return [_cause("runq.latency", f"Tasks wait up to {p99 / 1000:.1f} ms (p99) for a CPU", culprit, severity, 0.7,
+                   ev, since=v.since("cpu"),
+                   next=next_call("perf_runq_latency", per_pid=True, duration_s=5, pid=v.obs.pid))]
+
+
+def cgroup_throttled(v: View) -> list[RootCause]:
+    out: list[RootCause] = []
+    row_th = v.th.rows.get("cgroup.cpu_throttled_pct")
+    top = v.answer("perf_cgroup_summary").get("top") or {}
+    for r in top.get("by_throttling") or []:
+        pct = r.get("throttled_pct")
+        severity = row_th.severity(pct) if row_th else ("warning" if (pct or 0) >= 25 else None)
+        if severity is None:
+            continue
+        path = r["cgroup_path"]
+        ev = [_ev("perf_cgroup_summary", "cpu.stat throttled % of CFS periods", pct,
+                  row_th.critical if severity == "critical" and row_th else (row_th.warning if row_th else 25.0),
+                  top.get("window_s"), f"{path}: limit {r.get('cpu_limit')}, {r.get('throttled_s')} s throttled")]
+        out.append(_throttled(v, path, severity, pct, r.get("cpu_limit"), ev))
+    pc = v.answer("perf_cgroup_summary.pid")
+    cpu = pc.get("cpu") or {}
+    for f in v.findings("perf_cgroup_summary.pid", "cgroup.cpu_throttling"):
+        if f.get("severity") not in SEVERITY_OF_STATUS:
+            continue
+        path = next((h.get("cgroup_path") for h in pc.get("hierarchies") or []
+                     if "cpu" in (h.get("controllers") or [])), None) or str(pc.get("target"))
+        ev = _finding_evidence(f) + [_ev("perf_cgroup_summary", "process in the cgroup", pc.get("pid"), None, None,
+                                         f"pid {pc.get('pid')} {pc.get('comm')} (the pid asked about)")]
+        out.append(_throttled(v, path, f["severity"], cpu.get("window_throttled_pct"), cpu.get("quota"), ev,
+                              boost=0.05))
+    return out
+
+
+def _throttled(v: View, path: str, severity: str, pct: float | None, limit: Any, ev: list[Evidence],
+               boost: float = 0.0) -> RootCause:
+    members = [r for r in v.rows("cpu") if r.get("cgroup") and path in str(r.get("cgroup"))]
+    for m in members[:2]:
+        ev.append(_ev("attribution", "process in the throttled cgroup (% of one CPU)", m.get("cpu_pct"), None,
+                      v.att.get("window_s"), f"pid {m['pid']} {m.get('command')}"))
+    for c in v.checks("cpu"):
+        if str(c.get("id", "")).startswith("psi.cpu") and c.get("status") in SEVERITY_OF_STATUS:
+            ev.append(_ev("perf_use_check", f"{c.get('counter')} (throttled tasks count as stalled)", c.get("value"),
+                          c.get("warning"), v.window_s))
+    busy = next((c for c in v.checks("cpu") if c.get("id") == "cpu.utilisation"), None)
+    idle = busy is not None and busy.get("status") == "ok"
+    note = " while the machine has idle CPU" if idle else ""
+    return _cause("cgroup.cpu_throttled", f"cgroup {path} is CPU-throttled in {pct or 0:.0f}% of periods "
+                  f"(limit {limit or '?'}){note}: its tasks wait for quota, not for a CPU",
+                  Culprit(kind="cgroup", cgroup=path), severity, 0.85 + boost + (0.05 if idle else 0.0), ev,
+                  next=next_call("perf_cgroup_summary", cgroup_path=path))
+
+
+# ---------------------------------------------------------------- memory
+
+
+def memory(v: View) -> list[RootCause]:
+    out: list[RootCause] = []
+    limited: list[RootCause] = []
+    for name in ("perf_cgroup_summary", "perf_cgroup_summary.pid"):
+        answer = v.answer(name)
+        for f in v.findings(name, "cgroup.memory_near_limit", "cgroup.memory_limit_hits", "cgroup.oom_kills",
+                            "cgroup.under_oom", "cgroup.memory_high"):
+            if f.get("severity") not in SEVERITY_OF_STATUS:
+                continue
+            path = _finding_cgroup(f) or next((h.get("cgroup_path") for h in answer.get("hierarchies") or []
+                                               if "memory" in (h.get("controllers") or [])), None)
+            if not path:
+                continue
+            limited.append(_cause("cgroup.memory_limit", f"cgroup {path}: {f.get('title')}",
+                                  Culprit(kind="cgroup", cgroup=path), f["severity"], float(f.get("confidence", 0.8)),
+                                  _finding_evidence(f), since=v.since("memory"),
+                                  next=next_call("perf_cgroup_summary", cgroup_path=path), detail=f.get("detail")))
+    out += limited
+    row = v.use_row("memory")
+    if row and row.get("status") in SEVERITY_OF_STATUS:
+        breaches = [c for c in v.checks("memory") if c.get("status") in SEVERITY_OF_STATUS]
+        ev = [v.check_evidence(c) for c in breaches]
+        culprit = Culprit(kind="system")
+        if limited:
+            culprit = limited[0].culprit
+        elif (top := (v.rows("memory") or [None])[0]) is not None:
+            ev.append(_ev("attribution", "top process RSS (MiB)", top.get("rss_mb"), None, v.att.get("window_s"),
+                          f"pid {top['pid']} {top.get('command')}"))
+            culprit = v.process(top["pid"])
+        out.append(_cause("memory.pressure", f"Memory pressure: {row.get('detail', '')}", culprit, row["status"],
+                          0.6 + 0.1 * max(0, len(breaches) - 1), ev, since=v.since("memory"),
+                          next=(next_call("perf_cgroup_summary", cgroup_path=culprit.cgroup) if culprit.kind == "cgroup"
+                                else next_call("perf_cgroup_summary", pid=culprit.pid) if culprit.pid
+                                else next_call("perf_snapshot"))))
+    return out
+
+
+def _finding_cgroup(f: dict[str, Any]) -> str | None:
+    for e in f.get("evidence") or []:
+        if e.get("counter") == "cgroup" and isinstance(e.get("value"), str):
+            return str(e["value"])
+    title = str(f.get("title") or "")
+    return title.split(":", 1)[0] if title.startswith("/") else None
+
+
+# ---------------------------------------------------------------- disk
+
+
+def disk(v: View) -> list[RootCause]:
+    out: list[RootCause] = []
+    checks = v.checks("disk")
+    bad = [c for c in checks if c.get("status") in SEVERITY_OF_STATUS]
+    devices = sorted({c["id"].split(".")[1] for c in bad if str(c.get("id", "")).startswith("disk.")
+                      and c["id"].count(".") >= 2})
+    psi = [c for c in bad if str(c.get("id", "")).startswith("psi.io")]
+    capacity = [c for c in bad if str(c.get("threshold") or "").startswith("filesystem.")
+                or str(c.get("id", "")).startswith(("fs.", "filesystem."))]
+    for c in capacity:
+        out.append(_cause("disk.capacity", f"Filesystem {c.get('target')} nearly full: {c.get('metric')} "
+                          f"{c.get('value')}{c.get('unit', '')}", Culprit(kind="device", device=str(c.get("target"))),
+                          c["status"], 0.9, [v.check_evidence(c)],
+                          next=next_call("perf_file_trace", mode="file_lifecycle", duration_s=10)))
+    devices = [d for d in devices if not any(c.get("target") == d for c in capacity)]
+    if not devices and psi:
+        snap = _window(v)
+        busiest = (snap.get("disk_totals") or {}).get("busiest_device")
+        devices = [busiest] if busiest else [""]
+    if not devices:
+        return out
+    writers = _io_processes(v)
+    total = sum(b for _, b, _ in writers)
+    for dev in devices:
+        dev_bad = [c for c in bad if c.get("target") == dev] + psi
+        ev = [v.check_evidence(c) for c in dev_bad]
+        iowait = ((_window(v).get("cpu") or {}).get("iowait"))
+        if iowait is not None:
+            ev.append(_ev("perf_snapshot", "CPU iowait (%)", iowait, None, None))
+        culprit = Culprit(kind="device", device=dev or None) if dev else Culprit(kind="system")
+        if writers and total > 0:
+            row, bps, source = writers[0]
+            share = bps / total
+            ev.append(_ev(source, "storage bytes/s of the top process (read+write)", round(bps), None,
+                          v.att.get("window_s"), f"pid {row['pid']} {row.get('command') or row.get('comm')}: "
+                          f"{share:.0%} of the processes' storage bytes"))
+            if share >= DOMINANT_SHARE:
+                culprit = v.process(int(row["pid"]), row.get("comm"), device=dev or None)
+        severity = "critical" if any(c.get("status") == "critical" for c in dev_bad) else "warning"
+        conf = 0.6 + 0.1 * min(3, len(dev_bad) - 1) + (0.1 if culprit.kind == "process" else 0.0)
+        where = f"Disk {dev}" if dev else "Storage"
+        who = f", {culprit.text()} issues most of the bytes" if culprit.kind == "process" else ""
+        out.append(_cause("disk.saturation", f"{where} saturated{who}", culprit, severity, conf, ev,
+                          since=v.since("disk"),
+                          next=(next_call("perf_io_latency", device=dev, duration_s=5) if dev
+                                else next_call("perf_io_layers", include_details=True, duration_s=10))))
+    return out
+
+
+def _window(v: View) -> dict[str, Any]:
+    wins = v.answer("perf_snapshot").get("windows") or []
+    return wins[0] if wins else {}
+
+
+def _io_processes(v: View) -> list[tuple[dict[str, Any], float, str]]:
+    """(row, bytes/s, source) of processes by storage bytes, most first."""
+    by_pid: dict[int, tuple[dict[str, Any], float, str]] = {}
+    for key in ("disk_read", "disk_write"):
+        for r in v.rows(key):
+            bps = float(r.get("read_bps") or 0) + float(r.get("write_bps") or 0)
+            by_pid[r["pid"]] = (r, bps, "attribution")
+    layers = v.answer("perf_io_layers")
+    dur = float(layers.get("duration_s") or 0)
+    if not by_pid and dur:
+        for p in layers.get("processes") or []:
+            if v.own(p):
+                continue
+            b = p.get("block") or {}
+            by_pid[p["pid"]] = (p, (b.get("read_bytes", 0) + b.get("write_bytes", 0)) / dur, "perf_io_layers")
+    return sorted(by_pid.values(), key=lambda x: -x[1])
+
+
+# ---------------------------------------------------------------- processes
+
+
+def fd_leak(v: View) -> list[RootCause]:
+    out: list[RootCause] = []
+    fd = v.answer("perf_fd_trace")
+    traced = fd.get("pid")
+    if fd.get("verdict") == "leak":
+        f = (v.findings("perf_fd_trace", "process.fd_leak") or [{}])[0]
+        g = fd.get("growth") or {}
+        ev = _finding_evidence(f) or [_ev("perf_fd_trace", "open fds slope (/s)", g.get("slope_per_s"), None,
+                                          fd.get("duration_s"))]
+        out.append(_cause("fd.leak", f"{fd.get('comm')} (pid {traced}) leaks file descriptors: "
+                          f"+{g.get('slope_per_s')}/s, {fd.get('current')} open",
+                          v.process(traced, fd.get("comm")), f.get("severity", "warning"),
+                          float(fd.get("verdict_confidence") or 0.8), ev,
+                          next=next_call("perf_fd_trace", pid=traced, duration_s=30, interval_s=5,
+                                         include_fd_list=True)))
+    for g in v.obs.fd_growth:
+        pid = g.get("pid")
+        if pid == traced and fd:
+            continue  # perf_fd_trace judged it, with more samples
+        grew = (g.get("last") or 0) - (g.get("first") or 0)
+        if grew < FD_GROWTH_MIN:
+            continue
+        ev = [_ev("fd_growth", "/proc/PID/fd count", g.get("last"), None, g.get("window_s"),
+                  f"{g.get('first')} -> {g.get('last')} ({g.get('slope_per_s')}/s)")]
+        out.append(_cause("fd.leak", f"{g.get('command')} (pid {pid}) opened {grew} fds in {g.get('window_s')} s "
+                          "without closing them", v.process(pid, g.get("command")),
+                          "warning" if grew >= FD_GROWTH_WARNING else "info", 0.55, ev,
+                          next=next_call("perf_fd_trace", pid=pid, duration_s=30, interval_s=5,
+                                         include_fd_list=True)))
+    return out
+
+
+def blocked(v: View) -> list[RootCause]:
+    out: list[RootCause] = []
+    off = v.answer("perf_offcpu_profile")
+    for f in v.findings("perf_offcpu_profile", "offcpu.thread_blocked"):
+        pct = (f.get("metrics") or {}).get("window_pct") or 0
+        pid = off.get("pid")
+        if pid is None or pct < BLOCKED_SHARE_PCT:
+            continue
+        top = (off.get("top_stacks") or [{}])[0]
+        tid = (top.get("tids") or [None])[0]
+        out.append(_cause("process.blocked", f"pid {pid} is off-CPU {pct:.0f}% of the time, blocked in "
+                          f"{top.get('blocked_in')} ({top.get('wait_kind')})", v.process(pid, top.get("comm"), tid=tid),
+                          "warning", float(f.get("confidence", 0.8)), _finding_evidence(f),
+                          next=next_call("perf_offcpu_profile", pid=pid, duration_s=10), detail=f.get("detail")))
+    tp = v.answer("perf_thread_profile")
+    for f in v.findings("perf_thread_profile", "process.thread_blocked"):
+        pid = tp.get("pid")
+        if pid is None or pid != v.obs.pid:
+            continue
+        tid = int((f.get("metrics") or {}).get("tid") or 0) or None
+        out.append(_cause("process.blocked", f.get("title", f"pid {pid} blocked"), v.process(pid, tp.get("comm"), tid=tid),
+                          "warning", float(f.get("confidence", 0.75)), _finding_evidence(f),
+                          next=next_call("perf_offcpu_profile", pid=pid, duration_s=10), detail=f.get("detail")))
+    return out
+
+
+def exec_storm(v: View) -> list[RootCause]:
+    forks = _window(v).get("forks_s")
+    if forks is None or forks < EXEC_STORM_PER_S[0]:
+        return []
+    severity = "critical" if forks >= EXEC_STORM_PER_S[1] else "warning"
+    return [_cause("exec.storm", f"{forks:.0f} new processes per second", Culprit(kind="system"), severity, 0.6,
+                   [_ev("perf_snapshot", "/proc/stat processes (forks/s)", forks, EXEC_STORM_PER_S[0])],
+                   next=next_call("perf_exec_trace", duration_s=5))]
+
+
+def syscall_storm(v: View) -> list[RootCause]:
+    sc = v.answer("perf_syscall_count")
+    total = sc.get("total_calls") or 0
+    dur = sc.get("duration_s") or 0
+    procs = [p for p in sc.get("processes") or [] if not v.own(p)]
+    if not procs or not total or not dur:
+        return []
+    p = procs[0]
+    rate = p.get("per_s") or (p.get("count", 0) / dur)
+    if rate < SYSCALL_STORM_PER_S or p.get("count", 0) / total < SYSCALL_STORM_SHARE:
+        return []
+    top = (sc.get("syscalls") or [{}])[0]
+    return [_cause("syscall.storm", f"{p.get('comm')} (pid {p['pid']}) makes {rate:,.0f} system calls/s",
+                   v.process(p["pid"], p.get("comm")), "warning", 0.65,
+                   [_ev("perf_syscall_count", "system calls/s of one process", rate, SYSCALL_STORM_PER_S, dur,
+                        f"{p.get('pct')}% of all calls; top call {top.get('name')}")],
+                   next=next_call("perf_syscall_count", pid=p["pid"], include_latency=True, duration_s=10))]
+
+
+# ---------------------------------------------------------------- network
+
+
+def dns(v: View) -> list[RootCause]:
+    d = v.answer("perf_dns_latency")
+    out = []
+    for f in v.findings("perf_dns_latency", "network.dns.slow_lookups"):
+        worst = max(d.get("slowest") or [{}], key=lambda x: x.get("latency_ms") or 0)
+        pid = worst.get("pid")
+        culprit = (v.process(pid, worst.get("comm"), name=worst.get("name")) if pid
+                   else Culprit(kind="name", name=worst.get("name")))
+        out.append(_cause("dns.slow", f"Slow name lookups: {f.get('title')}", culprit, f.get("severity", "warning"),
+                          float(f.get("confidence", 0.85)), _finding_evidence(f),
+                          next=next_call("perf_dns_latency", pid=pid, duration_s=10), detail=f.get("detail")))
+    return out
+
+
+def network(v: View) -> list[RootCause]:
+    out: list[RootCause] = []
+    bad = [c for c in v.checks("network") if c.get("status") in SEVERITY_OF_STATUS]
+    nh = v.answer("perf_net_health")
+    retrans = [c for c in bad if c.get("id") == "network.tcp.retransmits"]
+    nh_f = [f for f in v.findings("perf_net_health", "network.tcp_retransmits")
+            if f.get("severity") in SEVERITY_OF_STATUS]
+    if retrans or nh_f:
+        ev = [v.check_evidence(c) for c in retrans] + [e for f in nh_f for e in _finding_evidence(f)]
+        severity = "critical" if any(c.get("status") == "critical" for c in retrans) or any(
+            f.get("severity") == "critical" for f in nh_f) else "warning"
+        culprit = Culprit(kind="system")
+        socks = ((nh.get("sockets") or {}).get("worst_by_retransmits") or [])
+        by_peer: dict[str, int] = {}
+        for s in socks:
+            n = s.get("retrans_in_window") or 0
+            if n > 0:
+                by_peer[s["remote"]] = by_peer.get(s["remote"], 0) + n
+        all_n = sum(by_peer.values())
+        next_ = next_call("perf_net_health", include_tcp_details=True)
+        if by_peer:
+            peer, n = max(by_peer.items(), key=lambda kv: kv[1])
+            ev.append(_ev("perf_net_health", "retransmits in the window to one peer (tcp_info)", n, None,
+                          nh.get("interval_s"), f"{peer}: {n} of {all_n}"))
+            if n / all_n >= DOMINANT_SHARE:
+                culprit = Culprit(kind="peer", peer=peer)
+                port = peer.rsplit(":", 1)[-1]
+                if port.isdigit():
+                    next_ = next_call("perf_tcp_trace", mode="connections", remote_port=int(port), duration_s=10)
+        out.append(_cause("network.retransmits", "TCP retransmits" + (f" to {culprit.peer}" if culprit.peer else ""),
+                          culprit, severity, 0.75 if culprit.kind == "peer" else 0.6, ev, since=v.since("network"),
+                          next=next_))
+    for c in bad:
+        cid = str(c.get("id", ""))
+        if cid.endswith(".drops"):
+            name = "softnet backlog" if cid == "network.softnet.drops" else str(c.get("target"))
+            out.append(_cause("network.drops", f"Packets dropped on {name}",
+                              Culprit(kind="interface", interface=name), c["status"], 0.7, [v.check_evidence(c)],
+                              since=v.since("network"),
+                              next=next_call("perf_net_health", interface=None if " " in name else name)))
+    return out
+
+
+RULES = (single_thread, cpu_saturation, runq_latency, cgroup_throttled, memory, disk, fd_leak, blocked, exec_storm,
+         syscall_storm, dns, network)
+
+
+def correlate(obs: Observations, thresholds: Thresholds | None = None) -> list[RootCause]:
+    v = View(obs, thresholds or default_thresholds())
+    out: list[RootCause] = []
+    for rule in RULES:
+        out += rule(v)
+    return out
+
+
+def findings_count(obs: Observations) -> int:
+    return sum(len(a.get("findings") or []) for a in obs.answers.values() if isinstance(a, dict))

@@ -1,0 +1,83 @@
+"""Merging, deduplication and ranking of candidate root causes.
+
+- Explained by another: CPU saturation whose culprit is the process a
+  single-thread bottleneck names is that bottleneck (its evidence joins it);
+  run-queue latency joins CPU saturation where both are found.
+- The same kind and culprit found by two collectors (attribution and
+  perf_thread_profile, say) is one root cause with both evidence chains; the
+  more confident one gives the title.
+- score = severity weight (critical 3, warning 2, info 1) x confidence x
+  evidence factor (1 + 0.05 per distinct evidence item, at most 6), best first.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+
+from ..contract import Evidence
+from .model import RootCause
+
+SEVERITY_WEIGHT = {"critical": 3.0, "warning": 2.0, "info": 1.0}
+SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
+MAX_EVIDENCE = 8
+MAX_INFO = 3
+
+
+def _key(rc: RootCause) -> tuple[Any, ...]:
+    c = rc.culprit
+    if c.pid is not None:
+        return (rc.kind, c.pid)
+    return (rc.kind, c.key())
+
+
+def _merge_evidence(a: list[Evidence], b: list[Evidence]) -> list[Evidence]:
+    seen = {(e.tool, e.counter, e.sample) for e in a}
+    return a + [e for e in b if (e.tool, e.counter, e.sample) not in seen]
+
+
+def _worse(a: str, b: str) -> str:
+    return a if SEVERITY_ORDER[a] <= SEVERITY_ORDER[b] else b
+
+
+def _absorb(into: RootCause, other: RootCause, bonus: float = 0.0) -> RootCause:
+    return msgspec.structs.replace(
+        into, evidence=_merge_evidence(into.evidence, other.evidence),
+        severity=_worse(into.severity, other.severity),  # type: ignore[arg-type]
+        confidence=round(min(0.99, max(into.confidence, other.confidence) + bonus), 2),
+        since=into.since or other.since)
+
+
+def score(rc: RootCause) -> float:
+    distinct = len({(e.tool, e.counter) for e in rc.evidence})
+    return round(SEVERITY_WEIGHT[rc.severity] * rc.confidence * (1 + 0.05 * min(distinct, 6)), 3)
+
+
+def rank(candidates: list[RootCause]) -> list[RootCause]:
+    # the same kind and culprit: one root cause
+    merged: dict[tuple[Any, ...], RootCause] = {}
+    for rc in sorted(candidates, key=lambda r: -r.confidence):
+        k = _key(rc)
+        merged[k] = _absorb(merged[k], rc, 0.05) if k in merged else rc
+    causes = list(merged.values())
+    # explained by another
+    singles = {rc.culprit.pid: rc for rc in causes if rc.kind == "cpu.single_thread"}
+    out: list[RootCause] = []
+    for rc in causes:
+        if rc.kind == "cpu.saturation" and rc.culprit.pid in singles:
+            singles[rc.culprit.pid] = _absorb(singles[rc.culprit.pid], rc)
+            continue
+        out.append(rc)
+    out = [singles.get(rc.culprit.pid, rc) if rc.kind == "cpu.single_thread" else rc for rc in out]
+    sat = next((rc for rc in out if rc.kind == "cpu.saturation"), None)
+    if sat is not None:
+        runq = [rc for rc in out if rc.kind == "runq.latency"]
+        for rc in runq:
+            out.remove(rc)
+            idx = out.index(sat)
+            sat = out[idx] = _absorb(sat, rc, 0.05)
+    scored = [msgspec.structs.replace(rc, score=score(rc), evidence=rc.evidence[:MAX_EVIDENCE]) for rc in out]
+    scored.sort(key=lambda r: (-r.score, SEVERITY_ORDER[r.severity]))
+    infos = [r for r in scored if r.severity == "info"][MAX_INFO:]
+    return [r for r in scored if r not in infos]
