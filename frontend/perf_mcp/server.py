@@ -25,7 +25,7 @@ from mcp.server.lowlevel import Server
 from mcp.server.stdio import stdio_server
 from mcp.shared.exceptions import MCPError
 
-from . import __version__
+from . import __version__, prompts
 from .artifacts import ArtifactStore
 from .broker_client import BrokerClient
 from .contract import ArtifactRef, Envelope, ErrorInfo, hostname, utc_timestamp
@@ -274,6 +274,12 @@ def build_server(app: App) -> Server[Any]:
     async def read_resource(ctx: Any, params: types.ReadResourceRequestParams) -> types.ReadResourceResult:
         return app.read(str(params.uri))
 
+    async def list_prompts(ctx: Any, params: Any) -> types.ListPromptsResult:
+        return types.ListPromptsResult(prompts=prompts.list_prompts())
+
+    async def get_prompt(ctx: Any, params: types.GetPromptRequestParams) -> types.GetPromptResult:
+        return prompts.get_prompt(params.name, params.arguments)
+
     return Server(
         "perf-mcp",
         version=__version__,
@@ -287,6 +293,8 @@ def build_server(app: App) -> Server[Any]:
         on_call_tool=call_tool,
         on_list_resources=list_resources,
         on_read_resource=read_resource,
+        on_list_prompts=list_prompts,
+        on_get_prompt=get_prompt,
     )
 
 
