@@ -22,7 +22,7 @@ def test_perf_record_stays_in_its_job_directory_and_is_bounded() -> None:
     assert record.argv[:7] == ("/usr/bin/perf", "record", "-e", "cpu-clock", "-F", "99", "-g")
     assert {"-N", "-B", "--no-bpf-event"} <= set(record.argv) and record.argv[record.argv.index("--max-size") + 1] == "256M"
     assert record.argv[-2:] == ("-o", "/w/job1-x/perf.data") and "-a" in record.argv
-    assert script.argv[-2:] == ("-F", "comm,pid,ip,sym,dso") and not script.with_previous
+    assert script.argv[-2:] == ("-F", "comm,pid,time,ip,sym,dso") and not script.with_previous
 
 
 def test_rate_x_duration_x_cpus_is_capped() -> None:

@@ -234,3 +234,18 @@ def test_two_processes_with_one_name_are_two_pids() -> None:
     folded = fold(text)
     assert folded.stacks == {"burn;spin": 3}
     assert folded.by_pid == {101: {"burn;spin": 2}, 102: {"burn;spin": 1}}
+
+
+def test_sample_times_give_the_window_perf_sampled() -> None:
+    """-F comm,pid,time,ip,sym,dso (the broker's fields): 'comm pid time: ' headers, as perf 6.1 prints them."""
+    text = ("swapper     0 14302.235453: \n\tffffffff821f2c2b pv_native_safe_halt ([kernel.kallsyms])\n\n"
+            "my prog: 2   4242 14303.043534: \n\t  55d1 work (/x/my prog)\n\n"
+            "my prog: 2   4242 14302.500000: \n\t  55d1 work (/x/my prog)\n\n")
+    folded = fold(text)
+    assert folded.stacks == {"swapper;pv_native_safe_halt": 1, "my prog: 2;work": 2}
+    assert folded.by_pid == {0: {"swapper;pv_native_safe_halt": 1}, 4242: {"my prog: 2;work": 2}}
+    assert (folded.first_time_s, folded.last_time_s) == (14302.235453, 14303.043534)
+    assert folded.bad_lines == 0
+    assert fold(load("pid_dash")).first_time_s is None  # fixtures without time
+    bad = fold("x 1 12.5x: \n\t  1 f (/a)\n\n")  # not a time: the whole line is the header, and garbled
+    assert bad.first_time_s is None and bad.samples == 0 and bad.bad_lines >= 1

@@ -48,6 +48,15 @@ EVAL_LOOPS: dict[str, frozenset[str]] = {
     "php": frozenset({"execute_ex", "zend_execute", "ZEND_DO_FCALL_SPEC_RETVAL_USED_HANDLER"}),
     "node": frozenset({"Builtins_InterpreterEntryTrampoline", "Builtins_JSEntryTrampoline", "Builtins_JSEntry"}),
 }
+# The interpreter's own binary or library: a sample whose leaf is in it runs the interpreter too (the
+# eval loop may be missing from its stack: distributions build interpreters without frame pointers).
+INTERPRETER_MODULES: dict[str, re.Pattern[str]] = {
+    "python": re.compile(r"^(lib)?python\d"),
+    "ruby": re.compile(r"^(lib)?ruby"),
+    "perl": re.compile(r"^(lib)?perl"),
+    "php": re.compile(r"^(lib)?php"),
+    "node": re.compile(r"^(lib)?node"),
+}
 JIT_RUNTIMES = frozenset({"node", "java"})
 _PY_VERSION = re.compile(r"python(\d+)\.(\d+)")
 
@@ -81,7 +90,9 @@ class RuntimeUse(msgspec.Struct, kw_only=True):
     pid: int
     comm: str
     samples: int  # the process's samples
-    eval_samples: int  # with an eval-loop frame on the stack
+    # In the interpreter: an eval-loop frame on the stack, the leaf in its module, or (in a process that
+    # runs the eval loop) no named frame at all: nothing else to pin those on.
+    eval_samples: int
     eval_frame: str  # the eval-loop frame seen most
     unnamed_leaf_samples: int  # leaf frame without a symbol (JIT code without a perf map)
     module: str  # the interpreter's binary or library (python3.11, libjvm.so, ...)
@@ -154,6 +165,8 @@ def analyse(folded: Folded, *, own_pids: frozenset[int] = frozenset(), expected:
     for pid, stacks in _stacks_by_pid(folded):
         eval_c: Counter[str] = Counter()
         eval_runtime: Counter[str] = Counter()
+        in_module: Counter[str] = Counter()  # leaf in the interpreter's module, no eval loop on the stack
+        no_name = 0  # samples without one named frame (bpftrace leaves a stripped interpreter's frames so)
         pid_samples = unnamed_leaf = 0
         py_named = False
         comm_of: Counter[str] = Counter()
@@ -184,6 +197,7 @@ def analyse(folded: Folded, *, own_pids: frozenset[int] = frozenset(), expected:
             names = set(frames[1:])
             for name in names:
                 total_c[name] += count
+            leaf_module = folded.frame_dso.get(leaf, "") if leaf is not None else ""
             for runtime, loops in EVAL_LOOPS.items():
                 hit = names & loops
                 if hit:
@@ -192,6 +206,12 @@ def analyse(folded: Folded, *, own_pids: frozenset[int] = frozenset(), expected:
                     eval_runtime[runtime] += count
                     modules.add(folded.frame_dso.get(frame, ""))
                     break
+                if INTERPRETER_MODULES[runtime].match(leaf_module):
+                    in_module[runtime] += count
+                    break
+            else:
+                if len(frames) > 1 and all(_is_unknown(n) for n in names):
+                    no_name += count
             if not py_named and any(n.startswith("py::") for n in names):
                 py_named = True
             if len(frames) > 1:
@@ -202,7 +222,8 @@ def analyse(folded: Folded, *, own_pids: frozenset[int] = frozenset(), expected:
         if eval_runtime:
             runtime, n = eval_runtime.most_common(1)[0]
             frame = eval_c.most_common(1)[0][0]
-            runtimes.append(RuntimeUse(runtime=runtime, pid=pid, comm=comm, samples=pid_samples, eval_samples=n,
+            runtimes.append(RuntimeUse(runtime=runtime, pid=pid, comm=comm, samples=pid_samples,
+                                       eval_samples=n + in_module[runtime] + no_name,
                                        eval_frame=frame, unnamed_leaf_samples=unnamed_leaf,
                                        module=folded.frame_dso.get(frame, ""), perf_support=py_named))
         else:
@@ -293,11 +314,13 @@ def _interpreter_finding(r: RuntimeUse, rate_hz: int, conf: float) -> Finding | 
     return Finding(
         id="cpu_profile.interpreter", severity="warning" if share >= INTERPRETER_WARN_PCT else "info",
         resource="process",
-        title=f"{who} runs in the {r.runtime} interpreter's eval loop ({r.eval_frame}) in {share:.0f}% of its samples",
-        detail=(f"{r.eval_samples} of {r.samples} samples of {who} have {r.eval_frame} ({r.module or 'interpreter'}) "
-                f"on the stack: the profile shows the interpreter, not which {r.runtime} functions use the CPU."),
-        confidence=conf, metrics={"eval_loop_pct": round(share, 2), "samples": float(r.samples)},
-        evidence=[Evidence(tool=TOOL, counter=f"samples with {r.eval_frame} on the stack", value=r.eval_samples,
+        title=f"{who} runs in the {r.runtime} interpreter ({r.eval_frame}) in {share:.0f}% of its samples",
+        detail=(f"{r.eval_samples} of {r.samples} samples of {who} have the eval loop {r.eval_frame} on the stack, "
+                f"end in the interpreter ({r.module or r.runtime}) or have no named frame: the profile shows the "
+                f"interpreter, not which {r.runtime} functions use the CPU."),
+        confidence=conf, metrics={"interpreter_pct": round(share, 2), "samples": float(r.samples)},
+        evidence=[Evidence(tool=TOOL, counter=f"samples in the interpreter ({r.eval_frame} on the stack, or the leaf "
+                           f"in {r.module or r.runtime})", value=r.eval_samples,
                            threshold=INTERPRETER_INFO_PCT, sample=f"{rate_hz} Hz, {who}")],
         suggestion=advice,
     )

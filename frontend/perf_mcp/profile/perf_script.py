@@ -6,9 +6,12 @@ Input (perf record -g): one sample per block, blocks separated by a blank line.
     \t          fcc67 _PyEval_EvalFrameDefault (/usr/lib/libpython3.11.so.1.0)
     \t    7f8e5aa129c0 [unknown] ([unknown])
 
-The header is `comm pid` (the broker's fields since the fewer-fields change) or
-`comm pid/tid period` (-F comm,pid,tid,period,...: older brokers, fixtures);
-comm may hold spaces, so it is split from the right. Frame lines start with a
+The header is `comm pid time:` (the broker's fields: -F comm,pid,time,ip,sym,dso),
+`comm pid` (without time) or `comm pid/tid period` (-F comm,pid,tid,period,...:
+older brokers, fixtures); comm may hold spaces, so it is split from the right.
+The time (s) of the first and last sample give the window perf really sampled:
+perf record takes 0.5-0.8 s to start on a loaded 2-CPU host, a quarter of a
+3 s profile, which would otherwise read as idle. Frame lines start with a
 tab and list the leaf first. The folded
 form is `comm;root;...;leaf count`, one line per distinct stack, as
 stackcollapse-perf.pl and `perf script report stackcollapse` write it, except
@@ -41,6 +44,8 @@ class Folded(msgspec.Struct, kw_only=True):
     # The same stacks apart by process: pid -> {"comm;root;...;leaf": samples}. Empty when the
     # source has no pids (a folded file read back): the analysis then works on `stacks`.
     by_pid: dict[int, dict[str, int]] = {}
+    first_time_s: float | None = None  # perf's timestamp of the first and last sample, when the text has them
+    last_time_s: float | None = None
 
 
 class _FrameInfo(msgspec.Struct, array_like=True):
@@ -141,6 +146,8 @@ def fold(text: str) -> Folded:
     bad = 0
     comm: str | None = None  # comm of the sample being read
     pid = ""  # and its pid
+    first_t: float | None = None
+    last_t: float | None = None
     frames: list[str] = []  # its frames, leaf first
 
     lines = text.split("\n")
@@ -172,10 +179,21 @@ def fold(text: str) -> Folded:
             else:
                 frames.append(name)
             continue
-        if line in headers:
-            header = headers[line]
+        if line[-1] == ":" or line[-2:] == ": ":  # 'comm pid time: ': the time apart, the rest memoised
+            head, _, stamp = line.rstrip().rpartition(" ")
+            try:
+                t = float(stamp[:-1])
+            except ValueError:
+                head = line
+            else:
+                first_t = t if first_t is None or t < first_t else first_t
+                last_t = t if last_t is None or t > last_t else last_t
         else:
-            header = headers[line] = parse_header_pid(line)
+            head = line
+        if head in headers:
+            header = headers[head]
+        else:
+            header = headers[head] = parse_header_pid(head)
         if comm is not None:  # the previous sample lost its blank line
             frames.append(comm)
             frames.append(pid)
@@ -197,7 +215,8 @@ def fold(text: str) -> Folded:
         mine = by_pid.setdefault(int(key[-1]), {})
         mine[joined] = mine.get(joined, 0) + n
     return Folded(stacks=stacks, samples=samples, bad_lines=bad, dropped_partial_sample=dropped,
-                  kernel_frames=frozenset(kernel), frame_dso=frame_dso, by_pid=by_pid)
+                  kernel_frames=frozenset(kernel), frame_dso=frame_dso, by_pid=by_pid, first_time_s=first_t,
+                  last_time_s=last_t)
 
 
 def folded_text(stacks: dict[str, int]) -> str:

@@ -395,6 +395,15 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     if folded.samples == 0:
         warnings.append(f"no samples: {target} did not run on a CPU during the profile")
 
+    sampled_s = got.sampled_s
+    if is_perf and folded.first_time_s is not None and folded.last_time_s is not None and (
+            p.pid is None or got.stopped_early_s is not None):
+        # System-wide some CPU is always sampled (the idle task, perf itself), so the first and last
+        # sample bound the window perf sampled, without its start-up. A process's own samples bound
+        # it only when it ran until it exited.
+        span = folded.last_time_s - folded.first_time_s + 1.0 / got.rate_hz
+        if 0.0 < span < sampled_s:
+            sampled_s = span
     seen = watch.seen()
     cpus = os.cpu_count() or 1
     if p.pid is None:
@@ -404,7 +413,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         threads = max((s[p.pid].threads for s in watch.snaps if p.pid in s), default=1)
         width = max(1, min(threads, cpus))
         own = frozenset()  # asked for by pid: profiled as asked, even if it is perf-mcp's
-    expected = int(math.floor(got.sampled_s * got.rate_hz * width))
+    expected = int(math.floor(sampled_s * got.rate_hz * width))
     analysis = analyse(folded, own_pids=own, expected=expected or None, top_n=p.top_n)
     processes = [msgspec.structs.replace(r, command=seen[r.pid].command) if r.pid in seen else r
                  for r in analysis.processes]
@@ -444,7 +453,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     data = CpuProfileData(
         summary="", method=got.method, backend=result.backend, skipped=result.skipped, target=target, pid=p.pid,
         duration_s=p.duration_s, sample_rate_hz=got.rate_hz, include_kernel=p.include_kernel,
-        sampled_s=round(got.sampled_s, 3), samples=folded.samples, expected_samples=expected,
+        sampled_s=round(sampled_s, 3), samples=folded.samples, expected_samples=expected,
         idle_pct=analysis.idle_pct, kernel_pct=analysis.kernel_pct, unknown_pct=analysis.unknown_pct,
         own_pct=round(100.0 * analysis.own_samples / folded.samples, 2) if folded.samples else 0.0,
         top_functions=analysis.functions, hottest_stacks=analysis.hottest_stacks, processes=processes,
