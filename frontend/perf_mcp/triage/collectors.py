@@ -322,7 +322,8 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             return
         att = await attribute(ctx, window_s=10.0, top_n=TOP_N)
         obs.attribution = msgspec.to_builtins(att)
-        tops = [r.pid for r in att.cpu[:3] if (r.cpu_pct or 0) >= 10]
+        tops = list(dict.fromkeys(([pid] if pid is not None else [])
+                                  + [r.pid for r in att.cpu[:3] if (r.cpu_pct or 0) >= 10]))
         if tops:
             first = await trio.to_thread.run_sync(read_schedstat, tops)
             t0 = trio.current_time()

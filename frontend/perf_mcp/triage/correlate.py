@@ -194,8 +194,10 @@ def single_thread(v: View) -> list[RootCause]:
                           v.process(pid, tp.get("comm"), tid=t.get("tid")), "warning", 0.8, ev + mean_ev,
                           next=next_call("perf_cpu_profile", pid=pid, duration_s=10)))
         break  # the busiest thread only
-    for row in v.rows("cpu"):
-        d = v.obs.threads.get(row["pid"]) or {}
+    for tpid, d in sorted(v.obs.threads.items(), key=lambda kv: -(kv[1].get("cpu_pct") or 0)):
+        row = v.process_row(int(tpid)) or {"pid": int(tpid), "command": _comm_of(v, int(tpid))}
+        if v.own(row):
+            continue
         cpu, runq = d.get("cpu_pct") or 0.0, d.get("runq_pct") or 0.0
         if row["pid"] in seen or cpu < MIN_CONTENDED_PCT or cpu + runq < SINGLE_THREAD_PCT:
             continue
@@ -210,6 +212,11 @@ def single_thread(v: View) -> list[RootCause]:
                           v.process(row["pid"], tid=d.get("tid")), "warning", 0.7 if d.get("threads") == 1 else 0.65,
                           ev + mean_ev, next=next_call("perf_cpu_profile", pid=row["pid"], duration_s=10)))
     return out
+
+
+def _comm_of(v: View, pid: int) -> str | None:
+    tp = v.answer("perf_thread_profile")
+    return tp.get("comm") if tp.get("pid") == pid else None
 
 
 def _fields(c: Culprit) -> dict[str, Any]:

@@ -1,0 +1,181 @@
+"""perf_triage's correlation and ranking on the tools' real answers (tests/fixtures/triage/,
+captured on this machine with capture_fixtures.py: a single-threaded busy loop, and the same
+loop in a v1 cpu cgroup with a 0.2 CPU quota), and the broker queue's BUSY handling."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import msgspec
+import pytest
+import trio
+
+from perf_mcp.contract import Evidence
+from perf_mcp.errors import ErrorCode, ToolError
+from perf_mcp.registry import discover
+from perf_mcp.triage.collectors import Observations, fd_growers, thread_demand
+from perf_mcp.triage.correlate import correlate
+from perf_mcp.triage.model import ROOT_CAUSE_KINDS, Culprit, RootCause
+from perf_mcp.triage.queue import QueuedBroker
+from perf_mcp.triage.rank import rank
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "triage"
+HOG_PID = 3849  # the busy loop's pid when cpu_hog was captured
+THROTTLED = "/pmcp-triage-thr"
+
+
+def answers(scenario: str) -> dict[str, Any]:
+    """The tools' data by collector name (perf_cgroup_summary = the top children listing,
+    perf_cgroup_summary.pid = the pid's cgroup), as perf_triage keeps them."""
+    out: dict[str, Any] = {}
+    for f in sorted((FIXTURES / scenario).glob("*.json")):
+        env = json.loads(f.read_text())
+        if not env.get("success"):
+            continue
+        name = f.stem
+        key = {"perf_cgroup_summary": "perf_cgroup_summary.pid",
+               "perf_cgroup_summary.top": "perf_cgroup_summary"}.get(name, name)
+        out[key] = env["data"]
+    return out
+
+
+def triage(scenario: str, **kw: Any) -> list[RootCause]:
+    obs = Observations(mode="standard", focus="all", cpus=2, own_pid=1, answers=answers(scenario), **kw)
+    return rank(correlate(obs))
+
+
+def test_single_thread_hog_is_the_top_root_cause_with_the_use_mean_in_its_evidence() -> None:
+    causes = triage("cpu_hog")
+    top = causes[0]
+    print("\n" + "\n".join(f"{c.kind} {c.severity} {c.score} {c.culprit.text()}" for c in causes))
+    assert top.kind == "cpu.single_thread" and top.culprit.pid == HOG_PID and top.culprit.kind == "process"
+    assert top.culprit.command == "perfmcp-busy" and top.severity == "warning" and top.confidence >= 0.8
+    counters = {(e.tool, e.counter) for e in top.evidence}
+    assert ("perf_thread_profile", "/proc/PID/task/TID/schedstat on-CPU ns") in counters
+    mean = next(e for e in top.evidence if e.tool == "perf_use_check")
+    assert "hides one busy CPU" in mean.counter and mean.value == pytest.approx(67.16)
+    assert top.next is not None and top.next.tool == "perf_cpu_profile" and top.next.arguments["pid"] == HOG_PID
+    # the machine-wide CPU saturation ranks below it
+    assert all(c.score < top.score for c in causes[1:])
+
+
+def test_throttled_cgroup_on_an_idle_machine_explains_the_cpu_pressure() -> None:
+    causes = triage("cgroup_throttled")
+    print("\n" + "\n".join(f"{c.kind} {c.severity} {c.score} {c.culprit.text()}" for c in causes))
+    top = causes[0]
+    assert top.kind == "cgroup.cpu_throttled" and top.culprit == Culprit(kind="cgroup", cgroup=THROTTLED)
+    assert top.severity == "critical" and "idle CPU" in top.title
+    # the top-children listing and the pid's cgroup found the same cgroup: one root cause
+    assert sum(c.kind == "cgroup.cpu_throttled" for c in causes) == 1
+    tools = {e.tool for e in top.evidence}
+    assert {"perf_cgroup_summary", "perf_use_check"} <= tools  # throttling, and the CPU PSI it causes
+    # CPU PSI alone (utilisation and run queue ok) is explained by the throttling, not a saturation
+    assert not any(c.kind == "cpu.saturation" for c in causes)
+    assert top.next is not None and top.next.arguments == {"cgroup_path": THROTTLED}
+
+
+def _quiet(data: dict[str, Any]) -> dict[str, Any]:
+    """The cpu_hog answers with the hog gone: every USE check ok, no thread over its bar."""
+    q = copy.deepcopy(data)
+    for row in q["perf_use_check"]["table"]:
+        row["status"] = "ok"
+        row.pop("since", None)
+        for kind in ("utilisation", "saturation", "errors"):
+            for c in row[kind]:
+                c["status"] = "ok"
+    tp = q["perf_thread_profile"]
+    tp["findings"] = []
+    for t in tp["threads"]:
+        t["cpu_pct"], t["runq_wait_pct"] = 2.0, 0.1
+    q["perf_runq_latency"]["histogram"]["p99_us"] = 900.0
+    return q
+
+
+def test_a_quiet_machine_gives_no_warning_or_critical_root_cause() -> None:
+    obs = Observations(mode="standard", focus="all", cpus=2, own_pid=1, answers=_quiet(answers("cpu_hog")))
+    causes = rank(correlate(obs))
+    assert [c for c in causes if c.severity != "info"] == []
+
+
+def test_the_same_culprit_from_two_collectors_is_one_root_cause() -> None:
+    obs = Observations(mode="standard", focus="all", cpus=2, own_pid=1, answers=answers("cpu_hog"),
+                       threads={HOG_PID: {"tid": HOG_PID, "cpu_pct": 60.0, "runq_pct": 38.0, "threads": 1}})
+    raw = correlate(obs)
+    assert sum(c.kind == "cpu.single_thread" for c in raw) == 1  # thread_profile answered first for this pid
+    obs2 = msgspec.structs.replace(obs, answers={k: v for k, v in obs.answers.items() if k != "perf_thread_profile"})
+    raw2 = correlate(obs2)
+    hog = [c for c in raw2 if c.kind == "cpu.single_thread"]
+    assert len(hog) == 1 and hog[0].culprit.pid == HOG_PID and "60% on it, 38% waiting" in hog[0].title
+    merged = rank(raw + raw2)
+    singles = [c for c in merged if c.kind == "cpu.single_thread"]
+    assert len(singles) == 1 and {e.tool for e in singles[0].evidence} >= {"perf_thread_profile", "attribution"}
+
+
+def test_cpu_saturation_caused_by_the_single_thread_joins_it() -> None:
+    ev = [Evidence(tool="perf_use_check", counter="run queue", value=2.5, threshold=2.0)]
+    single = RootCause(kind="cpu.single_thread", title="t", culprit=Culprit(kind="process", pid=7), severity="warning",
+                       confidence=0.8, score=0, evidence=[Evidence(tool="perf_thread_profile", counter="cpu", value=99)])
+    sat = RootCause(kind="cpu.saturation", title="s", culprit=Culprit(kind="process", pid=7), severity="critical",
+                    confidence=0.6, score=0, evidence=ev)
+    out = rank([sat, single])
+    assert len(out) == 1 and out[0].kind == "cpu.single_thread" and out[0].severity == "critical"
+    assert len(out[0].evidence) == 2 and out[0].score == pytest.approx(3 * 0.8 * 1.1)
+
+
+def test_every_kind_is_known_and_every_next_call_is_valid_for_its_tool() -> None:
+    registry = discover()
+    schemas = {name: spec.input_schema() for name, spec in registry.tools.items()}
+    obs = Observations(mode="standard", focus="all", cpus=2, own_pid=1, answers=answers("cpu_hog"),
+                       threads={HOG_PID: {"tid": HOG_PID, "cpu_pct": 90.0, "runq_pct": 5.0, "threads": 1}},
+                       fd_growth=[{"pid": 42, "command": "leaky", "first": 10, "last": 60, "window_s": 2.5,
+                                   "slope_per_s": 20.0}])
+    causes = correlate(obs) + correlate(Observations(mode="standard", focus="all", cpus=2, own_pid=1,
+                                                     answers=answers("cgroup_throttled")))
+    assert {c.kind for c in causes} >= {"cpu.single_thread", "cpu.saturation", "fd.leak", "cgroup.cpu_throttled"}
+    for c in causes:
+        assert c.kind in ROOT_CAUSE_KINDS
+        assert c.next is not None and c.next.tool in schemas, c
+        jsonschema.validate(c.next.arguments, schemas[c.next.tool])
+
+
+def test_thread_demand_and_fd_growth_from_two_readings() -> None:
+    first = {10: {10: (0, 0), 11: (0, 0)}}
+    last = {10: {10: (500_000_000, 450_000_000), 11: (10_000_000, 0)}}  # ns over 1 s
+    d = thread_demand(first, last, 1.0)
+    assert d == {10: {"tid": 10, "cpu_pct": 50.0, "runq_pct": 45.0, "threads": 2}}
+    rows = fd_growers({1: 5, 2: 100, 3: 7}, {1: 5, 2: 160, 3: 9}, 3.0, own=99)
+    assert [(r["pid"], r["first"], r["last"], r["slope_per_s"]) for r in rows] == [(2, 100, 160, 20.0)]
+
+
+class _Busy:
+    """Stands in for the broker answering BUSY n times (the real broker's BUSY is tested at MCP level)."""
+
+    socket_path = "/nonexistent"
+
+    def __init__(self, busy: int) -> None:
+        self.busy = busy
+        self.calls = 0
+
+    async def run(self, request: Any, *, timeout_s: float, on_progress: Any = None) -> str:
+        self.calls += 1
+        if self.calls <= self.busy:
+            raise ToolError(ErrorCode.PROFILER_BUSY, "broker: busy")
+        return "done"
+
+
+async def test_queue_retries_busy_then_gives_up_after_its_patience() -> None:
+    from perf_mcp_protocol import RunqLatency
+    from perf_mcp_protocol.messages import Backend
+
+    req = RunqLatency(backend=Backend.LIBBPF, duration_s=1)
+    q = QueuedBroker(_Busy(2), patience_s=10)  # type: ignore[arg-type]
+    assert await q.run(req, timeout_s=5) == "done" and q.busy_retries == 2
+    q2 = QueuedBroker(_Busy(1000), patience_s=1.2)  # type: ignore[arg-type]
+    t0 = trio.current_time()
+    with pytest.raises(ToolError) as info:
+        await q2.run(req, timeout_s=5)
+    assert info.value.code is ErrorCode.PROFILER_BUSY and 1.2 <= trio.current_time() - t0 < 3
