@@ -77,9 +77,11 @@ async def test_cpu_quota_throttles_a_busy_loop(
         assert f["next"] == {"tool": "perf_cpu_profile", "arguments": {"pid": busy.pid, "duration_s": 5}}
         cpu = data["cpu"]
         assert (cpu["quota_us"], cpu["period_us"], cpu["quota_cores"]) == (20000, 100000, 0.2)
-        assert cpu["window_periods"] >= 5 and cpu["window_throttled_pct"] > 50
-        assert 0.1 <= cpu["usage_cores"] <= 0.3  # the quota holds it near 0.2 CPU
-        assert cpu["window_throttled_s"] > 0.5  # ~0.8 s of every second waiting, on 1 CPU
+        # quota used up in most periods: ~0.8 s of every second waiting on an idle machine, less when
+        # other work keeps the loop from running (load 10 on these 2 CPUs was seen: 0.4 s)
+        assert cpu["window_periods"] >= 5 and cpu["window_throttled_pct"] >= 25  # the critical threshold
+        assert 0.02 <= cpu["usage_cores"] <= 0.3  # the quota caps it at 0.2 CPU
+        assert 0.05 < cpu["window_throttled_s"] <= data["interval_s"] + 0.05  # one thread: at most the window
     cpu = by_pid["cpu"]
     assert before[0] <= cpu["nr_throttled"] <= after[0]
     assert before[1] - 1e-6 <= cpu["throttled_s"] <= after[1] + 1e-6  # rounded to the microsecond

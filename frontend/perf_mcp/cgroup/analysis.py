@@ -28,59 +28,59 @@ from .parse import CgroupReading, CpuReading, IoReading, MemoryReading, PidsRead
 
 TOOL = "perf_cgroup_summary"
 
-class CpuReport(msgspec.Struct, kw_only=True):
-    usage_cores: float | None  # over the window
-    usage_s_total: float | None  # CPU time since the cgroup was created
+class CpuReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    usage_cores: float | None = None  # over the window
+    usage_s_total: float | None = None  # CPU time since the cgroup was created
     quota: str  # "0.2 CPUs", "none" (no CFS quota) or "unknown" (no cpu controller file of this cgroup)
-    usage_pct_of_quota: float | None
-    quota_cores: float | None  # quota / period; None: no limit
-    quota_us: int | None
-    period_us: int | None
-    shares: int | None
-    weight: int | None
-    nr_periods: int | None
-    nr_throttled: int | None
-    throttled_s: float | None
-    throttled_pct_lifetime: float | None
-    window_periods: int | None
-    window_throttled: int | None
-    window_throttled_pct: float | None
-    window_throttled_s: float | None
+    usage_pct_of_quota: float | None = None
+    quota_cores: float | None = None  # quota / period; None: no limit
+    quota_us: int | None = None
+    period_us: int | None = None
+    shares: int | None = None
+    weight: int | None = None
+    nr_periods: int | None = None
+    nr_throttled: int | None = None
+    throttled_s: float | None = None
+    throttled_pct_lifetime: float | None = None
+    window_periods: int | None = None
+    window_throttled: int | None = None
+    window_throttled_pct: float | None = None
+    window_throttled_s: float | None = None
 
 
-class MemoryReport(msgspec.Struct, kw_only=True):
-    usage_bytes: int | None
+class MemoryReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    usage_bytes: int | None = None
     limit: str  # "64.0 MiB" or "none" (no limit, here or in a parent)
-    limit_bytes: int | None  # None: no limit
-    usage_pct_of_limit: float | None
-    working_set_bytes: int | None
-    working_set_pct_of_limit: float | None
-    high_bytes: int | None
-    peak_bytes: int | None
-    failcnt: int | None
-    failcnt_in_window: int | None
-    events_max: int | None
-    events_max_in_window: int | None
-    events_high: int | None
-    events_high_in_window: int | None
-    oom: int | None
-    oom_kill: int | None
-    oom_kill_in_window: int | None
-    under_oom: bool | None
-    swap_bytes: int | None
-    memsw_usage_bytes: int | None
-    memsw_limit_bytes: int | None
-    stat: dict[str, int]
+    limit_bytes: int | None = None  # None: no limit
+    usage_pct_of_limit: float | None = None
+    working_set_bytes: int | None = None
+    working_set_pct_of_limit: float | None = None
+    high_bytes: int | None = None
+    peak_bytes: int | None = None
+    failcnt: int | None = None
+    failcnt_in_window: int | None = None
+    events_max: int | None = None
+    events_max_in_window: int | None = None
+    events_high: int | None = None
+    events_high_in_window: int | None = None
+    oom: int | None = None
+    oom_kill: int | None = None
+    oom_kill_in_window: int | None = None
+    under_oom: bool | None = None
+    swap_bytes: int | None = None
+    memsw_usage_bytes: int | None = None
+    memsw_limit_bytes: int | None = None
+    stat: dict[str, int] = {}
 
 
-class IoDeviceReport(msgspec.Struct, kw_only=True):
+class IoDeviceReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     device: str  # MAJ:MIN
-    read_bytes_s: float | None
-    write_bytes_s: float | None
-    reads_s: float | None
-    writes_s: float | None
-    read_bytes: int | None
-    write_bytes: int | None
+    read_bytes_s: float | None = None
+    write_bytes_s: float | None = None
+    reads_s: float | None = None
+    writes_s: float | None = None
+    read_bytes: int | None = None
+    write_bytes: int | None = None
 
 
 class IoReport(msgspec.Struct, kw_only=True):
@@ -88,21 +88,21 @@ class IoReport(msgspec.Struct, kw_only=True):
     devices: list[IoDeviceReport]
 
 
-class PidsReport(msgspec.Struct, kw_only=True):
-    current: int | None
-    limit: int | None  # None: no limit (see max)
+class PidsReport(msgspec.Struct, kw_only=True, omit_defaults=True):
+    current: int | None = None
+    limit: int | None = None  # None: no limit (see max)
     max: str  # "100" or "none"
-    pct_of_limit: float | None
-    events_max: int | None
+    pct_of_limit: float | None = None
+    events_max: int | None = None
 
 
-class PsiReport(msgspec.Struct, kw_only=True):
+class PsiReport(msgspec.Struct, kw_only=True, omit_defaults=True):
     some_avg10: float
     some_avg60: float
-    full_avg10: float | None
-    full_avg60: float | None
-    some_window_pct: float | None
-    full_window_pct: float | None
+    full_avg10: float | None = None
+    full_avg60: float | None = None
+    some_window_pct: float | None = None
+    full_window_pct: float | None = None
 
 
 class CgroupState(msgspec.Struct, kw_only=True):

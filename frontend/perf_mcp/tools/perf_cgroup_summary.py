@@ -33,6 +33,7 @@ from ..cgroup.collect import (
     take_reading,
     task_ticks,
 )
+from ..cgroup.parse import V1_FILES
 from ..cgroup.locate import MAX_PATH_LEN, BadCgroupPath, Hierarchy, hierarchies_for_path, \
     hierarchies_for_process, normalise_cgroup_path, unified
 from ..contract import Finding
@@ -63,6 +64,9 @@ class HierarchyInfo(msgspec.Struct, kw_only=True):
 
 
 class CgroupSummaryData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """A field left out was not readable here (or is empty); hierarchies lists the
+    ones the figures come from (cpu, cpuacct, memory, pids, blkio and v2)."""
+
     summary: str  # one line
     method: str
     target: str
@@ -187,7 +191,8 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         target=target + (f" ({comm})" if comm else ""),
         pid=p.pid, comm=comm, processes=processes, cgroup_version=mounts.version,
         hierarchies=[HierarchyInfo(version=h.version, controllers=list(h.controllers) or ["(unified)"],
-                                   cgroup_path=h.cgroup_path, directory=h.directory) for h in located.hierarchies],
+                                   cgroup_path=h.cgroup_path, directory=h.directory)
+                     for h in located.hierarchies if h.version == "v2" or set(h.controllers) & set(V1_FILES)],
         not_found_in=[h.mount_point for h in located.missing],
         interval_s=state.interval_s, cpu=state.cpu, memory=state.memory, io=state.io, pids=state.pids,
         psi=state.psi, psi_cgroup=v2.cgroup_path if v2 and state.psi else None, findings=state.findings,
