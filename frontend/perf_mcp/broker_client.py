@@ -92,16 +92,18 @@ _NOT_REGISTERED_RE = re.compile(r"[Aa]ction (org\.perfmcp\.[a-z_]+) is not regis
 
 def error_from_reply(reply: ErrorReply, request: Request | None = None) -> ToolError:
     """The ToolError for a broker's ErrorReply. A refusal because polkit does not know
-    the action (its .policy file is not installed) is a set-up error, CAPABILITY_MISSING
-    naming the missing file; any other refusal is PERMISSION_DENIED carrying the grant
-    that was refused (the server lists the tools that work without it)."""
+    the action (its .policy file is not installed) is a set-up error: a message that
+    starts "set-up:" and names the missing file (PERMISSION_DENIED still:
+    like a refusal it ends the broker rungs of a ladder, and the tools that work without
+    the grant work without the file); any other refusal is PERMISSION_DENIED carrying the
+    grant that was refused (the server lists the tools that work without it)."""
     code, suggestion = _BROKER_ERRORS.get(reply.code, (ErrorCode.EXECUTION_FAILED, None))
     job_class = REQUEST_CLASS.get(type(request)) if request is not None else None
     grant = job_class.value if job_class is not None else None
     if reply.code == BrokerErrorCode.PERMISSION_DENIED and (m := _NOT_REGISTERED_RE.search(reply.message)):
-        return ToolError(ErrorCode.CAPABILITY_MISSING,
+        return ToolError(ErrorCode.PERMISSION_DENIED,
                          f"set-up: polkit does not know the action {m.group(1)}: {POLKIT_POLICY_FILE} is missing "
-                         f"(broker: {reply.message})", suggestion=SETUP_POLICY_HINT, recoverable=True)
+                         f"(broker: {reply.message})", suggestion=SETUP_POLICY_HINT, recoverable=True, grant=grant)
     if reply.code == BrokerErrorCode.PERMISSION_DENIED and grant is not None:
         return ToolError(code, f"broker: the '{grant}' grant (polkit action org.perfmcp.{grant}) was refused: "
                          f"{reply.message}", suggestion=suggestion, grant=grant)

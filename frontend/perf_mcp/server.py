@@ -47,7 +47,8 @@ def describe_allowed(prop: dict[str, Any]) -> str:
     if "enum" in prop:
         return "one of " + ", ".join(repr(v) for v in prop["enum"] if v is not None)
     if isinstance(prop.get("type"), list):  # ["integer", "null"]: an optional value
-        return " or ".join(describe_allowed({**prop, "type": t}) for t in prop["type"])
+        return " or ".join(describe_allowed({**prop, "type": t}) if t != "null" else "null (omit it)"
+                           for t in prop["type"])
     if prop.get("type") == "string" and ("pattern" in prop or "maxLength" in prop):
         bits = [f"at most {prop['maxLength']} characters"] if "maxLength" in prop else []
         bits += [f"matching {prop['pattern']}"] if "pattern" in prop else []

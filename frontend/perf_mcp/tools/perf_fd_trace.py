@@ -109,7 +109,7 @@ class _Reader:
         try:
             table, job_id, truncated = await read_via_broker(self.ctx.broker, self.pid)
         except ToolError as err:
-            if err.code == ErrorCode.PERMISSION_DENIED:
+            if err.code == ErrorCode.PERMISSION_DENIED and not err.message.startswith("set-up:"):
                 raise ToolError(ErrorCode.PERMISSION_DENIED,
                                 f"pid {self.pid} belongs to {owner}; reading its fd table needs the broker's "
                                 f"'inspect' grant, which was refused ({err.message})",
