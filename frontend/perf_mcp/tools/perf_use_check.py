@@ -199,7 +199,10 @@ def evaluate(sampler: Sampler, p: Params, storage: Storage | frozenset[str],
     rows = []
     for row in ev.rows:
         since = _since(sampler, row, ev.signals[row.name], step) if row.status != "ok" else None
-        shown = row.checks if p.include_ok else [c for c in row.checks if c.status != "ok" or c.info]
+        # compact: the checks that are not ok (or over an info-only line), without the words the
+        # evidence and the threshold key already give
+        shown = row.checks if p.include_ok else [msgspec.structs.replace(c, metric="", counter="")
+                                                 for c in row.checks if c.status != "ok" or c.info]
         rows.append(msgspec.structs.replace(row, since=since, checks=shown, ok=len(row.checks) - len(shown)))
     for warning in views[0].warnings + views[-1].warnings:
         if warning not in warnings:

@@ -69,15 +69,15 @@ class Check(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     id: str  # "disk.vda.utilisation"
     kind: Kind
-    metric: str
     target: str  # "all CPUs", "vda", "eth0", "memory", "/"
     value: float | None
     unit: str
     status: Status
+    metric: str = ""  # what is compared, for people (left out of perf_use_check's compact table)
     threshold: str | None = None  # key of the row in thresholds.THRESHOLDS
     warning: float | None = None
     critical: float | None = None
-    counter: str = ""  # where the value comes from
+    counter: str = ""  # where the value comes from (left out of the compact table: the evidence has it)
     detail: str = ""
     info: bool = False  # over an info-only limit (swap in use): said, not judged
 
@@ -362,7 +362,7 @@ def memory_signals(w: Window, th: Thresholds) -> tuple[list[Signal], str]:
                        counter=counter + " (per second over the window)")
         signals.append(_threshold_signal(rate_row, check,
                                          lambda o, n, f=fld: metrics.vmstat_rate(o, n, f)))  # type: ignore[misc]
-        if value:
+        if value is not None and value >= 1:
             parts.append(f"{value:.0f} {rate_row.metric.split(' (')[0]}/s")
     signals += _psi_signals(w, th, "memory")
     oom = _oom_kills(w)
@@ -405,8 +405,8 @@ def disk_signals(w: Window, th: Thresholds) -> tuple[list[Signal], str]:
         if worst is None or util > worst[0]:
             worst = (util, dev)
         parallel = w.parallel(dev)
-        util_detail = (f"not saturation on {dev}: it serves requests in parallel ({parallel}), so await and "
-                       "aqu-sz judge it" if parallel else "")
+        util_detail = (f"not saturation: {dev} serves requests in parallel ({parallel}); await and aqu-sz "
+                       "judge it" if parallel else "")
         check = _check(util_row, id=f"disk.{dev}.utilisation", kind="utilisation", target=dev, value=util,
                        counter="/proc/diskstats io_ticks (%util as iostat -x)", detail=util_detail,
                        judged=parallel is None)
@@ -754,8 +754,8 @@ def disk_findings(signals: list[Signal], fc: FindingContext) -> list[Finding]:
         saturated = any(c.kind == "saturation" for c in breaches)
         if parallel:
             title = f"Disk {dev} saturated: requests wait (await and queue)"
-            extra = (f"%util {util.value:g}% is not the measure here: {util.detail}" if util is not None and
-                     util.value is not None else "")
+            extra = (f"%util {util.value:g}% is not the measure here ({util.detail.split('; ')[0]})"
+                     if util is not None and util.value is not None else "")
         else:
             title = f"Disk {dev} {'saturated: requests queue' if saturated else 'busy'}"
             extra = ""
