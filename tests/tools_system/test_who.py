@@ -3,9 +3,9 @@ frontend running as perfmcp-granted and as perfmcp-denied, and a real root broke
 
 Known load, started by the test as root (another user for both frontends), each process
 the workload itself (Popen of python, no wrapper), marked by an argument:
-- two identical CPU burners (`while True: pass`): two rows with their own pids, each within
-  12 points of its CPU % read from /proc by the test over about the same window (100% on an
-  idle machine; other tests share the 2 CPUs, so the reference is measured, not assumed);
+- two identical CPU burners (`while True: pass`, nice -5): two rows with their own pids, each
+  within 12 points (or 30%) of its CPU % read from /proc by the test over about the same window
+  (100% on an idle machine; other tests share the 2 CPUs, so the reference is measured);
 - a memory holder that touched 300 MiB: RSS 300-360 MiB (the interpreter adds ~10 MiB);
 - a writer that pwrite()s 256 KiB blocks over a 16 MiB file in /var/tmp and fdatasyncs
   each, paced at 2 MiB/s: write_bps 1-3 MiB/s for the granted user (the broker's ProcessIo
@@ -64,8 +64,9 @@ WRITER = textwrap.dedent(f"""
 """)
 
 
-def _start(script: Path, *args: str, ready: bool = False) -> subprocess.Popen[bytes]:
+def _start(script: Path, *args: str, ready: bool = False, nice: int = 0) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen([sys.executable, script, *args], stdin=subprocess.DEVNULL,
+                            preexec_fn=(lambda: os.nice(nice)) if nice else None,  # noqa: PLW1509
                             stdout=subprocess.PIPE if ready else subprocess.DEVNULL, cwd="/")
     if ready:
         assert proc.stdout is not None and proc.stdout.readline() == b"ready\n"
@@ -80,8 +81,9 @@ def load() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     try:
         for name, code in (("burner", BURNER), ("holder", HOLDER), ("writer", WRITER)):
             (scripts / f"{name}.py").write_text(code)
-        procs["burner_a"] = _start(scripts / "burner.py", "pmcp-who-burner")
-        procs["burner_b"] = _start(scripts / "burner.py", "pmcp-who-burner")
+        # nice -5: the burners keep a clear share of the 2 CPUs while other tests load them
+        procs["burner_a"] = _start(scripts / "burner.py", "pmcp-who-burner", nice=-5)
+        procs["burner_b"] = _start(scripts / "burner.py", "pmcp-who-burner", nice=-5)
         procs["holder"] = _start(scripts / "holder.py", "pmcp-who-holder", ready=True)
         procs["writer"] = _start(scripts / "writer.py", str(target), ready=True)
         yield procs
@@ -155,7 +157,7 @@ def test_cpu_burners_are_named_with_their_own_pids(who: str, answers, load) -> N
         assert r["user"] == "root" and r["command"].endswith("pmcp-who-burner"), r
         # against /proc over about the same window (the share moves with other tests' load)
         truth = answers[who]["truth_cpu"][pid]
-        assert 5 <= r["cpu_pct"] <= 105 and abs(r["cpu_pct"] - truth) <= 12, (r, truth)
+        assert 5 <= r["cpu_pct"] <= 105 and abs(r["cpu_pct"] - truth) <= max(12, 0.3 * truth), (r, truth)
     assert len(set(pids)) == 2 and "top CPU: " in data["summary"]
 
 

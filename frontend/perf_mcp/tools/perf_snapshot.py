@@ -329,7 +329,8 @@ class ProcessEntry(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class Processes(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """Top processes; each ranking lists pids into ``rows`` (one row per process)."""
+    """Top processes; each ranking lists pids into ``rows`` (one row per process). Listed: CPU >= 1%,
+    disk >= 4 KiB/s, RSS >= 0.5% of RAM and fds >= 64 (the first of those two always)."""
 
     window_s: float
     rows: list[ProcessEntry]
@@ -655,9 +656,13 @@ def squeeze(obj: object) -> None:
 # ---------------------------------------------------------------- processes
 
 PROCESS_WINDOW_S = 10.0
-MIN_CPU_PCT = 0.5
-MIN_DISK_BPS = 1024.0
+# Say less: entries below these are not listed (the first of the memory and fds rankings always is).
+MIN_CPU_PCT = 1.0
+MIN_DISK_BPS = 4096.0
+MIN_RSS_SHARE = 0.005  # of physical memory
+MIN_FDS = 64
 COMMAND_CAP = 80
+PHYS_MB = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def processes_section(a: Attribution) -> Processes:
@@ -666,11 +671,11 @@ def processes_section(a: Attribution) -> Processes:
     without the inspect grant)."""
     rows: dict[int, ProcessEntry] = {}
 
-    def ids(lst: list[ProcessRow], key: str, floor: float) -> list[int]:
-        out = []
+    def ids(lst: list[ProcessRow], key: str, floor: float, keep_first: bool = False) -> list[int]:
+        out: list[int] = []
         for r in lst:
             value = getattr(r, key)
-            if value is None or value < floor:
+            if value is None or (value < floor and not (keep_first and not out)):
                 continue
             out.append(r.pid)
             if r.pid not in rows:
@@ -682,9 +687,10 @@ def processes_section(a: Attribution) -> Processes:
         return out
 
     rankings = {
-        "cpu": ids(a.cpu, "cpu_pct", MIN_CPU_PCT), "memory": ids(a.memory, "rss_mb", 0.1),
+        "cpu": ids(a.cpu, "cpu_pct", MIN_CPU_PCT),
+        "memory": ids(a.memory, "rss_mb", MIN_RSS_SHARE * PHYS_MB, keep_first=True),
         "disk_read": ids(a.disk_read, "read_bps", MIN_DISK_BPS),
-        "disk_write": ids(a.disk_write, "write_bps", MIN_DISK_BPS), "fds": ids(a.fds, "fds", 1),
+        "disk_write": ids(a.disk_write, "write_bps", MIN_DISK_BPS), "fds": ids(a.fds, "fds", MIN_FDS, keep_first=True),
     }
     return Processes(window_s=a.window_s, rows=list(rows.values()), notes=a.notes, **rankings)
 
