@@ -122,8 +122,13 @@ class V1Cgroup:
         return self.stat("v2", "memory.events")["oom_kill"]
 
     def no_swap(self) -> None:
-        """v2: no swap for this cgroup (memory.swap.max 0), so a hog meets the OOM killer."""
-        if "memory" not in self.dirs and (self.dirs["v2"] / "memory.swap.max").exists():
+        """No swap for this cgroup, so a hog meets the OOM killer even while another test
+        has swap on: v1 memory.swappiness 0 (the cgroup's own reclaim scans page cache
+        only; a memsw limit would be hit first and count in memsw.failcnt instead);
+        v2 memory.swap.max 0."""
+        if "memory" in self.dirs:
+            self.write("memory", "memory.swappiness", "0")
+        elif (self.dirs["v2"] / "memory.swap.max").exists():
             self.write("v2", "memory.swap.max", "0")
 
     def directories(self) -> set[str]:
