@@ -67,7 +67,25 @@ BROKER_MODULES = (
 _NOT_FILES = ("/dev/", "/proc/", "/sys/", "/memfd:", "/SYSV")
 
 
-class Target:
+class _Value:
+    """Equal, hashed and shown by its fields (its __slots__)."""
+
+    __slots__ = ()
+
+    def _key(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and self._key() == other._key()
+
+    def __hash__(self) -> int:
+        return hash(self._key())
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}{self._key()!r}"
+
+
+class Target(_Value):
     """One thing the broker trusts, and why ("executes", "imports", "reads as configuration")."""
 
     __slots__ = ("path", "why", "contents_matter", "owners")
@@ -78,20 +96,8 @@ class Target:
         self.contents_matter = contents_matter  # a directory nobody else may add files to
         self.owners = owners
 
-    def _key(self) -> tuple:
-        return (self.path, self.why, self.contents_matter, self.owners)
 
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Target) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return f"Target({self.path!r}, {self.why!r}, contents_matter={self.contents_matter})"
-
-
-class Problem:
+class Problem(_Value):
     """A path (the target itself or one of its parents) that others could change."""
 
     __slots__ = ("path", "target", "why", "reason")
@@ -101,18 +107,6 @@ class Problem:
         self.target = target
         self.why = why
         self.reason = reason
-
-    def _key(self) -> tuple:
-        return (self.path, self.target, self.why, self.reason)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Problem) and self._key() == other._key()
-
-    def __hash__(self) -> int:
-        return hash(self._key())
-
-    def __repr__(self) -> str:
-        return f"Problem({self.path!r}, {self.target!r}, {self.why!r}, {self.reason!r})"
 
     def __str__(self) -> str:
         via = "" if self.path == self.target else f" (a parent of {self.target})"

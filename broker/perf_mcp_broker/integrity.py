@@ -33,25 +33,8 @@ from collections.abc import Iterable
 # The rule itself and this process's view of what it runs and imports live in boot.py,
 # which every launcher copies so that it can check before anything is imported.
 from .boot import (  # noqa: F401  (re-exported: the broker's one integrity module)
-    ROOT,
-    Checker,
-    ImportGuard,
-    ImportRefused,
-    Problem,
-    Target,
-    check,
-    executed_targets,
-    guard_process,
-    guarded,
-    import_targets,
-    install_guard,
-    interpreter_config,
-    launcher_path,
-    mode_problem,
-    module_files,
-    parse_mapped_files,
+    ROOT, Problem, Target, check, executed_targets, guarded, import_targets, launcher_path, parse_mapped_files,
     refusal_message,
-    spec_targets,
 )
 
 # What polkitd reads to decide on our actions (see polkit/ in the source tree).

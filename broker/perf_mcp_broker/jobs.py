@@ -461,19 +461,24 @@ def cache_bpftrace_info(programs: dict[str, str]) -> bytes:
     return out
 
 
+def _read(name: str, argv: list[str], started: float, stdout: bytes = b"", *, truncated: bool = False,
+          exit_status: int | None = 0, stderr: bytes = b"") -> StepResult:
+    """The result of a job the broker answers by reading, as if a program had run."""
+    return StepResult(name=name, argv=argv, exit_status=exit_status, signal=None, stdout=stdout, stderr=stderr,
+                      stdout_truncated=truncated, stderr_truncated=False, timed_out=False,
+                      wall_s=round(time.monotonic() - started, 3))
+
+
 def read_tool_features(req: ToolFeatures, cap: int) -> StepResult:
     info = _bpftrace_info or b""
-    return StepResult(name="bpftrace_info", argv=["bpftrace", "--info"], exit_status=0 if info else None, signal=None,
-                      stdout=info[:cap], stderr=b"", stdout_truncated=len(info) > cap, stderr_truncated=False,
-                      timed_out=False, wall_s=0.0)
+    return _read("bpftrace_info", ["bpftrace", "--info"], time.monotonic(), info[:cap], truncated=len(info) > cap,
+                 exit_status=0 if info else None)
 
 
 def _reader_refused(name: str, paths: list[str], started: float, exc: OSError) -> StepResult:
     """A read the kernel refused: exit status 1 and the reason on stderr (a typed answer, not INTERNAL)."""
-    return StepResult(name=name, argv=["read", *paths], exit_status=1, signal=None, stdout=b"",
-                      stderr=f"{exc.strerror or exc}: the kernel refused the read".encode(),
-                      stdout_truncated=False, stderr_truncated=False, timed_out=False,
-                      wall_s=round(time.monotonic() - started, 3))
+    return _read(name, ["read", *paths], started, exit_status=1,
+                 stderr=f"{exc.strerror or exc}: the kernel refused the read".encode())
 
 
 def read_fd_table(req: FdTable, cap: int) -> StepResult:
@@ -503,18 +508,7 @@ def read_fd_table(req: FdTable, cap: int) -> StepResult:
             truncated = True
             break
         out += line
-    return StepResult(
-        name="fd_table",
-        argv=["readlink", f"{base}/fd/*", f"{base}/limits"],
-        exit_status=0,
-        signal=None,
-        stdout=bytes(out),
-        stderr=b"",
-        stdout_truncated=truncated,
-        stderr_truncated=False,
-        timed_out=False,
-        wall_s=round(time.monotonic() - started, 3),
-    )
+    return _read("fd_table", ["readlink", f"{base}/fd/*", f"{base}/limits"], started, bytes(out), truncated=truncated)
 
 
 def read_process_io(req: ProcessIo, cap: int) -> StepResult:
