@@ -146,4 +146,4 @@ def row(data: dict[str, Any], name: str) -> dict[str, Any]:
 
 def checks(r: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The checks a row lists (those not ok, or every one with include_ok=true)."""
-    return {c["id"]: c for c in r.get("checks", [])}
+    return {c["id"]: c for kind in ("utilisation", "saturation", "errors") for c in r.get(kind, [])}

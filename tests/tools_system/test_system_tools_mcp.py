@@ -282,7 +282,7 @@ async def test_use_check_table_and_the_design_thresholds(
     assert sources["memory.swap_used_pct"].startswith("DESIGN.md (info only")
     assert data["thresholds_source"].startswith("defaults")
     assert data["requested_window_s"] == 10 and 1.5 <= data["window_s"] <= 4
-    cpu = {c["id"]: c for r in data["table"] if r["name"] == "cpu" for c in r["checks"]}
+    cpu = {c["id"]: c for r in data["table"] if r["name"] == "cpu" for kind in ("utilisation", "saturation", "errors") for c in r.get(kind, [])}
     assert cpu["cpu.utilisation"]["warning"] == 70 and cpu["cpu.utilisation"]["critical"] == 90
     ncpu = os.cpu_count() or 1
     assert cpu["cpu.run_queue"]["warning"] == ncpu and cpu["cpu.run_queue"]["critical"] == 2 * ncpu
@@ -290,7 +290,7 @@ async def test_use_check_table_and_the_design_thresholds(
     # thresholds' boundaries are proven with synthetic samples in test_use_rules.py).
     meminfo = {ln.split(":")[0]: int(ln.split()[1]) for ln in Path("/proc/meminfo").read_text().splitlines()}
     avail_pct = 100 * meminfo["MemAvailable"] / meminfo["MemTotal"]
-    mem = {c["id"]: c for r in data["table"] if r["name"] == "memory" for c in r["checks"]}
+    mem = {c["id"]: c for r in data["table"] if r["name"] == "memory" for kind in ("utilisation", "saturation", "errors") for c in r.get(kind, [])}
     avail = next(c for c in mem.values() if (c["threshold"] or "").endswith("available_pct"))
     assert abs(avail["value"] - avail_pct) < 3, (avail, avail_pct)
     assert (avail["warning"], avail["critical"]) == (20, 10)
@@ -326,7 +326,7 @@ async def test_threshold_override_file(test_users: helpers.TestUsers, no_broker_
     assert (rows["network.retransmit_pct"]["warning"], rows["network.retransmit_pct"]["critical"]) == (1.0, 5.0)
     assert any("network.retransmit_pct" in w and "must be" in w for w in env["warnings"]), env["warnings"]
     assert any("nosuch.row" in w for w in env["warnings"]), env["warnings"]
-    util = next(c for r in data["table"] if r["name"] == "cpu" for c in r["checks"] if c["id"] == "cpu.utilisation")
+    util = next(c for r in data["table"] if r["name"] == "cpu" for kind in ("utilisation", "saturation", "errors") for c in r.get(kind, []) if c["id"] == "cpu.utilisation")
     assert util["warning"] == 0.0 and util["status"] == ("ok" if util["value"] == 0 else "warning" if
                                                          util["value"] <= 99.5 else "critical")
     if util["status"] != "ok":  # a cpu finding that comes from the override

@@ -354,6 +354,6 @@ async def test_the_answer_is_small_on_a_quiet_machine(
     assert list(data)[0] == "summary" and "\n" not in data["summary"]
     assert "thresholds" not in data and "thresholds" in ok_data(full)
     for r in data["table"]:  # ok checks are counted, not listed
-        assert all(c["status"] != "ok" or c.get("info") for c in r.get("checks", [])), r
+        assert all(c["status"] != "ok" or c.get("info") for c in checks(r).values()), r
     if not busy:  # the goal holds on a quiet machine (a busy shared one prints its figure above)
         assert envelope < 4096, envelope

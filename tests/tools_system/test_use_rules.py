@@ -164,7 +164,7 @@ def test_a_busy_saturated_cpu_is_one_critical_finding_with_its_evidence() -> Non
     ev = rules.evaluate(window(a, b), TH, FC)
     cpu = ev.rows[0]
     assert cpu.name == "cpu" and cpu.status == "critical"
-    checks = {c.id: c for c in cpu.checks}
+    checks = {c.id: c for c in cpu.all_checks()}
     assert checks["cpu.utilisation"].value == 95.0 and checks["cpu.utilisation"].status == "critical"
     assert checks["cpu.run_queue"].value == 3.0  # mean of 1-1 and 7-1
     assert checks["cpu.run_queue"].status == "warning"  # 3 > 2 cores, not > 4
@@ -184,7 +184,7 @@ def test_memory_short_and_swap() -> None:
     b = snap(10.0, meminfo=meminfo(1000, 150, 100, 40))  # 15% available, 60% of swap used
     ev = rules.evaluate(window(a, b), TH, FC)
     mem = ev.rows[1]
-    checks = {c.id: c for c in mem.checks}
+    checks = {c.id: c for c in mem.all_checks()}
     assert checks["memory.available"].status == "warning"
     # swap in use is information: over its limits, said (info) but not a warning by itself
     assert checks["memory.swap_used"].status == "ok" and checks["memory.swap_used"].info
@@ -213,9 +213,9 @@ def test_disks_are_judged_whole_and_partitions_are_not() -> None:
                                        {"sda": 30_000, "sda1": 99_000, "loop3": 0}))
     ev = rules.evaluate(window(a, b, frozenset({"sda", "loop3"})), TH, FC)
     disk = ev.rows[2]
-    targets = {c.target for c in disk.checks if c.kind == "utilisation"}
+    targets = {c.target for c in disk.all_checks() if c.kind == "utilisation"}
     assert targets == {"sda"}  # sda1 is a partition, loop3 an idle loop device
-    checks = {c.id: c for c in disk.checks}
+    checks = {c.id: c for c in disk.all_checks()}
     assert checks["disk.sda.utilisation"].value == 85.0 and checks["disk.sda.utilisation"].status == "critical"
     assert checks["disk.sda.saturation"].value == 3.0 and checks["disk.sda.saturation"].status == "warning"
     f = next(f for f in ev.findings if f.resource == "disk")
@@ -227,7 +227,7 @@ def test_network_drops_and_retransmits_need_enough_segments() -> None:
     few = snap(10.0, net_dev=netdev(10), snmp=snmp(1050, 20))  # 1 drop/s; 20 of 50 segments
     ev = rules.evaluate(window(a, few), TH, FC)
     net = ev.rows[3]
-    checks = {c.id: c for c in net.checks}
+    checks = {c.id: c for c in net.all_checks()}
     assert checks["network.eth0.drops"].status == "warning" and checks["network.lo.drops"].status == "ok"
     retrans = checks["network.tcp.retransmits"]
     assert retrans.value == 40.0 and retrans.status == "ok" and retrans.info and "too few" in retrans.detail
@@ -254,7 +254,7 @@ def test_a_cgroup_near_its_limit() -> None:
     ev = rules.evaluate(window(a, a), TH, FC, cg)
     row = ev.rows[-1]
     assert row.resource == "cgroup" and row.status == "critical"
-    checks = {c.id: c for c in row.checks}
+    checks = {c.id: c for c in row.all_checks()}
     assert checks["cgroup.memory.available"].value == 5.0 and checks["cgroup.cpu.utilisation"].value == 98.0
     assert checks["cgroup.cpu.throttled"].value == 80.0 and checks["cgroup.memory.failcnt"].value == 7
     f = next(f for f in ev.findings if f.resource == "cgroup")
@@ -321,7 +321,7 @@ def test_one_hot_cpu_while_the_others_have_room_is_a_single_thread_finding() -> 
     # cpu2 fully busy, the other three 10%: the mean (32.5%) hides it
     b = snap(10.0, stat=per_cpu_stat([(100, 900), (100, 900), (1000, 0), (100, 900)]))
     ev = rules.evaluate(window(a, b), TH, FC)
-    checks = {c.id: c for c in ev.rows[0].checks}
+    checks = {c.id: c for c in ev.rows[0].all_checks()}
     assert checks["cpu.utilisation"].value == 32.5 and checks["cpu.utilisation"].status == "ok"
     single = checks["cpu.single_cpu"]
     assert (single.target, single.value, single.status) == ("cpu2", 100.0, "warning")
@@ -331,7 +331,7 @@ def test_one_hot_cpu_while_the_others_have_room_is_a_single_thread_finding() -> 
     # every CPU busy: the hot CPU is not a single-thread story; the utilisation row judges
     busy = snap(10.0, stat=per_cpu_stat([(800, 200), (900, 100), (1000, 0), (800, 200)]))
     ev = rules.evaluate(window(a, busy), TH, FC)
-    checks = {c.id: c for c in ev.rows[0].checks}
+    checks = {c.id: c for c in ev.rows[0].all_checks()}
     assert checks["cpu.single_cpu"].status == "ok" and "not judged alone" in checks["cpu.single_cpu"].detail
     assert [f.id for f in ev.findings if f.resource == "cpu"] == ["use.cpu"]
 
@@ -342,19 +342,19 @@ def test_steal_is_judged_in_a_vm() -> None:
     w = window(a, b)
     w.vm = True
     ev = rules.evaluate(w, TH, FC)
-    steal = next(c for c in ev.rows[0].checks if c.id == "cpu.steal")
+    steal = next(c for c in ev.rows[0].all_checks() if c.id == "cpu.steal")
     assert (steal.value, steal.status) == (15.0, "warning")
     f = next(f for f in ev.findings if f.id == "use.cpu.steal")
     assert f.next is not None and f.next.tool == "perf_snapshot" and f.next.arguments == {"include_per_cpu": True}
     w.vm = False  # not a VM: no steal check at all
-    assert not any(c.id == "cpu.steal" for c in rules.evaluate(w, TH, FC).rows[0].checks)
+    assert not any(c.id == "cpu.steal" for c in rules.evaluate(w, TH, FC).rows[0].all_checks())
 
 
 def test_swapping_from_recorded_vmstat_is_a_memory_finding() -> None:
     a = snap(0.0, vmstat=(FIXTURES / "vmstat_swapping.0").read_bytes(), meminfo=meminfo(1000, 900, 100, 50))
     b = snap(8.0, vmstat=(FIXTURES / "vmstat_swapping.1").read_bytes(), meminfo=meminfo(1000, 900, 100, 50))
     ev = rules.evaluate(window(a, b), TH, FC)
-    checks = {c.id: c for c in ev.rows[1].checks}
+    checks = {c.id: c for c in ev.rows[1].all_checks()}
     assert checks["memory.swap_in"].value == round(471176 / 8, 2) and checks["memory.swap_in"].status == "critical"
     assert checks["memory.swap_out"].value == round(491677 / 8, 2) and checks["memory.swap_out"].status == "critical"
     assert checks["memory.major_faults"].value == round((94832 - 25299) / 8, 2)
@@ -369,7 +369,7 @@ def test_direct_reclaim_from_recorded_vmstat_is_a_memory_finding() -> None:
     a = snap(0.0, vmstat=(FIXTURES / "vmstat_reclaim.0").read_bytes(), meminfo=meminfo(1000, 900))
     b = snap(10.0, vmstat=(FIXTURES / "vmstat_reclaim.1").read_bytes(), meminfo=meminfo(1000, 900))
     ev = rules.evaluate(window(a, b), TH, FC)
-    checks = {c.id: c for c in ev.rows[1].checks}
+    checks = {c.id: c for c in ev.rows[1].all_checks()}
     assert (checks["memory.direct_reclaim"].value, checks["memory.direct_reclaim"].status) == (4000.0, "warning")
     assert (checks["memory.allocstall"].value, checks["memory.allocstall"].status) == (12.0, "warning")
     assert checks["memory.swap_in"].value == 0 and checks["memory.swap_in"].status == "ok"
@@ -387,7 +387,7 @@ def test_util_near_100_on_a_parallel_disk_is_not_saturation_await_and_queue_lead
     calm = snap(10.0, diskstats=(disk_line("vda", 1000, 1000, 10_000, 1000)
                                  + disk_line("sda", 1000, 1000, 10_000, 1000)).encode())
     ev = rules.evaluate(window(a, calm, frozenset({"vda", "sda"})), TH, FC)
-    checks = {c.id: c for c in ev.rows[2].checks}
+    checks = {c.id: c for c in ev.rows[2].all_checks()}
     vda = checks["disk.vda.utilisation"]
     assert vda.value == 100.0 and vda.status == "ok" and vda.info and "not saturation" in vda.detail
     assert checks["disk.sda.utilisation"].status == "critical"  # sd*: one queue, %util judged
@@ -408,7 +408,7 @@ def test_util_near_100_on_a_parallel_disk_is_not_saturation_await_and_queue_lead
     w = window(a, calm, frozenset({"vda"}))
     w.disk_queues = {"vda": capacity.judge_queue("vda", None, 1, 128, True, False)}
     w.disk_queues = {"vda": msgspec.structs.replace(w.disk_queues["vda"], parallel=False)}
-    assert next(c for c in rules.evaluate(w, TH, FC).rows[2].checks
+    assert next(c for c in rules.evaluate(w, TH, FC).rows[2].all_checks()
                 if c.id == "disk.vda.utilisation").status == "critical"
 
 
@@ -457,7 +457,7 @@ def test_filesystem_capacity_rows_and_findings() -> None:
     w.filesystems = [full, noinodes, inodes, hidden]
     ev = rules.evaluate(w, TH, FC)
     fs = next(r for r in ev.rows if r.name == "filesystem")
-    checks = {c.id: c for c in fs.checks}
+    checks = {c.id: c for c in fs.all_checks()}
     assert fs.resource == "disk" and fs.status == "critical"
     assert checks["fs./.space"].status == "critical" and checks["fs./.inodes"].status == "ok"
     assert "fs./data.inodes" not in checks and checks["fs./data.space"].status == "ok"
@@ -480,8 +480,8 @@ def test_a_value_that_could_not_be_measured_is_unknown_never_ok() -> None:
     for name in ("cpu", "memory", "disk", "network"):
         row = by_name[name]
         assert row.status == "unknown", (name, row)
-        assert all(c.status == "unknown" for c in row.checks if c.value is None), row.checks
-    cpu = {c.id: c for c in by_name["cpu"].checks}
+        assert all(c.status == "unknown" for c in row.all_checks() if c.value is None), row.all_checks()
+    cpu = {c.id: c for c in by_name["cpu"].all_checks()}
     assert cpu["cpu.utilisation"].status == "unknown" and cpu["psi.cpu.some"].status == "unknown"
     assert not [f for f in ev.findings if f.severity != "info"]
 

@@ -54,6 +54,10 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
 
 
 class UseCheckData(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """The USE table: a row per resource with its utilisation, saturation and
+    errors checks (by default only those that are not ok; `ok` counts the
+    others), the findings, and the thresholds when asked."""
+
     summary: str  # one line
     status: str  # worst row status: ok, warning, critical, or unknown (something could not be measured)
     window_s: float  # actual
@@ -199,11 +203,15 @@ def evaluate(sampler: Sampler, p: Params, storage: Storage | frozenset[str],
     rows = []
     for row in ev.rows:
         since = _since(sampler, row, ev.signals[row.name], step) if row.status != "ok" else None
-        # compact: the checks that are not ok (or over an info-only line), without the words the
-        # evidence and the threshold key already give
-        shown = row.checks if p.include_ok else [msgspec.structs.replace(c, metric="", counter="")
-                                                 for c in row.checks if c.status != "ok" or c.info]
-        rows.append(msgspec.structs.replace(row, since=since, checks=shown, ok=len(row.checks) - len(shown)))
+        if p.include_ok:
+            rows.append(msgspec.structs.replace(row, since=since))
+            continue
+        # compact: the checks that are not ok (or over an info-only line), without the metric's
+        # words (the threshold key names it)
+        lists = {kind: [msgspec.structs.replace(c, metric="") for c in getattr(row, kind)
+                        if c.status != "ok" or c.info] for kind in ("utilisation", "saturation", "errors")}
+        shown = sum(len(v) for v in lists.values())
+        rows.append(msgspec.structs.replace(row, since=since, ok=len(row.all_checks()) - shown, **lists))
     for warning in views[0].warnings + views[-1].warnings:
         if warning not in warnings:
             warnings.append(warning)

@@ -92,16 +92,22 @@ class StateSince(msgspec.Struct, kw_only=True):
 
 
 class UseRow(msgspec.Struct, kw_only=True, omit_defaults=True):
-    """One resource. `checks` holds every check here; perf_use_check keeps
-    only those that are not ok unless asked, and counts the rest in `ok`."""
+    """One resource: its checks by USE kind. The rules give every check;
+    perf_use_check keeps only those that are not ok unless asked, and counts
+    the rest in `ok` (an empty list is left out of the answer)."""
 
     resource: Resource
     name: str  # "cpu", "memory", "disk", "filesystem", "network", "cgroup memory:/x"
     status: Status
     detail: str
-    checks: list[Check] = []
-    ok: int = 0  # ok checks left out of `checks`
+    utilisation: list[Check] = []
+    saturation: list[Check] = []
+    errors: list[Check] = []
+    ok: int = 0  # ok checks left out of the lists
     since: StateSince | None = None
+
+    def all_checks(self) -> list[Check]:
+        return self.utilisation + self.saturation + self.errors
 
 
 class CgroupState(msgspec.Struct, kw_only=True):
@@ -223,7 +229,8 @@ def _worst(checks: Sequence[Check]) -> Status:
 
 def _row(resource: Resource, name: str, signals: list[Signal], detail: str) -> UseRow:
     checks = [s.check for s in signals]
-    return UseRow(resource=resource, name=name, status=_worst(checks), detail=detail, checks=checks)
+    by_kind = {k: [c for c in checks if c.kind == k] for k in ("utilisation", "saturation", "errors")}
+    return UseRow(resource=resource, name=name, status=_worst(checks), detail=detail, **by_kind)
 
 
 def _psi_signals(w: Window, th: Thresholds, resource: str) -> list[Signal]:
