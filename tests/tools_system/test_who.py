@@ -1,12 +1,13 @@
 """perf_snapshot names who is using the machine: through the real MCP client, with the real
 frontend running as perfmcp-granted and as perfmcp-denied, and a real root broker.
 
-Known load, started by the test as root (another user for both frontends), each process
+Known load, started by the test as root (another user for both frontends) unless said, each process
 the workload itself (Popen of python, no wrapper), marked by an argument:
 - two identical CPU burners (`while True: pass`, nice -5): two rows with their own pids, each
   within 12 points (or 30%) of its CPU % read from /proc by the test over about the same window
   (100% on an idle machine; other tests share the 2 CPUs, so the reference is measured);
-- a memory holder that touched 300 MiB: RSS 300-360 MiB (the interpreter adds ~10 MiB);
+- a memory holder that touched 300 MiB, run as perfmcp-granted through setpriv: RSS 300-360 MiB
+  (the interpreter adds ~10 MiB), user perfmcp-granted for both frontends;
 - a writer that pwrite()s 256 KiB blocks over a 16 MiB file in /var/tmp and fdatasyncs
   each, paced at 2 MiB/s: write_bps 1-3 MiB/s for the granted user (the broker's ProcessIo
   read), with its fd count equal to /proc/PID/fd; for the denied user it cannot be seen,
@@ -74,7 +75,7 @@ def _start(script: Path, *args: str, ready: bool = False, nice: int = 0) -> subp
 
 
 @pytest.fixture(scope="module")
-def load() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
+def load(test_users: helpers.TestUsers) -> Iterator[dict[str, subprocess.Popen[bytes]]]:
     target = Path("/var/tmp") / f"pmcp-who-{os.getpid()}"
     scripts = helpers.make_shared_tmpdir("pmcp-who-")
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -84,7 +85,10 @@ def load() -> Iterator[dict[str, subprocess.Popen[bytes]]]:
         # nice -5: the burners keep a clear share of the 2 CPUs while other tests load them
         procs["burner_a"] = _start(scripts / "burner.py", "pmcp-who-burner", nice=-5)
         procs["burner_b"] = _start(scripts / "burner.py", "pmcp-who-burner", nice=-5)
-        procs["holder"] = _start(scripts / "holder.py", "pmcp-who-holder", ready=True)
+        # the holder as perfmcp-granted through setpriv (it changes uid, then execs: same pid)
+        procs["holder"] = helpers.spawn_as(test_users.granted, [sys.executable, scripts / "holder.py",
+                                                                "pmcp-who-holder"], stdout=subprocess.PIPE)
+        assert procs["holder"].stdout is not None and procs["holder"].stdout.readline() == b"ready\n"
         procs["writer"] = _start(scripts / "writer.py", str(target), ready=True)
         yield procs
     finally:
@@ -159,6 +163,8 @@ def test_cpu_burners_are_named_with_their_own_pids(who: str, answers, load) -> N
         truth = answers[who]["truth_cpu"][pid]
         assert 5 <= r["cpu_pct"] <= 105 and abs(r["cpu_pct"] - truth) <= max(12, 0.3 * truth), (r, truth)
     assert len(set(pids)) == 2 and "top CPU: " in data["summary"]
+    # perf-mcp's own processes (both frontends, the broker) are left out of the rankings
+    assert not [r for r in rows.values() if "bin/perf-mcp" in r["command"]], rows
 
 
 @pytest.mark.parametrize("who", ["granted", "denied"])
@@ -167,7 +173,7 @@ def test_memory_holder_is_named_with_its_rss(who: str, answers, load) -> None:
     pid = load["holder"].pid
     assert pid in data["processes"].get("memory", [])
     r = rows_of(data)[pid]
-    assert r["user"] == "root" and r["command"].endswith("pmcp-who-holder")
+    assert r["user"] == "perfmcp-granted" and r["command"].endswith("pmcp-who-holder")
     assert HOLD_MIB <= r["rss_mb"] <= HOLD_MIB + 60, r
 
 

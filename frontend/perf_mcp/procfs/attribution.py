@@ -237,7 +237,8 @@ class ProcessTable:
             starttime, cpu, rss, comm = fields
             procs[pid] = (starttime, cpu, rss)
             m = meta.get(pid)
-            if m is None or m.starttime != starttime:
+            # a new process, or an exec since (new comm: setpriv, a setuid program): owner looked up again
+            if m is None or m.starttime != starttime or m.comm != comm:
                 try:
                     uid = os.stat(f"{root}/{name}").st_uid
                 except OSError:
@@ -509,8 +510,13 @@ async def attribute(ctx: ToolContext, *, window_s: float = 10.0, top_n: int = 5)
     for f in {f.pid: f for lst in tops.values() for f in lst}.values():
         m = table.meta.get(f.pid)
         comm = m.comm if m else b"?"
+        try:  # the owner now (a process may have changed its uid since it was first seen)
+            uid: int | None = os.stat(f"{table.proc_root}/{f.pid}").st_uid
+        except OSError:
+            uid = m.uid if m else None
         rows[f.pid] = ProcessRow(
-            pid=f.pid, user=user_name(m.uid) if m else "?", command=command_of(f.pid, comm, table.proc_root),
+            pid=f.pid, user=user_name(uid) if uid is not None else "?",
+            command=command_of(f.pid, comm, table.proc_root),
             cgroup=cgroup_of(f.pid, table.proc_root),
             cpu_pct=None if f.cpu_pct is None else round(f.cpu_pct, 1),
             rss_mb=None if f.rss is None else round(f.rss / 2**20, 1),
