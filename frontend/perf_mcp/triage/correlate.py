@@ -42,7 +42,7 @@ from .collectors import Observations
 from .model import Culprit, RootCause
 
 SINGLE_THREAD_PCT = 85.0  # % of the window one thread is on a CPU or waiting for one
-MIN_CONTENDED_PCT = 30.0  # ... of which at least this much on it (a starved thread is runq.latency)
+MIN_CONTENDED_PCT = 10.0  # ... of which at least this much on it (a starved thread is runq.latency)
 DOMINANT_SHARE = 0.5  # one process (or peer) holding this share of the resource is the culprit
 RUNQ_P99_MS = 10.0
 FD_GROWTH_WARNING = 20  # fds in the quick window
@@ -509,11 +509,28 @@ def blocked(v: View) -> list[RootCause]:
         pid = tp.get("pid")
         if pid is None or pid != v.obs.pid:
             continue
-        tid = int((f.get("metrics") or {}).get("tid") or 0) or None
+        tid = _blocked_tid(tp)
+        if tid is None:
+            continue
         out.append(_cause("process.blocked", f.get("title", f"pid {pid} blocked"), v.process(pid, tp.get("comm"), tid=tid),
                           "warning", float(f.get("confidence", 0.75)), _finding_evidence(f),
                           next=next_call("perf_offcpu_profile", pid=pid, duration_s=10), detail=f.get("detail")))
     return out
+
+
+def _blocked_tid(tp: dict[str, Any]) -> int | None:
+    """The thread blocked (off CPU and not waiting to run) for BLOCKED_SHARE_PCT of the window, if any:
+    off-CPU time includes preemption, which schedstat counts as run-queue wait."""
+    for t in tp.get("threads") or []:
+        off, runq, win = t.get("offcpu_ms"), t.get("runq_wait_ms") or 0.0, t.get("window_s") or 0.0
+        if not off or not win:
+            continue
+        stack = " ".join(t.get("offcpu_top_stack") or [])
+        if "irqentry_exit" in stack or "preempt" in stack:
+            continue
+        if (off - runq) / (win * 1000) * 100 >= BLOCKED_SHARE_PCT:
+            return int(t["tid"])
+    return None
 
 
 def exec_storm(v: View) -> list[RootCause]:

@@ -7,7 +7,10 @@
   perf_thread_profile, say) is one root cause with both evidence chains; the
   more confident one gives the title.
 - score = severity weight (critical 3, warning 2, info 1) x confidence x
-  evidence factor (1 + 0.05 per distinct evidence item, at most 6), best first.
+  evidence factor (1 + 0.05 per distinct evidence item, at most 6) x relevance,
+  best first. Relevance is 1, except when the question is about one process
+  (pid): then a culprit that is another process, or a cgroup that process is
+  not in, weighs OTHER_CULPRIT (the answer to "why is N slow" comes first).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ SEVERITY_WEIGHT = {"critical": 3.0, "warning": 2.0, "info": 1.0}
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 MAX_EVIDENCE = 8
 MAX_INFO = 3
+OTHER_CULPRIT = 0.7
 
 
 def _key(rc: RootCause) -> tuple[Any, ...]:
@@ -49,12 +53,26 @@ def _absorb(into: RootCause, other: RootCause, bonus: float = 0.0) -> RootCause:
         since=into.since or other.since)
 
 
-def score(rc: RootCause) -> float:
+def relevance(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> float:
+    c = rc.culprit
+    if pid is None:
+        return 1.0
+    if c.kind in ("process", "thread") and c.pid != pid:
+        return OTHER_CULPRIT
+    if c.kind == "cgroup" and not any(c.cgroup and (g == c.cgroup or g.startswith(c.cgroup.rstrip("/") + "/"))
+                                      for g in pid_cgroups):
+        return OTHER_CULPRIT
+    return 1.0
+
+
+def score(rc: RootCause, pid: int | None = None, pid_cgroups: frozenset[str] = frozenset()) -> float:
     distinct = len({(e.tool, e.counter) for e in rc.evidence})
-    return round(SEVERITY_WEIGHT[rc.severity] * rc.confidence * (1 + 0.05 * min(distinct, 6)), 3)
+    return round(SEVERITY_WEIGHT[rc.severity] * rc.confidence * (1 + 0.05 * min(distinct, 6))
+                 * relevance(rc, pid, pid_cgroups), 3)
 
 
-def rank(candidates: list[RootCause]) -> list[RootCause]:
+def rank(candidates: list[RootCause], pid: int | None = None,
+         pid_cgroups: frozenset[str] = frozenset()) -> list[RootCause]:
     # the same kind and culprit: one root cause
     merged: dict[tuple[Any, ...], RootCause] = {}
     for rc in sorted(candidates, key=lambda r: -r.confidence):
@@ -77,7 +95,7 @@ def rank(candidates: list[RootCause]) -> list[RootCause]:
             out.remove(rc)
             idx = out.index(sat)
             sat = out[idx] = _absorb(sat, rc, 0.05)
-    scored = [msgspec.structs.replace(rc, score=score(rc), evidence=rc.evidence[:MAX_EVIDENCE]) for rc in out]
+    scored = [msgspec.structs.replace(rc, score=score(rc, pid, pid_cgroups), evidence=rc.evidence[:MAX_EVIDENCE]) for rc in out]
     scored.sort(key=lambda r: (-r.score, SEVERITY_ORDER[r.severity]))
     infos = [r for r in scored if r.severity == "info"][MAX_INFO:]
     return [r for r in scored if r not in infos]
