@@ -123,14 +123,14 @@ def _workroot(stale_after_s: float = 600.0) -> str:
 def make_broker(output_cap: int, trusted_uids: frozenset[int] = frozenset(), disabled: list[str] | None = None) -> Broker:
     programs, missing = resolve_programs()
     try:
-        parser = pwd.getpwnam(PARSER_USER)
-        runner.PARSER_IDS = (parser.pw_uid, parser.pw_gid)
-    except KeyError:  # perf script never runs as root: without its user, no perf job
-        log.error("no user %s (the installer creates it): perf's jobs are off", PARSER_USER)
+        parser: pwd.struct_passwd | None = pwd.getpwnam(PARSER_USER)
+    except KeyError:
+        parser = None
+    runner.PARSER_IDS = (parser.pw_uid, parser.pw_gid) if parser and parser.pw_uid and parser.pw_gid else None
+    if runner.PARSER_IDS is None:  # perf script never runs as root: without its user, no perf job
+        log.error("no unprivileged user %s (the installer creates it): perf's jobs are off", PARSER_USER)
         if programs.pop("perf", None):
             missing.append("perf")
-    if runner.PARSER_IDS is not None and 0 in runner.PARSER_IDS:
-        raise SystemExit(f"perf-mcp-broker: {PARSER_USER} must not be root (uid/gid 0)")
     cache_bpftrace_info({k: v for k, v in programs.items() if k not in (disabled or ())})
     return Broker(
         programs=programs,

@@ -197,3 +197,25 @@ async def test_jobs_hold_no_capability_they_do_not_need(broker: helpers.RunningB
     # CAP_SYS_ADMIN only where it is needed (the kernel has CAP_PERFMON and CAP_BPF here).
     assert "sys_admin" not in caps(record, "CapBnd") and "sys_admin" not in caps(runqlat, "CapBnd")
     assert "sys_admin" in caps(bt, "CapEff")
+
+
+def test_without_the_parser_user_perf_is_off(monkeypatch: pytest.MonkeyPatch) -> None:
+    """perf script never runs as root: a broker on a host without perf-mcp-parse (or with
+    one of uid 0) treats perf as missing, so perf's rungs are skipped, not run as root."""
+    import perf_mcp_broker.__main__ as main
+    from perf_mcp_broker import runner
+
+    before = runner.PARSER_IDS
+    try:
+        monkeypatch.setattr(main, "PARSER_USER", "perf-mcp-no-such-user")
+        broker = main.make_broker(output_cap=1 << 20)
+        assert "perf" not in broker.programs and "perf" in broker.missing and runner.PARSER_IDS is None
+        monkeypatch.setattr(main, "PARSER_USER", "root")
+        broker = main.make_broker(output_cap=1 << 20)
+        assert "perf" not in broker.programs and runner.PARSER_IDS is None
+        monkeypatch.setattr(main, "PARSER_USER", "perf-mcp-parse")
+        broker = main.make_broker(output_cap=1 << 20)
+        assert "perf" in broker.programs and runner.PARSER_IDS == (pwd.getpwnam("perf-mcp-parse").pw_uid,
+                                                                   pwd.getpwnam("perf-mcp-parse").pw_gid)
+    finally:
+        runner.PARSER_IDS = before
