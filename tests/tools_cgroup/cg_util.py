@@ -191,19 +191,39 @@ def cgroup(*controllers: str, v2: bool = False, prefer: str = "host") -> Iterato
             cg.dirs["v2"] = d
         yield cg
     finally:
-        for proc in cg.procs:
-            helpers.stop_process(proc)
-        for d in cg.dirs.values():
-            for _ in range(50):
-                try:
-                    d.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError:
-                    time.sleep(0.1)  # a killed task is still leaving the cgroup
-            else:
-                raise RuntimeError(f"could not remove {d}: tasks {cg.tasks()}")
+        _remove(cg)
+
+
+@contextmanager
+def sub(parent: V1Cgroup, name: str) -> Iterator[V1Cgroup]:
+    """A child cgroup of a test cgroup, in each of its hierarchies (v2: the parent's
+    controllers are enabled for its children, so the parent must hold no process)."""
+    cg = V1Cgroup(name=f"{parent.name}/{name}", dirs={})
+    try:
+        for key, d in parent.dirs.items():
+            if key == "v2":
+                _enable_v2(d, (d / "cgroup.controllers").read_text().split())
+            (d / name).mkdir()
+            cg.dirs[key] = d / name
+        yield cg
+    finally:
+        _remove(cg)
+
+
+def _remove(cg: V1Cgroup) -> None:
+    for proc in cg.procs:
+        helpers.stop_process(proc)
+    for d in cg.dirs.values():
+        for _ in range(50):
+            try:
+                d.rmdir()
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                time.sleep(0.1)  # a killed task is still leaving the cgroup
+        else:
+            raise RuntimeError(f"could not remove {d}: tasks {cg.tasks()}")
 
 
 # ---------------------------------------------------------------- fake v2

@@ -34,7 +34,7 @@ async def test_schema_by_pid_and_by_path(test_users: helpers.TestUsers, shared_t
     async with helpers.mcp_client(test_users.denied, shared_tmp / "no-broker.sock") as client:
         tool = next(t for t in (await client.list_tools()).tools if t.name == "perf_cgroup_summary")
         props = tool.input_schema["properties"]
-        assert set(props) == {"pid", "cgroup_path", "top_n"}
+        assert set(props) == {"pid", "cgroup_path", "children", "top_n"}
         assert tool.annotations is not None and tool.annotations.read_only_hint is True
 
         # root's process (this test), read by perfmcp-denied: /proc/PID/cgroup and cgroupfs are world-readable
@@ -74,6 +74,9 @@ async def test_bad_params_are_typed_errors_and_the_server_keeps_serving(
     hostile: list[tuple[dict[str, Any], str]] = [
         ({"top_n": 0}, "INVALID_PARAMS"),
         ({"top_n": 51}, "INVALID_PARAMS"),
+        ({"pid": 1, "children": True}, "INVALID_PARAMS"),
+        ({"cgroup_path": "/../x", "children": True}, "INVALID_PARAMS"),
+        ({"cgroup_path": "/no-such-cgroup-pmcp", "children": True}, "CGROUP_NOT_FOUND"),
         ({"pid": 1, "cgroup_path": "/"}, "INVALID_PARAMS"),
         ({"pid": 0}, "INVALID_PARAMS"),
         ({"pid": -1}, "INVALID_PARAMS"),

@@ -7,9 +7,11 @@ controller in: v1 on the project's hybrid machines, v2 on a v2-only host):
 - a cpu cgroup with a CFS quota of 0.1 CPU per 100 ms period and two busy loops:
   throttled in (nearly) every period, ~1.8 s throttled per second summed over
   the two CPUs, more than any single-threaded cgroup can be: top by throttling;
-- a memory cgroup without a limit whose process holds N bytes, N chosen above
-  every other child's usage (read by the test first): top by memory, its usage
-  within [N, N + 48 MiB] (the interpreter and page tables), its limit "none".
+- a memory cgroup without a limit whose child cgroup's process holds N bytes, N
+  chosen above every other child's usage (read by the test first): top by memory,
+  its usage within [N, N + 48 MiB] (the interpreter and page tables), its limit
+  "none"; and the ranking of that cgroup's children (cgroup_path, children=true)
+  names the child with the same figure.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import trio
 
 import helpers
 from helpers import ok_data
-from cg_util import cgroup
+from cg_util import cgroup, sub
 
 pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.cgroup_any("cpu", "memory")]
 
@@ -68,11 +70,11 @@ async def test_top_children_name_the_throttled_and_the_memory_holding_cgroups(
     script = shared_tmp / "holder.py"
     script.write_text(HOLDER)
     script.chmod(0o644)
-    with cgroup("cpu") as cpu_cg, cgroup("memory") as mem_cg:
+    with cgroup("cpu") as cpu_cg, cgroup("memory") as mem_cg, sub(mem_cg, "leaf") as leaf:
         cpu_cg.set_cpu_quota(10000, 100000)
         for _ in range(2):
             cpu_cg.start(test_users.granted, [busy_exe, "120"])
-        holder = mem_cg.start(test_users.granted, ["/usr/bin/python3", script, str(held)], stdout=-1)
+        holder = leaf.start(test_users.granted, ["/usr/bin/python3", script, str(held)], stdout=-1)
         assert holder.stdout is not None
         with trio.fail_after(60):
             line = await trio.to_thread.run_sync(holder.stdout.readline)
@@ -84,6 +86,8 @@ async def test_top_children_name_the_throttled_and_the_memory_holding_cgroups(
             mem_after, (thr_after, thr_s_after) = mem_cg.memory_usage(), cpu_cg.throttling()
             data = ok_data(result)
             one = ok_data(await client.call_tool("perf_cgroup_summary", {"top_n": 1}))
+            kids = ok_data(await client.call_tool("perf_cgroup_summary", {"cgroup_path": mem_cg.path,
+                                                                          "children": True}))
     print(f"\n{host.describe()}; cpu cgroup on {cpu_cg.hierarchy('cpu')}, memory cgroup on "
           f"{mem_cg.hierarchy('memory')}\nsummary: {data['summary']}")
     top = data["top"]
@@ -109,6 +113,9 @@ async def test_top_children_name_the_throttled_and_the_memory_holding_cgroups(
     assert held <= mem["memory_bytes"] <= held + 48 * MiB, (mem["memory_bytes"], held)
     assert mem_before - 8 * MiB <= mem["memory_bytes"] <= mem_after + 8 * MiB
     assert mem["memory_limit"] == "none" and "memory_limit_bytes" not in mem
+    assert kids["target"] == f"children of {mem_cg.path}" and kids["top"]["cgroups_seen"] == 1
+    assert [r["cgroup_path"] for r in kids["top"]["by_memory"]] == [leaf.path]
+    assert held <= kids["top"]["by_memory"][0]["memory_bytes"] <= held + 48 * MiB
     raw = json.dumps(data)
     assert "9223372036854771712" not in raw and '"max"' not in raw
     print(f"throttled: {thr['throttled_pct']}% of periods, {thr['throttled_s']} s in {top['window_s']} s "

@@ -128,27 +128,36 @@ def take_reading(located: Located) -> TimedReading:
 CHILD_CONTROLLERS = ("cpu", "cpuacct", "memory")
 
 
-def child_paths(mounts: CgroupMounts, limit: int) -> tuple[list[str], list[str]]:
-    """The paths ("/name") of the direct children of the root of the v1 cpu,
-    cpuacct and memory hierarchies and of the v2 hierarchy (mounts of the
-    whole tree only), at most ``limit`` per hierarchy."""
+def child_paths(mounts: CgroupMounts, limit: int, parent: str = "/") -> tuple[list[str], list[str]]:
+    """The paths ("/parent/name") of the direct children of ``parent`` (a
+    normalised path) in the v1 cpu, cpuacct and memory hierarchies and in the
+    v2 hierarchy (mounts of the whole tree only), at most ``limit`` per
+    hierarchy. A parent missing from a hierarchy adds nothing from it."""
     points = {mounts.v1[c].mount_point for c in CHILD_CONTROLLERS
               if c in mounts.v1 and mounts.v1[c].root in ("/", "")}
     if mounts.v2 is not None and mounts.v2.root in ("/", ""):
         points.add(mounts.v2.mount_point)
     names: set[str] = set()
     warnings: list[str] = []
+    relative = parent.strip("/")
     for point in sorted(points):
+        directory = os.path.join(point, relative) if relative else point
+        real = os.path.realpath(directory)
+        if real != os.path.realpath(point) and not real.startswith(os.path.realpath(point).rstrip("/") + "/"):
+            continue  # a symlink out of the mount (real cgroupfs has none)
         try:
-            with os.scandir(point) as it:
+            with os.scandir(real) as it:
                 found = sorted(e.name for e in it if e.is_dir(follow_symlinks=False))
+        except FileNotFoundError:
+            continue
         except OSError as exc:
-            warnings.append(f"{point}: {exc.strerror or exc}")
+            warnings.append(f"{directory}: {exc.strerror or exc}")
             continue
         if len(found) > limit:
-            warnings.append(f"{point} has {len(found)} child cgroups; the first {limit} by name are listed")
+            warnings.append(f"{directory} has {len(found)} child cgroups; the first {limit} by name are listed")
         names.update(found[:limit])
-    return ["/" + n for n in sorted(names)], warnings
+    prefix = "/" + relative + "/" if relative else "/"
+    return [prefix + n for n in sorted(names)], warnings
 
 
 def take_child_readings(located: dict[str, Located]) -> dict[str, CgroupReading]:

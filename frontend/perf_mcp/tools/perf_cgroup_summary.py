@@ -52,8 +52,11 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     cgroup_path: Annotated[str, Meta(min_length=1, max_length=MAX_PATH_LEN, description=(
         "Or: a cgroup path from the hierarchy root, as /proc/PID/cgroup shows it (e.g. /system.slice/x.service)."
     ))] | None = None
+    children: Annotated[bool, Meta(description=(
+        "With cgroup_path: rank that cgroup's children instead of summarising it (no argument at all ranks the "
+        "root's children)."))] = False
     top_n: Annotated[int, Meta(ge=1, le=50, description=(
-        "Without pid or cgroup_path: how many child cgroups of the root to list per ranking."))] = 5
+        "When ranking children: how many cgroups to list per ranking."))] = 5
 
 
 class HierarchyInfo(msgspec.Struct, kw_only=True):
@@ -128,13 +131,27 @@ def _located(hs: list[Hierarchy], target: str, mounts: CgroupMounts) -> Located:
     return located
 
 
-def _children(mounts: CgroupMounts) -> tuple[dict[str, Located], list[str]]:
-    paths, warnings = child_paths(mounts, children.MAX_CHILDREN)
+def _children(mounts: CgroupMounts, parent: str) -> tuple[dict[str, Located], list[str]]:
+    paths, warnings = child_paths(mounts, children.MAX_CHILDREN, parent)
     return {p: locate(hierarchies_for_path(p, mounts)) for p in paths}, warnings
 
 
+def _parent(p: Params, mounts: CgroupMounts) -> str:
+    if p.cgroup_path is None:
+        return "/"
+    try:
+        parent = normalise_cgroup_path(p.cgroup_path)
+    except BadCgroupPath as exc:
+        raise ToolError(ErrorCode.INVALID_PARAMS, f"invalid cgroup_path: {exc}",
+                        suggestion="Pass a path from the cgroup hierarchy root without '..', such as /system.slice.") \
+            from None
+    _located(hierarchies_for_path(parent, mounts), f"cgroup {parent}", mounts)  # CGROUP_NOT_FOUND if nowhere
+    return parent
+
+
 async def _top(ctx: ToolContext, p: Params, mounts: CgroupMounts, thresholds, warnings: list[str]) -> ToolOutput:
-    located, more = await trio.to_thread.run_sync(_children, mounts)
+    parent = await trio.to_thread.run_sync(_parent, p, mounts)
+    located, more = await trio.to_thread.run_sync(_children, mounts, parent)
     warnings += more
     t0 = trio.current_time()
     first = await trio.to_thread.run_sync(take_child_readings, located)
@@ -145,13 +162,14 @@ async def _top(ctx: ToolContext, p: Params, mounts: CgroupMounts, thresholds, wa
     await ctx.report_progress(SAMPLE_INTERVAL_S, SAMPLE_INTERVAL_S, "done")
     top, findings = children.top_children(first, second, interval, thresholds, p.top_n, warnings)
     loud = [f for f in findings if f.severity != "info"]
-    summary = (f"{top.cgroups_seen} child cgroups of the root ({mounts.version}): " + children.describe(top)
+    of = "the root" if parent == "/" else parent
+    summary = (f"{top.cgroups_seen} child cgroups of {of} ({mounts.version}): " + children.describe(top)
                + (f"; {len(loud)} problem(s)" if loud else ""))
     data = CgroupSummaryData(
         summary=summary,
-        method=(f"cgroup {mounts.version} interface files of the root's children, two readings {interval:.2f} s "
+        method=(f"cgroup {mounts.version} interface files of the children of {parent}, two readings {interval:.2f} s "
                 "apart: CPU and throttling over that window, memory as it stands"),
-        target="children of /", cgroup_version=mounts.version, interval_s=round(interval, 4),
+        target=f"children of {parent}", cgroup_version=mounts.version, interval_s=round(interval, 4),
         findings=findings, top=top)
     return ToolOutput(data=data, summary="\n".join([summary] + [f"[{f.severity}] {f.title}" for f in loud]),
                       warnings=warnings)
@@ -162,9 +180,13 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         raise ToolError(ErrorCode.INVALID_PARAMS, "give at most one of pid or cgroup_path",
                         suggestion="Pass pid (a process's cgroups), cgroup_path (e.g. /system.slice/x.service), "
                         "or neither for the top child cgroups.")
+    if p.children and p.pid is not None:
+        raise ToolError(ErrorCode.INVALID_PARAMS, "children ranks the children of a cgroup_path, not of a pid",
+                        suggestion="Pass cgroup_path with children=true (the path /proc/PID/cgroup shows), "
+                        "or pid without children.")
     thresholds, warnings = load_thresholds()
     mounts = await trio.to_thread.run_sync(_mounts)
-    if p.pid is None and p.cgroup_path is None:
+    if p.pid is None and (p.cgroup_path is None or p.children):
         return await _top(ctx, p, mounts, thresholds, warnings)
     hs, more, target = await trio.to_thread.run_sync(_hierarchies, p, mounts)
     warnings += more
