@@ -6,7 +6,9 @@
 Both CPUs are kept busy (`stress-ng --cpu 2`) throughout. Candidates:
 
 - old:     perf script -F comm,pid,tid,period,ip,sym,dso; perf record without -B (the builder before)
-- (a):     perf script -F comm,pid,ip,sym,dso; perf record -N -B (shipped: jobs.CPU_PROFILE_SCRIPT_FIELDS)
+- (a):     perf script -F comm,pid,time,ip,sym,dso; perf record -N -B (shipped: jobs.CPU_PROFILE_SCRIPT_FIELDS;
+           time bounds the window perf sampled, for the expected sample count and idle)
+- (a)-t:   (a) without time (fold only: the fields before the time was added)
 - (a)+nd:  (a) with --no-demangle (fold only: C++ names would stay mangled, not shipped)
 - (b):     (a) in 2 perf script processes over --time 0%-50% / 50%-100%, side by side; perf record
            without -B (perf script --time N% needs the sample time range its build-id pass writes)
@@ -32,6 +34,7 @@ Prints, never asserts. Needs root.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shutil
@@ -54,7 +57,8 @@ import helpers  # noqa: E402
 from perf_mcp.profile.perf_script import fold, parse_folded  # noqa: E402
 
 FIELDS_OLD = "comm,pid,tid,period,ip,sym,dso"
-FIELDS_NEW = "comm,pid,ip,sym,dso"
+FIELDS_NEW = "comm,pid,time,ip,sym,dso"
+FIELDS_NO_TIME = "comm,pid,ip,sym,dso"
 RATE = 999
 
 # name -> (jobs.py constant overrides, record flags dropped) for the broker copies
@@ -66,9 +70,10 @@ BROKER_VARIANTS: dict[str, dict[str, Any]] = {
 }
 FOLD_CANDIDATES: dict[str, tuple[str, list[str], int]] = {
     "old": ("7 fields", ["-F", FIELDS_OLD], 1),
-    "(a)": ("5 fields (shipped)", ["-F", FIELDS_NEW], 1),
-    "(a)+nd": ("5 fields --no-demangle", ["-F", FIELDS_NEW, "--no-demangle"], 1),
-    "(b)": ("5 fields, 2 time slices", ["-F", FIELDS_NEW], 2),
+    "(a)": ("6 fields (shipped)", ["-F", FIELDS_NEW], 1),
+    "(a)-t": ("5 fields (no time)", ["-F", FIELDS_NO_TIME], 1),
+    "(a)+nd": ("6 fields --no-demangle", ["-F", FIELDS_NEW, "--no-demangle"], 1),
+    "(b)": ("6 fields, 2 time slices", ["-F", FIELDS_NEW], 2),
 }
 
 
@@ -251,13 +256,15 @@ def main() -> int:
                             print(f"  {name:6s} {duration:3d} s: FAILED {str(exc)[:300]}", flush=True)
                             continue
                         rows.setdefault(name, {}).setdefault(duration, []).append(after or float("nan"))
+                        size = len(json.dumps(data, separators=(",", ":")))
                         print(f"  {name:6s} {duration:3d} s: {data['samples']:6d} samples, backend {data['backend']}, "
-                              f"answer {after:.3f} s after sampling (frontend's own figure {data['after_sampling_s']})",
+                              f"answer {after:.3f} s after sampling (frontend's own figure {data['after_sampling_s']}), "
+                              f"data {size} bytes of compact JSON; sampled {data['sampled_s']} s of {duration}",
                               flush=True)
             print("\nTime from the end of sampling to the answer (MCP client), median of "
                   f"{args.reps}; goal <= 1.0 s at 30 s:")
             print(f"  {'candidate':44s}" + "".join(f"{d:>10d} s" for d in args.durations))
-            labels = {"old": "old: 7 fields, record without -B", "(a)": "(a) 5 fields, -N -B (shipped)",
+            labels = {"old": "old: 7 fields, record without -B", "(a)": "(a) 6 fields, -N -B (shipped)",
                       "(b)": "(b) (a) + 2 time slices, record without -B", "(c)": "(c) bpftrace profile.bt (pid)"}
             for name, by_d in rows.items():
                 print(f"  {labels[name]:44s}" + "".join(f"{med(by_d[d]):10.3f} s" if d in by_d else f"{'-':>12s}"
