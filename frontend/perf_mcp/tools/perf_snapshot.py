@@ -19,11 +19,19 @@ bytes), TCP retransmit % as nstat (RetransSegs / OutSegs). Point-in-time
 values (load, memory, PSI averages, runnable tasks) are the gauges of the
 window's last sample.
 
-Devices shown: every device that did I/O in the window, and every whole disk
-(/sys/block) except idle loop, ram and nbd devices; idle partitions are left
-out (their disk is there). data.windows[].devices_omitted counts what was left
-out. This module registers the background sampler service
-(tools/_sampler_service.py), which other tools use too.
+Devices listed: every device that did I/O in the window (disk_totals still sum
+the whole disks of /sys/block, except idle loop, ram and nbd devices);
+data.windows[].devices_omitted counts the idle ones left out. This module registers the background sampler service
+(tools/_sampler_service.py), which other tools use too, and the process table
+service (procfs/attribution.py) behind data.processes.
+
+Say less: data.summary is one line (the headline and the top processes); every
+counter that is zero is left out (omit_defaults; the schema's default 0 says so;
+null means it could not be measured); devices and interfaces without activity
+are counted, not listed; a trend whose actual window equals one already shown
+(the 1 s trend is the detailed 1 s window; 60 s equals 10 s while the server is
+young) is left out; process rankings list only processes above small floors
+(processes_section).
 """
 
 from __future__ import annotations
@@ -839,9 +847,13 @@ TOOL = ToolSpec(
         "await, aqu-sz and %util (as iostat -x); per-interface packets, kB/s, errors and drops (as sar -n DEV); "
         "TCP retransmit %, opens and resets; pressure stall information. count=1 answers immediately: one "
         "detailed window of interval_s plus headline trends over 1 s, 10 s and 60 s (each with its actual "
-        "length); count>1 returns a series of count detailed intervals of interval_s. Devices listed: those with "
-        "I/O in the window and the whole disks (idle partitions and idle loop devices are counted in "
-        "devices_omitted). No privileges needed."
+        "length; a trend repeating a window already shown is left out); count>1 returns a series of count "
+        "detailed intervals of interval_s. Who is using it: the top processes (top_n) by CPU %, RSS, disk "
+        "read and write bytes/s and fd count over ~10 s, each with pid, user, command line and cgroup (other "
+        "users' disk I/O and fds need the org.perfmcp.inspect grant; processes.notes says what is missing). "
+        "Say less: data.summary is one line; zero counters are left out (absent = 0, null = not measured); "
+        "idle devices and interfaces are counted (devices_omitted, interfaces_idle), not listed. No privileges "
+        "needed."
     ),
     params=Params,
     data=SnapshotData,
