@@ -40,7 +40,7 @@ sys.path[:0] = [str(REPO / "bench"), str(REPO / "tests")]
 
 import helpers  # noqa: E402
 from triage import faults  # noqa: E402
-from triage.scenarios import MODES, SCENARIOS, SEVERE, Score, Scenario, score  # noqa: E402
+from triage.scenarios import MODES, SCENARIOS, SEVERE, Ours, Score, Scenario, pressure_avg10, score  # noqa: E402
 
 USERS = {"granted": helpers.GRANTED_USER, "denied": helpers.DENIED_USER}
 TRIAGE = "perf_triage"
@@ -68,14 +68,6 @@ async def client_for(user: str, socket_path: Path, netns: str | None = None) -> 
 
 def _timeout() -> float:
     return 180.0
-
-
-def pressure_avg10() -> dict[str, float]:
-    out = {}
-    for r in ("cpu", "memory", "io"):
-        line = Path(f"/proc/pressure/{r}").read_text().splitlines()[0]
-        out[r] = float(line.split()[1].split("=")[1])
-    return out
 
 
 def wait_calm(limit_s: float = 10.0, threshold: float = 10.0) -> str:
@@ -115,6 +107,7 @@ def life_for(mode: str, settle_s: float) -> float:
 async def run_one(env: faults.Env, sc: Scenario, mode: str, user: str, socket_path: Path, pid_hint: bool,
                   verbose: bool) -> Score:
     calm = wait_calm()
+    base = pressure_avg10()
     with sc.fault(env, life_for(mode, sc.settle_s)) as act:
         await trio.sleep(sc.settle_s)
         ground = await trio.to_thread.run_sync(act.ground) if act.ground else ""
@@ -123,8 +116,9 @@ async def run_one(env: faults.Env, sc: Scenario, mode: str, user: str, socket_pa
         args = triage_args(sc, act, mode, pid_hint)
         async with client_for(USERS[user], socket_path, act.netns) as client:
             env_, wall = await call(client, TRIAGE, args)
-        s = score(sc.name, mode, user, act, env_, wall)
+        s = score(sc.name, mode, user, act, env_, wall, Ours.now(act, base))
         s.ground = ground
+        s.background = " ".join(f"{k} {v:.0f}" for k, v in base.items())
     if verbose:
         print(f"  [{sc.name} {mode} {user}] {act.detail}; {calm}; truth {s.truth}; ground: {ground}")
         print(f"    args {args} -> {s.wall_s:.1f} s top1={s.top1} top3={s.top3} named={s.named} "
@@ -171,7 +165,8 @@ def table(scores: list[Score]) -> str:
     modes = [m for m in MODES if any(s.mode == m for s in scores)]
     names = [n for n in SCENARIOS if any(s.scenario == n for s in scores)]
     for user in users:
-        lines.append(f"\nperf_triage as perfmcp-{user}: top1/top3/named (F = false alarms) and wall time")
+        lines.append(f"\nperf_triage as perfmcp-{user}: top1/top3/named (* = raw top1 differs: another user's "
+                     "workload ranked first), F false alarms, o root causes naming other users' workloads, wall time")
         head = f"{'scenario':20}" + "".join(f"{m:>28}" for m in modes)
         lines.append(head)
         for n in names:
@@ -186,7 +181,7 @@ def table(scores: list[Score]) -> str:
                     cell = f"ERROR {s.error[:14]}"
                 else:
                     cell = (f"{'Y' if s.top1 else 'n'}/{'Y' if s.top3 else 'n'}/{'Y' if s.named else 'n'}"
-                            f" F{s.false_alarms} {s.wall_s:5.1f}s")
+                            f"{'' if s.raw_top1 == s.top1 else '*'} F{s.false_alarms} o{s.foreign} {s.wall_s:5.1f}s")
                 row += f"{cell:>28}"
             lines.append(row)
         for m in modes:
@@ -197,12 +192,34 @@ def table(scores: list[Score]) -> str:
             med = walls[len(walls) // 2] if walls else math.nan
             lines.append(f"  {m}: top1 {sum(s.top1 for s in faulted)}/{len(faulted)}, top3 "
                          f"{sum(s.top3 for s in faulted)}/{len(faulted)}, named {sum(s.named for s in faulted)}/"
-                         f"{len(faulted)}, quiet false alarms {sum(s.false_alarms for s in quiet)}, wall median "
+                         f"{len(faulted)}, raw top1 {sum(s.raw_top1 for s in faulted)}/{len(faulted)}, quiet false alarms "
+                         f"{sum(s.false_alarms for s in quiet)}, wall median "
                          f"{med:.1f} s max {max(walls, default=math.nan):.1f} s")
     return "\n".join(lines)
 
 
 async def main_async(a: argparse.Namespace) -> int:
+    """The benchmark, cancelled cleanly (faults stopped, broker stopped by PID) on SIGTERM or SIGINT
+    (a background `&` job ignores SIGINT: use kill -TERM PID)."""
+    import signal
+
+    status = [130]
+
+    async def body(scope: trio.CancelScope) -> None:
+        status[0] = await bench(a)
+        scope.cancel()
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(body, nursery.cancel_scope)
+        with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for sig in signals:
+                print(f"signal {sig}: stopping the faults and the broker", file=sys.stderr)
+                nursery.cancel_scope.cancel()
+                break
+    return status[0]
+
+
+async def bench(a: argparse.Namespace) -> int:
     names = list(SCENARIOS) if a.scenarios == "all" else a.scenarios.split(",")
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
