@@ -244,3 +244,26 @@ def test_snapshot_names_this_process_by_its_command_line() -> None:
     assert procs.command_line(b"", "kworker/0:1") == "[kworker/0:1]"
     assert procs.command_line(b"a\0b c\0", "x") == "a b c"
     assert len(procs.command_line(b"x" * 1000, "x")) == procs.COMMAND_MAX
+
+
+def test_every_next_call_names_a_served_tool_with_arguments_it_accepts() -> None:
+    import jsonschema
+
+    from perf_mcp.registry import discover
+
+    tools = discover().tools
+    k = frozenset({"sys_read", "do_idle"})
+    cases = [
+        (analyse(by_pid({(0, "swapper;do_idle"): 5, (5, "cat;main;sys_read"): 80, (6, "x;main;w"): 10}, kernel=k),
+                 expected=2000), None, 60.0),
+        (analyse(by_pid({(5, "cat;main;sys_read"): 30}, kernel=k), expected=300), 5, 1.0),
+        (analyse(by_pid({(5, "a;main;w"): 60, (6, "b;main;w"): 30, (7, "c;main;sys_read"): 45}, kernel=k),
+                 expected=300), None, 2.5),
+    ]
+    seen = set()
+    for a, pid, d in cases:
+        for f in findings(a, target="t", rate_hz=99, pid=pid, duration_s=d):
+            if f.next is not None:
+                seen.add((f.id, f.next.tool))
+                jsonschema.validate(f.next.arguments, tools[f.next.tool].input_schema())
+    assert {t for _, t in seen} == {"perf_offcpu_profile", "perf_syscall_count", "perf_cpu_profile"}, seen

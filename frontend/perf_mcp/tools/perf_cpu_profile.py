@@ -371,11 +371,6 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     if got.rate_hz != p.sample_rate_hz:
         warnings.append(f"sampled at {got.rate_hz} Hz, not {p.sample_rate_hz} Hz: the broker bounds "
                         "rate x duration x CPUs so perf.data and its text stay bounded")
-    if exited:
-        when = (f" after {got.stopped_early_s:.1f} s (perf record stopped then)" if got.stopped_early_s is not None
-                else "")
-        warnings.insert(0, f"process {p.pid} exited during the profile{when}: the samples cover its life only, "
-                           f"not the {p.duration_s:g} s asked for")
     subtitle = f"{target}, {got.sampled_s:.3g} s at {got.rate_hz} Hz, {got.method}"
     is_perf = result.rung.backend is Backend.PERF
     outcome = await trio.to_thread.run_sync(_fold_and_render, got.raw if is_perf else None,
@@ -404,6 +399,10 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         span = folded.last_time_s - folded.first_time_s + 1.0 / got.rate_hz
         if 0.0 < span < sampled_s:
             sampled_s = span
+    if exited:
+        when = f" about {sampled_s:.1f} s into sampling" if got.stopped_early_s is not None else ""
+        warnings.insert(0, f"process {p.pid} exited during the profile{when}: the samples cover its life only, "
+                           f"not the {p.duration_s:g} s asked for")
     seen = watch.seen()
     cpus = os.cpu_count() or 1
     if p.pid is None:
@@ -509,12 +508,11 @@ TOOL = ToolSpec(
     name=NAME,
     title="CPU profile (bpftrace or perf record)",
     description=(
-        "Sample on-CPU call stacks of one process or the whole system (run by the root broker: bpftrace "
-        "profile:hz counting stacks in the kernel for a process, else `perf record -g`) and fold them. Returns a one-line "
-        "summary, top functions with self and total share of samples, the hottest stacks, processes by pid and "
-        "command line (perf-mcp's own left out), idle or off-CPU share against the expected samples, findings "
-        "with the next call, and links to a flame graph SVG, folded stacks and the "
-        "raw output as MCP resources. data.method says which ran and data.skipped why the other did not. Needs the perf-mcp broker and the 'profile' grant."
+        "Sample on-CPU call stacks of one process or the whole system (root broker: bpftrace profile:hz for a "
+        "process, else perf record -g). Returns a one-line summary, top functions (self and total %), hottest "
+        "stacks, processes by pid and command line, idle or off-CPU share against the expected samples, findings "
+        "with the next call, and a flame graph, folded stacks and raw output as MCP resources. Needs the "
+        "'profile' grant."
     ),
     params=Params,
     data=CpuProfileData,
