@@ -26,7 +26,7 @@ SEVERITY_WEIGHT = {"critical": 3.0, "warning": 2.0, "info": 1.0}
 SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 MAX_EVIDENCE = 8
 MAX_INFO = 3
-OTHER_CULPRIT = 0.7
+OTHER_CULPRIT = 0.5
 
 
 def _key(rc: RootCause) -> tuple[Any, ...]:
