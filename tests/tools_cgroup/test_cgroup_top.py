@@ -4,7 +4,7 @@ perfmcp-granted (cgroup files are world-readable; no broker needed).
 
 Known answers, in cgroups this test makes (in the hierarchy this host has each
 controller in: v1 on the project's hybrid machines, v2 on a v2-only host):
-- a cpu cgroup with a CFS quota of 0.1 CPU per 100 ms period and two busy loops:
+- a cpu cgroup with a CFS quota of 0.05 CPU per 100 ms period and two busy loops:
   throttled in (nearly) every period, ~1.8 s throttled per second summed over
   the two CPUs, more than any single-threaded cgroup can be: top by throttling;
 - a memory cgroup without a limit whose child cgroup's process holds N bytes, N
@@ -71,7 +71,7 @@ async def test_top_children_name_the_throttled_and_the_memory_holding_cgroups(
     script.write_text(HOLDER)
     script.chmod(0o644)
     with cgroup("cpu") as cpu_cg, cgroup("memory") as mem_cg, sub(mem_cg, "leaf") as leaf:
-        cpu_cg.set_cpu_quota(10000, 100000)
+        cpu_cg.set_cpu_quota(5000, 100000)
         for _ in range(2):
             cpu_cg.start(test_users.granted, [busy_exe, "120"])
         holder = leaf.start(test_users.granted, ["/usr/bin/python3", script, str(held)], stdout=-1)
@@ -98,11 +98,11 @@ async def test_top_children_name_the_throttled_and_the_memory_holding_cgroups(
     # throttling: our cgroup first, its window figures inside the test's own readings
     thr = top["by_throttling"][0]
     assert thr["cgroup_path"] == cpu_cg.path, top["by_throttling"]
-    assert thr["cpu_limit"] == "0.1 CPUs" and thr["cpu_limit_cores"] == 0.1
+    assert thr["cpu_limit"] == "0.05 CPUs" and thr["cpu_limit_cores"] == 0.05
     assert thr["throttled_pct"] >= 25, thr  # quota used up in most periods (all, on an idle machine)
     assert 0.1 < thr["throttled_s"] <= thr_s_after - thr_s_before + 1e-6, (thr, thr_s_before, thr_s_after)
     assert thr_s_before - 1e-6 <= thr["throttled_s_total"] <= thr_s_after + 1e-6  # rounded to the microsecond
-    assert 0.01 <= row_of(top["by_cpu"], cpu_cg.path)["cpu_cores"] <= 0.15  # the quota caps it at 0.1
+    assert 0.005 <= row_of(top["by_cpu"], cpu_cg.path)["cpu_cores"] <= 0.08  # the quota caps it at 0.05
     f = next(f for f in data["findings"] if f["id"] == "cgroup.cpu_throttling" and cpu_cg.path in f["title"])
     assert f["severity"] == "critical"
     assert f["next"] == {"tool": "perf_cgroup_summary", "arguments": {"cgroup_path": cpu_cg.path}}
@@ -125,10 +125,10 @@ async def test_top_children_name_the_throttled_and_the_memory_holding_cgroups(
     # the next call the finding names works and zooms in on the cgroup
     async with helpers.mcp_client(test_users.granted, shared_tmp / "no-broker.sock") as client:
         with cgroup("cpu") as again:
-            again.set_cpu_quota(10000, 100000)
+            again.set_cpu_quota(5000, 100000)
             busy = again.start(test_users.granted, [busy_exe, "120"])
             assert await helpers.await_until(lambda: again.throttling()[0] >= 3, 30)
             zoom = ok_data(await client.call_tool("perf_cgroup_summary", {"cgroup_path": again.path}))
     g = next(f for f in zoom["findings"] if f["id"] == "cgroup.cpu_throttling")
     assert g["next"] == {"tool": "perf_cpu_profile", "arguments": {"pid": busy.pid, "duration_s": 5}}
-    assert zoom["processes"] == 1 and zoom["cpu"]["quota"] == "0.1 CPUs"
+    assert zoom["processes"] == 1 and zoom["cpu"]["quota"] == "0.05 CPUs"
