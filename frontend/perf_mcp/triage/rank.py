@@ -9,8 +9,8 @@
 - score = severity weight (critical 3, warning 2, info 1) x confidence x
   evidence factor (1 + 0.05 per distinct evidence item, at most 6) x relevance,
   best first. Relevance is 1, except when the question is about one process
-  (pid): then a culprit that is another process, or a cgroup that process is
-  not in, weighs OTHER_CULPRIT (the answer to "why is N slow" comes first).
+  (pid): then a culprit that is another process, a cgroup that process is
+  not in, or a device, interface, peer or name not tied to it, weighs OTHER_CULPRIT (the answer to "why is N slow" comes first).
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ def relevance(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> fl
     if pid is None:
         return 1.0
     if c.kind in ("process", "thread") and c.pid != pid:
+        return OTHER_CULPRIT
+    if c.kind in ("device", "interface", "peer", "name") and c.pid != pid:
         return OTHER_CULPRIT
     if c.kind == "cgroup" and not any(c.cgroup and (g == c.cgroup or g.startswith(c.cgroup.rstrip("/") + "/"))
                                       for g in pid_cgroups):
