@@ -95,6 +95,12 @@ def _quiet(data: dict[str, Any]) -> dict[str, Any]:
     return q
 
 
+def test_focus_keeps_the_root_causes_of_that_resource() -> None:
+    for focus, kinds in (("cpu", {"cpu.single_thread", "cpu.saturation"}), ("memory", set()), ("disk", set())):
+        obs = Observations(mode="standard", focus=focus, cpus=2, own_pid=1, answers=answers("cpu_hog"))
+        assert {c.kind for c in rank(correlate(obs))} == kinds, focus
+
+
 def test_a_quiet_machine_gives_no_warning_or_critical_root_cause() -> None:
     obs = Observations(mode="standard", focus="all", cpus=2, own_pid=1, answers=_quiet(answers("cpu_hog")))
     causes = rank(correlate(obs))

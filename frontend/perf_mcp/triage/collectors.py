@@ -17,7 +17,7 @@ tracing collectors form one chain, queued by triage.queue):
   perf_syscall_count (and perf_dns_latency when network is in focus) and
   perf_net_health; once attribution names the top process, perf_thread_profile
   of it (or of pid, with its off-CPU stacks) and perf_fd_trace of the process
-  whose fds grew.
+  whose fds grew; perf_exec_trace when the snapshot counts an exec storm.
 - deep: adds perf_offcpu_profile, perf_cpu_profile, perf_io_layers,
   perf_bio_latency and perf_vfs_latency to the chain.
 """
@@ -45,6 +45,7 @@ MIN_HISTORY_S = 3  # samples of the 1 Hz ring a quick answer waits for after sta
 FD_WINDOW_S = 2.5  # the shortest gap between the two fd counts
 DEMAND_WINDOW_S = 1.0  # schedstat window of the top processes' threads
 TOP_N = 5
+EXEC_STORM_PER_S = (50.0, 200.0)  # forks/s: warning, critical (and when standard traces the execs)
 TRACE_S = {"standard": 2, "deep": 3}
 # Hard limits per mode (collectors still running then are listed as timed out).
 MODE_LIMIT_S = {"quick": 20.0, "standard": 45.0, "deep": 110.0}
@@ -59,6 +60,7 @@ FOCUS = {
     "perf_syscall_count": {"cpu"},
     "perf_thread_profile": {"cpu"},
     "perf_fd_trace": set(),
+    "perf_exec_trace": {"cpu"},
     "perf_net_health": {"network"},
     "perf_dns_latency": {"network"},
     "perf_offcpu_profile": {"cpu", "disk"},
@@ -288,6 +290,7 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
     runner = Runner(ctx, col)
     trace_s = TRACE_S.get(mode, 2)
     quick_done = trio.Event()
+    ring_done = trio.Event()
 
     async def attribution_then_local() -> None:
         """quick: wait for history, attribution + fd growth, then the ring's tools."""
@@ -312,6 +315,7 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
         async with trio.open_nursery() as inner:
             inner.start_soon(runner.tool, "perf_use_check", "perf_use_check", {"window_s": 10.0})
             inner.start_soon(runner.tool, "perf_snapshot", "perf_snapshot", {"include_per_cpu": True})
+        ring_done.set()
 
     async def _attribution() -> None:
         try:
@@ -374,6 +378,12 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             if growing is not None and wanted("perf_fd_trace", focus):
                 inner.start_soon(runner.tool, "perf_fd_trace", "perf_fd_trace",
                                  {"pid": growing, "duration_s": 3.0, "interval_s": 1.0})
+            await ring_done.wait()
+            windows = (obs.answers.get("perf_snapshot") or {}).get("windows") or [{}]
+            if (windows[0].get("forks_s") or 0) >= EXEC_STORM_PER_S[0] and wanted("perf_exec_trace", focus):
+                # who spawns them: the parent is the culprit of an exec storm
+                inner.start_soon(runner.tool, "perf_exec_trace", "perf_exec_trace",
+                                 {"duration_s": 2, "max_execs_listed": 5, "max_args": 4})
 
     async def ticker() -> None:
         while True:

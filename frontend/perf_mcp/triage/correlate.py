@@ -38,7 +38,7 @@ from typing import Any
 
 from ..contract import Evidence, next_call
 from ..use.thresholds import Thresholds, default_thresholds
-from .collectors import Observations
+from .collectors import EXEC_STORM_PER_S, Observations
 from .model import Culprit, RootCause
 
 SINGLE_THREAD_PCT = 85.0  # % of the window one thread is on a CPU or waiting for one
@@ -47,7 +47,6 @@ DOMINANT_SHARE = 0.5  # one process (or peer) holding this share of the resource
 RUNQ_P99_MS = 10.0
 FD_GROWTH_WARNING = 20  # fds in the quick window
 FD_GROWTH_MIN = 10
-EXEC_STORM_PER_S = (50.0, 200.0)  # warning, critical
 SYSCALL_STORM_PER_S = 100_000.0
 SYSCALL_STORM_SHARE = 0.6
 BLOCKED_SHARE_PCT = 50.0  # one thread off-CPU this share of the window in one stack
@@ -535,12 +534,25 @@ def _blocked_tid(tp: dict[str, Any]) -> int | None:
 
 def exec_storm(v: View) -> list[RootCause]:
     forks = _window(v).get("forks_s")
-    if forks is None or forks < EXEC_STORM_PER_S[0]:
+    ex = v.answer("perf_exec_trace")
+    rate = max(forks or 0.0, ex.get("execs_per_s") or 0.0)
+    if rate < EXEC_STORM_PER_S[0]:
         return []
-    severity = "critical" if forks >= EXEC_STORM_PER_S[1] else "warning"
-    return [_cause("exec.storm", f"{forks:.0f} new processes per second", Culprit(kind="system"), severity, 0.6,
-                   [_ev("perf_snapshot", "/proc/stat processes (forks/s)", forks, EXEC_STORM_PER_S[0])],
-                   next=next_call("perf_exec_trace", duration_s=5))]
+    severity = "critical" if rate >= EXEC_STORM_PER_S[1] else "warning"
+    ev = [_ev("perf_snapshot", "/proc/stat processes (forks/s)", forks, EXEC_STORM_PER_S[0])] if forks else []
+    culprit, conf, nxt = Culprit(kind="system"), 0.6, next_call("perf_exec_trace", duration_s=5)
+    parents = [p for p in ex.get("top_parents") or [] if not v.own({"comm": p.get("comm"), "pid": p.get("ppid")})]
+    if parents:
+        top = parents[0]
+        share = (top.get("execs") or 0) / max(1, ex.get("execs") or 0)
+        ev.append(_ev("perf_exec_trace", "execs/s by one parent", top.get("execs_per_s"), None, ex.get("duration_s"),
+                      f"ppid {top.get('ppid')} {top.get('comm')}: {top.get('execs')} of {ex.get('execs')} execs, "
+                      f"{top.get('short_lived')} short-lived"))
+        if share >= DOMINANT_SHARE:
+            culprit, conf = v.process(int(top["ppid"]), top.get("comm")), 0.8
+            nxt = next_call("perf_exec_trace", pid=int(top["ppid"]), duration_s=5)
+    who = f" by {culprit.text()}" if culprit.kind != "system" else ""
+    return [_cause("exec.storm", f"{rate:.0f} new processes per second{who}", culprit, severity, conf, ev, next=nxt)]
 
 
 def syscall_storm(v: View) -> list[RootCause]:
@@ -626,11 +638,20 @@ RULES = (single_thread, cpu_saturation, runq_latency, cgroup_throttled, memory, 
          syscall_storm, dns, network)
 
 
+# The resource a kind belongs to, for focus (process-level kinds answer every focus).
+KIND_FOCUS = {"cpu.saturation": "cpu", "cpu.single_thread": "cpu", "cgroup.cpu_throttled": "cpu", "runq.latency": "cpu",
+              "exec.storm": "cpu", "syscall.storm": "cpu", "memory.pressure": "memory",
+              "cgroup.memory_limit": "memory", "disk.saturation": "disk", "disk.capacity": "disk",
+              "dns.slow": "network", "network.retransmits": "network", "network.drops": "network"}
+
+
 def correlate(obs: Observations, thresholds: Thresholds | None = None) -> list[RootCause]:
     v = View(obs, thresholds or default_thresholds())
     out: list[RootCause] = []
     for rule in RULES:
         out += rule(v)
+    if obs.focus != "all":
+        out = [rc for rc in out if KIND_FOCUS.get(rc.kind, obs.focus) == obs.focus]
     return out
 
 
