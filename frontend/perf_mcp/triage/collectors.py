@@ -46,7 +46,7 @@ FD_WINDOW_S = 2.5  # the shortest gap between the two fd counts
 DEMAND_WINDOW_S = 1.0  # schedstat window of the top processes' threads
 TOP_N = 5
 EXEC_STORM_PER_S = (50.0, 200.0)  # forks/s: warning, critical (and when standard traces the execs)
-TRACE_S = {"standard": 2, "deep": 3}
+TRACE_S = {"standard": 2, "deep": 2}
 # Hard limits per mode (collectors still running then are listed as timed out).
 MODE_LIMIT_S = {"quick": 20.0, "standard": 45.0, "deep": 110.0}
 FOCUS = {
@@ -96,6 +96,9 @@ class Collection:
     running: dict[str, float] = field(default_factory=dict)  # name -> start (trio clock)
 
 
+_REFUSED = {ErrorCode.PERMISSION_DENIED.value, ErrorCode.BROKER_UNAVAILABLE.value}
+
+
 def wanted(name: str, focus: str) -> bool:
     return focus == "all" or focus in FOCUS.get(name, set())
 
@@ -107,6 +110,15 @@ def tool_spec(tool: str) -> ToolSpec[Any] | None:
         log.exception("triage: tool module %s does not import", tool)
         return None
     return getattr(module, "TOOL", None)
+
+
+def answers_without_broker(tool: str) -> bool:
+    """The tool's ladder has a procfs rung (perf_io_layers): it answers a user the broker refuses."""
+    try:
+        module = importlib.import_module(f"perf_mcp.tools.{tool}")
+    except Exception:
+        return False
+    return any(getattr(r, "backend", 0) is None for r in getattr(module, "LADDER", []))
 
 
 async def _quiet(progress: float, total: float | None = None, message: str | None = None) -> None:
@@ -358,13 +370,24 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             chain += [
                 ("perf_offcpu_profile", {"duration_s": 3, "pid": pid, "top_n": TOP_N}),
                 ("perf_cpu_profile", {"duration_s": 3.0, "pid": pid}),
-                ("perf_io_layers", {"duration_s": 3, "include_details": True, "top_n": TOP_N}),
-                ("perf_bio_latency", {"duration_s": 3}),
-                ("perf_vfs_latency", {"duration_s": 3, "pid": pid, "top_n": 10}),
+                ("perf_io_layers", {"duration_s": 2, "include_details": True, "top_n": TOP_N}),
+                ("perf_bio_latency", {"duration_s": 2}),
+                ("perf_vfs_latency", {"duration_s": 2, "pid": pid, "top_n": 10}),
             ]
+        refused: dict[str, CouldNotRun] = {}  # grant class (or "*": no broker) -> the first refusal
         for name, args in chain:
-            if wanted(name, focus):
-                await runner.tool(name, name, args)
+            if not wanted(name, focus):
+                continue
+            grant = "profile" if name == "perf_cpu_profile" else "trace"
+            first = refused.get("*") or refused.get(grant)
+            if first is not None and not answers_without_broker(name):  # the same answer for every job of that grant: not asked again
+                col.could_not_run.append(CouldNotRun(collector=name, reason=first.reason, code=first.code))
+                col.runs.append(CollectorRun(name=name, status="skipped", duration_ms=0.0))
+                continue
+            if await runner.tool(name, name, args) is None:
+                last = col.could_not_run[-1] if col.could_not_run else None
+                if last is not None and last.collector == name and last.code in _REFUSED:
+                    refused["*" if last.code == ErrorCode.BROKER_UNAVAILABLE.value else grant] = last
 
     async def after_quick() -> None:
         """The collectors that need the top process (attribution) first."""
