@@ -3,8 +3,8 @@
 - INVALID_PARAMS names the parameter, the value given and the allowed range, and is
   recoverable (the same call with that parameter fixed works: it is made, and answers).
 - Parameters each in range that cannot go together are refused the same way: perf_fd_trace
-  interval_s > duration_s, perf_vfs_latency min_latency_ms=0 without a pid, perf_io_latency
-  mode=trace with a fractional duration.
+  interval_s > duration_s, perf_offcpu_profile min_block_us longer than duration_s,
+  perf_vfs_latency min_latency_ms=0 without a pid, perf_io_latency mode=trace with a fractional duration.
 - PERMISSION_DENIED (the denied user, a real broker, the real polkit) names the grant refused
   and lists the tools that still work without it; those tools are then called as the same
   user, and answer.
@@ -103,6 +103,9 @@ async def test_impossible_combinations_are_refused_with_what_would_work(
             assert err["code"] == "INVALID_PARAMS" and err["recoverable"] is True and "min_latency_ms" in err["message"]
             err = error_of(await client.call_tool("perf_io_latency", {"mode": "trace", "duration_s": 1.5}))
             assert err["code"] == "INVALID_PARAMS" and err["recoverable"] is True and "duration_s=2" in err["suggestion"]
+            err = error_of(await client.call_tool("perf_offcpu_profile", {"duration_s": 2, "min_block_us": 5000000}))
+            assert err["code"] == "INVALID_PARAMS" and err["recoverable"] is True, err
+            assert "min_block_us 5000000" in err["message"] and "min_block_us <= 2000000" in err["suggestion"], err
             # the suggested fix works (locally: the fd table of the user's own process)
             ok = helpers.ok_data(await client.call_tool("perf_fd_trace", {"pid": sleeper.pid, "duration_s": 2,
                                                                           "interval_s": 1}))

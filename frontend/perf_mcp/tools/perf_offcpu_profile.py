@@ -444,6 +444,13 @@ def _expected_s(backend: Backend, duration_s: int) -> float:
 
 
 async def run(ctx: ToolContext, p: Params) -> ToolOutput:
+    if p.min_block_us > p.duration_s * 1_000_000:
+        raise ToolError(ErrorCode.INVALID_PARAMS,
+                        f"min_block_us {p.min_block_us} is longer than duration_s {p.duration_s} ("
+                        f"{p.duration_s * 1_000_000} us): only blocks that begin and end in the window are "
+                        "measured, so none could qualify",
+                        suggestion=f"Call again with min_block_us <= {p.duration_s * 1_000_000} or duration_s >= "
+                                   f"{-(-p.min_block_us // 1_000_000)}.")
     target = "system-wide (all processes)"
     if p.pid is not None:
         comm, owner = _process(p.pid)
