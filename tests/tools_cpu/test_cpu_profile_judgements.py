@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -276,3 +277,53 @@ async def test_perf_mcps_own_processes_are_left_out(brokers: dict[str, helpers.R
     assert not listed & own, listed & own
     assert data["own_pct"] * data["samples"] / 100 >= own_samples - 0.5
     assert all(not s["stack"][0].startswith("perf-mcp") for s in data["hottest_stacks"])
+
+
+NODE = shutil.which("node") or shutil.which("nodejs")
+BUSY_JS = """
+function perfmcpHotLoop(n) { let s = 0; for (let i = 0; i < n; i++) { s += Math.sqrt(i) * i % 7; } return s; }
+const end = Date.now() + 60000; let t = 0;
+while (Date.now() < end) { t += perfmcpHotLoop(1e6); }
+"""
+
+
+@pytest.mark.skipif(NODE is None, reason="node is not installed")
+async def test_node_jit_code_points_to_a_perf_map_and_is_named_with_one(
+        brokers: dict[str, helpers.RunningBroker], test_users: helpers.TestUsers) -> None:
+    """Without --perf-basic-prof node's JIT code has no names: the finding says how to get them. With it,
+    node writes /tmp/perf-PID.map, which perf reads (bpftrace 0.17 does not: the ladder takes perf for
+    node either way), and the hot JavaScript function is named."""
+    assert NODE is not None
+    directory = helpers.make_shared_tmpdir("pmcp-cpu-node-")
+    script = directory / "busy.js"
+    script.write_text(BUSY_JS)
+    script.chmod(0o644)
+    answers: dict[str, dict[str, Any]] = {}
+    try:
+        for flag in ("", "--perf-basic-prof"):
+            proc = helpers.spawn_as(test_users.granted, [NODE, *([flag] if flag else []), str(script)],
+                                    start_new_session=True)
+            try:
+                assert helpers.wait_until(lambda: (st := helpers.read_proc_stat(proc.pid)) is not None
+                                          and st.comm.startswith("node"), 10)
+                if flag:
+                    assert helpers.wait_until(lambda: Path(f"/tmp/perf-{proc.pid}.map").exists(), 10)
+                time.sleep(1.0)  # the loop is compiled by then
+                _, answers[flag or "plain"], _, _ = await profile(brokers["bpftrace"], test_users.granted,
+                                                                  {"pid": proc.pid, "duration_s": 2})
+            finally:
+                proc.kill()
+                proc.wait()
+                Path(f"/tmp/perf-{proc.pid}.map").unlink(missing_ok=True)
+    finally:
+        helpers.remove_tree(directory)
+    plain, mapped = answers["plain"], answers["--perf-basic-prof"]
+    jit = [f for f in plain["findings"] if f["id"] == "cpu_profile.jit_unnamed"]
+    assert jit and "--perf-basic-prof" in jit[0]["suggestion"], plain["findings"]
+    # the ladder takes perf for a JIT runtime: bpftrace names node's frames too slowly and reads no perf map
+    assert plain["backend"] == "perf" and "JIT runtime" in plain["skipped"][0]["reason"]
+    assert mapped["backend"] == "perf" and "perf map" in mapped["skipped"][0]["reason"]
+    top = mapped["top_functions"][0]
+    assert "perfmcpHotLoop" in top["function"] and top["module"].startswith("perf-"), mapped["top_functions"][:3]
+    assert not any(f["id"] == "cpu_profile.jit_unnamed" for f in mapped["findings"])
+    print(f"node: {jit[0]['title']}; with --perf-basic-prof: {top['function']} {top['self_pct']}% (perf rung)")

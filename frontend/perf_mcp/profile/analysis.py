@@ -46,8 +46,10 @@ EVAL_LOOPS: dict[str, frozenset[str]] = {
     "ruby": frozenset({"vm_exec", "vm_exec_core", "rb_vm_exec", "vm_call0_body"}),
     "perl": frozenset({"Perl_runops_standard", "Perl_runops_debug", "Perl_runops_wrap"}),
     "php": frozenset({"execute_ex", "zend_execute", "ZEND_DO_FCALL_SPEC_RETVAL_USED_HANDLER"}),
-    "node": frozenset({"Builtins_InterpreterEntryTrampoline", "Builtins_JSEntryTrampoline", "Builtins_JSEntry"}),
 }
+# Not node's Builtins_InterpreterEntryTrampoline: it is under every JavaScript stack, JIT-compiled or not,
+# and with a perf map the functions above it are named (JS:*hotLoop ...). JIT runtimes are judged by
+# their unnamed leaf frames instead ([perf-PID.map] without the map file).
 # The interpreter's own binary or library: a sample whose leaf is in it runs the interpreter too (the
 # eval loop may be missing from its stack: distributions build interpreters without frame pointers).
 INTERPRETER_MODULES: dict[str, re.Pattern[str]] = {
@@ -55,7 +57,6 @@ INTERPRETER_MODULES: dict[str, re.Pattern[str]] = {
     "ruby": re.compile(r"^(lib)?ruby"),
     "perl": re.compile(r"^(lib)?perl"),
     "php": re.compile(r"^(lib)?php"),
-    "node": re.compile(r"^(lib)?node"),
 }
 JIT_RUNTIMES = frozenset({"node", "java"})
 _PY_VERSION = re.compile(r"python(\d+)\.(\d+)")
@@ -94,7 +95,8 @@ class RuntimeUse(msgspec.Struct, kw_only=True):
     # runs the eval loop) no named frame at all: nothing else to pin those on.
     eval_samples: int
     eval_frame: str  # the eval-loop frame seen most
-    unnamed_leaf_samples: int  # leaf frame without a symbol (JIT code without a perf map)
+    # leaf frame without a symbol, or a caller in JIT code without a perf map ([perf-PID.map])
+    unnamed_leaf_samples: int
     module: str  # the interpreter's binary or library (python3.11, libjvm.so, ...)
     perf_support: bool  # frames already named by the runtime's perf support (py::...)
 
@@ -194,6 +196,8 @@ def analyse(folded: Folded, *, own_pids: frozenset[int] = frozenset(), expected:
                 elif _is_unknown(leaf):
                     unknown += count
                     unnamed_leaf += count
+                elif any(n.startswith("[perf-") and n.endswith(".map]") for n in frames[1:-1]):
+                    unnamed_leaf += count  # a named leaf (libm, the JVM) called from JIT code perf cannot name
             names = set(frames[1:])
             for name in names:
                 total_c[name] += count
@@ -301,9 +305,6 @@ def _interpreter_finding(r: RuntimeUse, rate_hz: int, conf: float) -> Finding | 
     who = f"pid {r.pid} ({r.comm})" if r.pid > 0 else r.comm
     if r.runtime == "python":
         advice = _python_advice(r)
-    elif r.runtime == "node":
-        advice = ("Start node with --perf-basic-prof (or --perf-basic-prof-only-functions) so it writes "
-                  f"/tmp/perf-{r.pid}.map, and profile again: perf then names the JavaScript functions.")
     elif r.runtime == "ruby":
         advice = ("perf sees Ruby's VM loop, not Ruby methods: Ruby 3.3+ with YJIT can write a perf map "
                   "(--yjit-perf), else use a Ruby sampling profiler (stackprof, rbspy).")
@@ -332,14 +333,16 @@ def _jit_finding(r: RuntimeUse, rate_hz: int, conf: float, map_exists: bool) -> 
         return None
     who = f"pid {r.pid} ({r.comm})" if r.pid > 0 else r.comm
     how = ("node --perf-basic-prof (or --perf-basic-prof-only-functions)" if r.runtime == "node" else
-           "the JVM with -XX:+UnlockDiagnosticVMOptions -XX:+DumpPerfMapAtExit, `jcmd PID Compiler.perfmap` "
-           "(JDK 17+) or perf-map-agent")
+           "the JVM with -XX:+PreserveFramePointer (so perf can walk JIT frames) and a perf map: "
+           "`jcmd PID Compiler.perfmap` (JDK 17+), -XX:+UnlockDiagnosticVMOptions -XX:+DumpPerfMapAtExit, or "
+           "perf-map-agent")
     have = (f"/tmp/perf-{r.pid}.map exists but did not name these frames (stale, or written after the samples)"
             if map_exists else f"there is no /tmp/perf-{r.pid}.map")
     return Finding(
         id="cpu_profile.jit_unnamed", severity="info", resource="process",
         title=f"{share:.0f}% of {who}'s samples are in {r.runtime} JIT code that perf cannot name",
-        detail=(f"{r.unnamed_leaf_samples} of {r.samples} samples end in a frame without a symbol; {have}. "
+        detail=(f"{r.unnamed_leaf_samples} of {r.samples} samples end in or pass through JIT code without a "
+                f"symbol; {have}. "
                 "perf names JIT frames from a perf map file, /tmp/perf-PID.map, that the runtime writes."),
         confidence=conf, metrics={"unnamed_leaf_pct": round(share, 2), "samples": float(r.samples)},
         evidence=[Evidence(tool=TOOL, counter="leaf frames without a symbol", value=r.unnamed_leaf_samples,
@@ -382,9 +385,22 @@ def findings(a: ProfileAnalysis, *, target: str, rate_hz: int, pid: int | None =
             suggestion="Profile where it waits: off-CPU stacks show the blocking calls.",
             next=next_call("perf_offcpu_profile", pid=pid, duration_s=d),
         ))
+    explained: set[int] = set()  # processes whose runtime (interpreter, JIT) has a finding
+    for r in a.runtimes[:3]:
+        f = _interpreter_finding(r, rate_hz, conf) if r.eval_samples else None
+        if f is None and r.runtime in JIT_RUNTIMES:
+            f = _jit_finding(r, rate_hz, conf, r.pid in perf_maps)
+        if f is not None:
+            out.append(f)
+            explained.add(r.pid)
     eval_frames = frozenset().union(*EVAL_LOOPS.values())
-    if busy and a.top_self and not (a.top_self[0][0] in eval_frames and a.runtimes):
-        # (an eval loop on top is the interpreter finding's to explain, below)
+    top_name = a.top_self[0][0] if a.top_self else ""
+    top_owner = _top_pid(a.self_by_pid.get(top_name, {}), OWN_TOP_PCT)
+    if top_owner is None and len(a.self_by_pid.get(top_name, {})) == 1:
+        top_owner = next(iter(a.self_by_pid[top_name]))
+    explained_top = (top_name in eval_frames or _is_unknown(top_name)) and top_owner in explained
+    if busy and a.top_self and not explained_top:
+        # (an eval loop or unnamed JIT code on top is the runtime finding's to explain)
         name, n = a.top_self[0]
         top = next((f for f in a.functions if f.function == name), None)
         share = 100.0 * n / busy
@@ -421,14 +437,6 @@ def findings(a: ProfileAnalysis, *, target: str, rate_hz: int, pid: int | None =
             next=(next_call("perf_syscall_count", pid=who, duration_s=d) if who is not None else
                   next_call("perf_syscall_count", duration_s=d, per_process=True)),
         ))
-    explained: set[int] = set()
-    for r in a.runtimes[:3]:
-        f = _interpreter_finding(r, rate_hz, conf) if r.eval_samples else None
-        if f is None and r.runtime in JIT_RUNTIMES:
-            f = _jit_finding(r, rate_hz, conf, r.pid in perf_maps)
-        if f is not None:
-            out.append(f)
-            explained.add(r.pid)
     if busy and 100.0 * a.unknown_samples / busy >= UNKNOWN_INFO_PCT and not explained:
         share = 100.0 * a.unknown_samples / busy
         out.append(Finding(

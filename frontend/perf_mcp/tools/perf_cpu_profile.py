@@ -58,6 +58,7 @@ INLINE_FOLDED_MAX = 256 * 1024  # output_format=collapsed pastes at most this mu
 RAW_ARTIFACT_MAX = 32 * 1024 * 1024
 PERF_ATTACH_S = 0.3  # perf record's start-up: the mid-window snapshot waits this long more
 EARLY_STOP_S = 0.25  # perf record ending this much before duration_s: its target exited
+JIT_COMMS = frozenset({"node", "nodejs", "java"})  # profiled by perf: see _bpftrace_unsupported
 
 
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
@@ -163,6 +164,12 @@ def _bpftrace_unsupported(p: Params) -> str | None:
                 "process (over a minute after 10 s on a busy host) and its stack map holds 4096 stacks")
     if p.duration_s != int(p.duration_s):
         return "bpftrace's profile runs whole seconds (duration_s is not a whole number)"
+    if os.path.exists(f"/tmp/perf-{p.pid}.map"):
+        return (f"the process has a perf map (/tmp/perf-{p.pid}.map: JIT code) that bpftrace 0.17 does not read; "
+                "perf script names its frames from it")
+    if process_name(p.pid) in JIT_COMMS:
+        return ("a JIT runtime: bpftrace 0.17 names its frames at exit from the binary's symbols (node's took "
+                "over a minute, past the broker's limit) and reads no perf map; perf names them from /tmp/perf-PID.map")
     if not p.include_kernel and os.uname().machine != "x86_64":
         return "user-only sampling on the bpftrace rung tells user from kernel mode by x86-64 addresses"
     return None
