@@ -8,7 +8,7 @@ Anything else a handler raises becomes EXECUTION_FAILED and is logged.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable
+from collections.abc import Mapping
 
 
 class ErrorCode(enum.Enum):
@@ -104,9 +104,12 @@ TOOL_GRANT: dict[str, str] = {
 }
 
 
-def tools_without(grant: str | None, served: Iterable[str]) -> list[str]:
-    """The served tools that still answer without `grant` (None: without any grant)."""
-    return sorted(t for t in served if TOOL_GRANT.get(t) is None or (grant is not None and TOOL_GRANT[t] != grant))
+def tools_without(grant: str | None, served: Mapping[str, str | None]) -> list[str]:
+    """The served tools that still answer without `grant` (None: without any grant);
+    `served` maps each tool to the grant it declares (ToolSpec.grant), None to look it
+    up in TOOL_GRANT."""
+    needs = {t: g or TOOL_GRANT.get(t) for t, g in served.items()}
+    return sorted(t for t, g in needs.items() if g is None or (grant is not None and g != grant))
 
 
 class ToolError(Exception):

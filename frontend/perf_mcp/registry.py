@@ -103,6 +103,10 @@ class ToolSpec(Generic[P]):
     data: type[msgspec.Struct]
     handler: Callable[[ToolContext, P], Awaitable[ToolOutput]]
     version: str = "1.0"
+    # The broker grant (profile, trace, inspect) the tool needs for its main answer, None
+    # when it answers without one (errors.TOOL_GRANT holds it for the tools that predate
+    # this field). A PERMISSION_DENIED answer lists the tools that work without the grant.
+    grant: str | None = None
 
     def input_schema(self) -> dict[str, Any]:
         return input_schema(self.params)

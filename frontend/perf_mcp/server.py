@@ -160,7 +160,8 @@ class App:
     def _failure(self, tool: str, version: str, started: float, err: ToolError) -> types.CallToolResult:
         if err.code is ErrorCode.PERMISSION_DENIED and "work without" not in err.suggestion:
             grant = err.grant or _grant_named(err.message)
-            usable = [t for t in tools_without(grant, self.registry.tools) if t != tool]
+            declared = {name: spec.grant for name, spec in self.registry.tools.items()}
+            usable = [t for t in tools_without(grant, declared) if t != tool]
             what = f"the '{grant}' grant" if grant else "any grant"
             err = ToolError(err.code, err.message, recoverable=err.recoverable, grant=grant,
                             suggestion=f"{err.suggestion} These tools work without {what}: {', '.join(usable)}.")
