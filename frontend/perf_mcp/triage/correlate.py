@@ -97,11 +97,13 @@ class View:
                     return r
         return None
 
-    def process(self, pid: int, command: str | None = None, tid: int | None = None, **extra: Any) -> Culprit:
-        row = self.process_row(pid) or {}
+    def process(self, pid: int, command: str | None = None, tid: int | None = None, *,
+                like: dict[str, Any] | None = None, **extra: Any) -> Culprit:
+        """A process culprit; `like` (a worker's row) fills what the attribution has not for pid."""
+        row = self.process_row(pid) or like or {}
         return Culprit(kind="thread" if tid and tid != pid else "process", pid=pid, tid=tid if tid != pid else None,
-                       user=row.get("user"), command=row.get("command") or command, cgroup=row.get("cgroup"),
-                       **extra)
+                       user=row.get("user"), command=command if like else (row.get("command") or command),
+                       cgroup=row.get("cgroup"), **extra)
 
     def use_row(self, resource: str) -> dict[str, Any] | None:
         return next((r for r in self.use.get("table") or [] if r.get("resource") == resource
@@ -392,8 +394,9 @@ def disk(v: View) -> list[RootCause]:
     capacity = [c for c in bad if str(c.get("threshold") or "").startswith("filesystem.")
                 or str(c.get("id", "")).startswith(("fs.", "filesystem."))]
     for c in capacity:
-        out.append(_cause("disk.capacity", f"Filesystem {c.get('target')} nearly full: {c.get('metric')} "
-                          f"{c.get('value')}{c.get('unit', '')}", Culprit(kind="device", device=str(c.get("target"))),
+        what = "inodes" if str(c.get("id", "")).endswith("inodes") or "inode" in str(c.get("threshold")) else "space"
+        out.append(_cause("disk.capacity", f"Filesystem {c.get('target')} nearly full: {what} {c.get('value')}"
+                          f"{c.get('unit', '')} used", Culprit(kind="device", device=str(c.get("target"))),
                           c["status"], 0.9, [v.check_evidence(c)],
                           next=next_call("perf_file_trace", mode="file_lifecycle", duration_s=10)))
     devices = [d for d in devices if not any(c.get("target") == d for c in capacity)]
@@ -419,7 +422,8 @@ def disk(v: View) -> list[RootCause]:
                           v.att.get("window_s"), f"pid {row['pid']} {row.get('command') or row.get('comm')}: "
                           f"{share:.0%} of the processes' storage bytes"))
             if share >= DOMINANT_SHARE:
-                culprit = v.process(int(row["pid"]), row.get("comm"), device=dev or None)
+                culprit = v.process(int(row["pid"]), row.get("command") or row.get("comm"), device=dev or None,
+                                    like=row if row.get("workers") else None)
         severity = "critical" if any(c.get("status") == "critical" for c in dev_bad) else "warning"
         conf = 0.6 + 0.1 * min(3, len(dev_bad) - 1) + (0.1 if culprit.kind == "process" else 0.0)
         where = f"Disk {dev}" if dev else "Storage"
@@ -437,7 +441,9 @@ def _window(v: View) -> dict[str, Any]:
 
 
 def _io_processes(v: View) -> list[tuple[dict[str, Any], float, str]]:
-    """(row, bytes/s, source) of processes by storage bytes, most first."""
+    """(row, bytes/s, source) of processes by storage bytes, most first. Workers of one program (the
+    same command line and parent, such as fio's jobs) count as one: their parent, when it runs the same
+    command, else the busiest worker, with their bytes summed."""
     by_pid: dict[int, tuple[dict[str, Any], float, str]] = {}
     for key in ("disk_read", "disk_write"):
         for r in v.rows(key):
@@ -451,7 +457,22 @@ def _io_processes(v: View) -> list[tuple[dict[str, Any], float, str]]:
                 continue
             b = p.get("block") or {}
             by_pid[p["pid"]] = (p, (b.get("read_bytes", 0) + b.get("write_bytes", 0)) / dur, "perf_io_layers")
-    return sorted(by_pid.values(), key=lambda x: -x[1])
+    groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], float, str]]] = {}
+    for row, bps, source in by_pid.values():
+        ppid = v.obs.parents.get(row["pid"])
+        groups.setdefault((row.get("command") or row.get("comm"), ppid), []).append((row, bps, source))
+    out = []
+    for (command, ppid), members in groups.items():
+        members.sort(key=lambda m: -m[1])
+        row, _, source = members[0]
+        total = sum(m[1] for m in members)
+        if len(members) > 1:
+            parent = v.process_row(ppid) if ppid else None
+            lead = ppid if ppid and ppid > 1 and (parent is None or parent.get("command") == command) else row["pid"]
+            row = {**row, "pid": lead, "workers": len(members),
+                   "command": f"{command} ({len(members)} processes)" if command else None}
+        out.append((row, total, source))
+    return sorted(out, key=lambda x: -x[1])
 
 
 # ---------------------------------------------------------------- processes
