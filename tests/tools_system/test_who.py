@@ -13,7 +13,7 @@ the workload itself (Popen of python, no wrapper), marked by an argument:
   read), with its fd count equal to /proc/PID/fd; for the denied user it cannot be seen,
   and notes say the org.perfmcp.inspect grant is what is missing.
 Both frontends start after the load and are asked after ~11 s, so the process window
-(10 s asked) spans two 5 s ticks of the process table.
+(10 s asked: from the youngest 5 s tick of the process table at least 10 s old) is 10-16 s.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def test_cpu_burners_are_named_with_their_own_pids(who: str, answers, load) -> N
     data = answers[who]["data"]
     rows, ranking = rows_of(data), data["processes"].get("cpu", [])
     pids = [load["burner_a"].pid, load["burner_b"].pid]
-    assert 9 <= data["processes"]["window_s"] <= 12
+    assert 9.5 <= data["processes"]["window_s"] <= 16  # at least the 10 s asked, from the 5 s ticks
     for pid in pids:  # two rows: the same name stays apart
         assert pid in ranking, (pid, ranking)
         r = rows[pid]

@@ -338,23 +338,30 @@ class ProcessTable:
     # ---------------------------------------------------------- queries
 
     def older(self, now: Reading, window_s: float, min_gap_s: float = 0.5) -> Reading | None:
-        """The kept reading closest to window_s before ``now`` (at least min_gap_s before it)."""
+        """The kept reading that starts a window of at least window_s before ``now`` (the youngest
+        such), else the oldest one (at least min_gap_s before it)."""
         candidates = [r for r in self.readings if now.t - r.t >= min_gap_s]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda r: abs((now.t - r.t) - window_s))
+        return _window_start(candidates, now.t, window_s)
 
     def broker_pair(self, window_s: float) -> tuple[BrokerRead, BrokerRead] | None:
         reads = list(self.broker_reads)
         if len(reads) < 2:
             return None
         newest = reads[-1]
-        older = min(reads[:-1], key=lambda r: abs((newest.t - r.t) - window_s))
-        return older, newest
+        older = _window_start(reads[:-1], newest.t, window_s)
+        return (older, newest) if older is not None else None
 
     def is_own_tool(self, pid: int) -> bool:
         m = self.meta.get(pid)
         return pid == self.my_pid or (m is not None and m.comm in OWN_COMMS)
+
+
+def _window_start(readings: list, end: float, window_s: float):  # type: ignore[no-untyped-def]
+    """Of readings (oldest first), the youngest at least window_s before end (a 0.25 s slack), else the oldest."""
+    if not readings:
+        return None
+    covering = [r for r in readings if end - r.t >= window_s - 0.25]
+    return covering[-1] if covering else readings[0]
 
 
 async def _service(services: Services, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
