@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import jsonschema
 import pytest
 import trio
 
@@ -89,6 +90,8 @@ async def test_top_children_name_the_throttled_and_the_memory_holding_cgroups(
             mem_after, (thr_after, thr_s_after) = mem_cg.memory_usage(), cpu_cg.throttling()
             others_after = children_memory(host)
             data = ok_data(result)
+            tool = next(t for t in (await client.list_tools()).tools if t.name == "perf_cgroup_summary")
+            jsonschema.validate(result.structured_content, tool.output_schema)
             one = ok_data(await client.call_tool("perf_cgroup_summary", {"top_n": 1}))
             kids = ok_data(await client.call_tool("perf_cgroup_summary", {"cgroup_path": mem_cg.path,
                                                                           "children": True}))
