@@ -9,6 +9,8 @@ broker, with known answers:
 - a target that exits 1 s into a 3 s profile is warned about, on each rung;
 - a python3 busy loop is named as an interpreter's eval loop, with -X perf / PYTHONPERFSUPPORT=1 as
   the next step (and, for this machine's Python 3.11, that it needs 3.12);
+- a node loop's JIT code is unnamed without --perf-basic-prof (the finding names the flag) and named
+  with it (the hot JavaScript function on top, read by perf from /tmp/perf-PID.map);
 - perf-mcp's own processes (the broker's perf, the frontend) are not in the process list even when
   every sampled process is listed (top_n=50), and the raw perf script output shows whether they
   were sampled at all; own_pct counts them.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -302,7 +305,7 @@ async def test_node_jit_code_points_to_a_perf_map_and_is_named_with_one(
     try:
         for flag in ("", "--perf-basic-prof"):
             proc = helpers.spawn_as(test_users.granted, [NODE, *([flag] if flag else []), str(script)],
-                                    start_new_session=True)
+                                    start_new_session=True, stdout=subprocess.DEVNULL)
             try:
                 assert helpers.wait_until(lambda: (st := helpers.read_proc_stat(proc.pid)) is not None
                                           and st.comm.startswith("node"), 10)
