@@ -105,7 +105,10 @@ def top_children(first: dict[str, CgroupReading], second: dict[str, CgroupReadin
     by_throttling = sorted(throttled, key=_throttle_key, reverse=True)[:top_n]
     top = TopChildren(window_s=round(interval_s, 3), cgroups_seen=len(rows), by_cpu=by_cpu, by_memory=by_memory,
                       by_throttling=by_throttling)
-    return top, sort_findings(findings)
+    findings = sort_findings(findings)
+    if len(findings) > 2 * top_n:
+        warnings.append(f"{len(findings)} cgroup findings; the {2 * top_n} most severe are given (raise top_n for more)")
+    return top, findings[:2 * top_n]
 
 
 def describe(top: TopChildren) -> str:

@@ -41,6 +41,7 @@ from ..errors import ErrorCode, ToolError
 from ..procfs import CgroupMounts
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..use.config import load_thresholds
+from ..use.thresholds import Thresholds
 
 NAME = "perf_cgroup_summary"
 SAMPLE_INTERVAL_S = 1.0
@@ -149,7 +150,8 @@ def _parent(p: Params, mounts: CgroupMounts) -> str:
     return parent
 
 
-async def _top(ctx: ToolContext, p: Params, mounts: CgroupMounts, thresholds, warnings: list[str]) -> ToolOutput:
+async def _top(ctx: ToolContext, p: Params, mounts: CgroupMounts, thresholds: Thresholds,
+               warnings: list[str]) -> ToolOutput:
     parent = await trio.to_thread.run_sync(_parent, p, mounts)
     located, more = await trio.to_thread.run_sync(_children, mounts, parent)
     warnings += more
