@@ -18,7 +18,6 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 import pytest
 import trio
@@ -44,14 +43,6 @@ def _busy(a: list[int], b: list[int]) -> float:
     d = [y - x for x, y in zip(a, b, strict=False)]
     total = sum(d[:8])
     return 100.0 * (total - d[3] - d[4]) / total if total else 0.0
-
-
-def _attribution_landed() -> bool:
-    try:
-        import perf_mcp.procfs.attribution  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 async def test_one_busy_thread_pinned_to_cpu1_is_a_finding_naming_the_cpu_and_the_process(
@@ -92,14 +83,12 @@ async def test_one_busy_thread_pinned_to_cpu1_is_a_finding_naming_the_cpu_and_th
     print(f"finding: [{f['severity']}] {f['title']}\n  {f['detail']}\n  next {f.get('next')}")
     assert f["severity"] == "warning" and "cpu1" in f["title"]
     assert any("[cpu1]" in e["counter"] for e in f["evidence"])
-    if _attribution_landed():
-        assert f["metrics"]["top.pid"] == pid, f["metrics"]
-        assert f"(pid {pid})" in f["title"] and "perfmcp_busy" in f["title"]
-        assert f["next"] == {"tool": "perf_thread_profile", "arguments": {"pid": pid, "duration_s": 5}}
-        burner_ev = next(e for e in f["evidence"] if f"pid {pid} " in e["counter"])
-        assert 80 <= burner_ev["value"] <= 105, burner_ev  # % of one CPU: the whole of cpu1
-    else:
-        assert f["next"]["tool"] == "perf_cpu_profile"
+    # the culprit, from procfs.attribution: the burner, with the thread profile as the next call
+    assert f["metrics"]["top.pid"] == pid, f["metrics"]
+    assert f"{helpers.BUSY_COMM} (pid {pid})" in f["title"]
+    assert f["next"] == {"tool": "perf_thread_profile", "arguments": {"pid": pid, "duration_s": 5}}
+    burner_ev = next(e for e in f["evidence"] if f"pid {pid} " in e["counter"])
+    assert 80 <= burner_ev["value"] <= 105, burner_ev  # % of one CPU: the whole of cpu1
 
 
 # ---------------------------------------------------------------- filesystems
