@@ -864,8 +864,8 @@ def _proc_label(p: Any) -> str:
 def name_culprits(findings: list[Finding], attribution: Any, fc: FindingContext, top: int = 3) -> list[Finding]:
     """Findings about CPU, memory and disks with the top processes of
     `attribution` (procfs.attribution.Attribution: lists of rows with pid,
-    user, command and the figure) named in the title and detail, as
-    evidence, and as the pid of the next call."""
+    user, command and the figure) named: the first in the title, as evidence
+    and as the pid of the next call, up to `top` in the detail."""
     out = []
     for f in findings:
         rows: list[Any] = []
@@ -891,7 +891,7 @@ def name_culprits(findings: list[Finding], attribution: Any, fc: FindingContext,
         evidence = list(f.evidence) + [
             Evidence(tool=fc.tool, counter=f"{counter} [{_proc_label(r)}]", value=round(_amount(r, figure), 1),
                      window_s=round(getattr(attribution, "window_s", fc.window_s), 3), sample=fc.sample)
-            for r in rows]
+            for r in rows[:1]]  # the others are named in the detail (say less)
         metrics_ = dict(f.metrics)
         metrics_["top.pid"] = float(lead.pid)
         nxt = f.next
