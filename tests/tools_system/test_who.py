@@ -161,7 +161,7 @@ def test_cpu_burners_are_named_with_their_own_pids(who: str, answers, load) -> N
         assert r["user"] == "root" and r["command"].endswith("pmcp-who-burner"), r
         # against /proc over about the same window (the share moves with other tests' load)
         truth = answers[who]["truth_cpu"][pid]
-        assert 5 <= r["cpu_pct"] <= 105 and abs(r["cpu_pct"] - truth) <= max(12, 0.3 * truth), (r, truth)
+        assert 1 <= r["cpu_pct"] <= 105 and abs(r["cpu_pct"] - truth) <= max(12, 0.3 * truth), (r, truth)
     assert len(set(pids)) == 2 and "top CPU: " in data["summary"]
     # perf-mcp's own processes (both frontends, the broker) are left out of the rankings
     assert not [r for r in rows.values() if "bin/perf-mcp" in r["command"]], rows
