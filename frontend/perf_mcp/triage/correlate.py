@@ -34,6 +34,7 @@ The rules, in words:
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from typing import Any
 
 from ..contract import Evidence, next_call
@@ -525,32 +526,48 @@ def blocked(v: View) -> list[RootCause]:
                           "warning", float(f.get("confidence", 0.8)), _finding_evidence(f),
                           next=next_call("perf_offcpu_profile", pid=pid, duration_s=10), detail=f.get("detail")))
     tp = v.answer("perf_thread_profile")
-    for f in v.findings("perf_thread_profile", "process.thread_blocked"):
-        pid = tp.get("pid")
-        if pid is None or pid != v.obs.pid:
-            continue
-        tid = _blocked_tid(tp)
-        if tid is None:
-            continue
-        out.append(_cause("process.blocked", f.get("title", f"pid {pid} blocked"), v.process(pid, tp.get("comm"), tid=tid),
-                          "warning", float(f.get("confidence", 0.75)), _finding_evidence(f),
-                          next=next_call("perf_offcpu_profile", pid=pid, duration_s=10), detail=f.get("detail")))
+    pid = tp.get("pid")
+    if pid is not None and pid == v.obs.pid and not out:
+        t = _blocked_thread(tp)
+        if t is not None:
+            share = (t["offcpu_ms"] - (t.get("runq_wait_ms") or 0.0)) / (t["window_s"] * 10)
+            stack = t.get("offcpu_top_stack") or []
+            where = t.get("offcpu_blocked_in") or (stack[-1] if stack else "?")
+            ev = [_ev("perf_thread_profile", "off-CPU, not waiting to run (% of the window: offcputime - schedstat "
+                      "run-queue wait)", round(share, 1), BLOCKED_SHARE_PCT, t.get("window_s"),
+                      f"tid {t['tid']} '{t.get('name')}': " + " > ".join(stack[-6:]))]
+            out.append(_cause("process.blocked", f"thread '{t.get('name')}' (tid {t['tid']}) of pid {pid} is blocked "
+                              f"{share:.0f}% of the time in {where}" + (" (a lock: futex)" if _lockish(stack) else ""),
+                              v.process(pid, tp.get("comm"), tid=int(t["tid"])), "warning",
+                              0.8 if _lockish(stack) else 0.7, ev,
+                              next=next_call("perf_offcpu_profile", pid=pid, duration_s=10)))
     return out
 
 
-def _blocked_tid(tp: dict[str, Any]) -> int | None:
+_LOCK_FRAME = re.compile(r"futex|mutex|rwsem|lll_lock|_lock_wait|down_read|down_write")
+
+
+def _lockish(stack: list[str]) -> bool:
+    return any(_LOCK_FRAME.search(f) for f in stack)
+
+
+def _blocked_thread(tp: dict[str, Any]) -> dict[str, Any] | None:
     """The thread blocked (off CPU and not waiting to run) for BLOCKED_SHARE_PCT of the window, if any:
-    off-CPU time includes preemption, which schedstat counts as run-queue wait."""
+    off-CPU time includes preemption, which schedstat counts as run-queue wait. A wait on a lock comes
+    before one on I/O or events, which comes before a sleep (a thread that sleeps on purpose)."""
+    found = []
     for t in tp.get("threads") or []:
         off, runq, win = t.get("offcpu_ms"), t.get("runq_wait_ms") or 0.0, t.get("window_s") or 0.0
         if not off or not win:
             continue
-        stack = " ".join(t.get("offcpu_top_stack") or [])
-        if "irqentry_exit" in stack or "preempt" in stack:
+        stack = t.get("offcpu_top_stack") or []
+        text = " ".join(stack)
+        if "irqentry_exit" in text or "preempt" in text:
             continue
         if (off - runq) / (win * 1000) * 100 >= BLOCKED_SHARE_PCT:
-            return int(t["tid"])
-    return None
+            rank = 0 if _lockish(stack) else 2 if "nanosleep" in text else 1
+            found.append((rank, -(off - runq), t))
+    return min(found, key=lambda x: x[:2])[2] if found else None
 
 
 def exec_storm(v: View) -> list[RootCause]:
@@ -637,7 +654,11 @@ def network(v: View) -> list[RootCause]:
             ev.append(_ev("perf_net_health", "retransmits in the window to one peer (tcp_info)", n, None,
                           nh.get("interval_s"), f"{peer}: {n} of {all_n}"))
             if n / all_n >= DOMINANT_SHARE:
-                culprit = Culprit(kind="peer", peer=peer)
+                owners = {x.get("pid") for x in socks if x.get("remote") == peer and x.get("pid")}
+                owner = owners.pop() if len(owners) == 1 else None
+                culprit = Culprit(kind="peer", peer=peer, pid=owner,
+                                  command=next((x.get("comm") for x in socks if x.get("pid") == owner), None)
+                                  if owner else None)
                 port = peer.rsplit(":", 1)[-1]
                 if port.isdigit():
                     next_ = next_call("perf_tcp_trace", mode="connections", remote_port=int(port), duration_s=10)

@@ -3,6 +3,8 @@
 - Explained by another: CPU saturation whose culprit is the process a
   single-thread bottleneck names is that bottleneck (its evidence joins it);
   run-queue latency joins CPU saturation where both are found.
+- A process blocked because of what another root cause names for the same
+  process (its slow DNS lookups, its retransmits, its disk) is that cause.
 - The same kind and culprit found by two collectors (attribution and
   perf_thread_profile, say) is one root cause with both evidence chains; the
   more confident one gives the title.
@@ -27,6 +29,16 @@ SEVERITY_ORDER = {"critical": 0, "warning": 1, "info": 2}
 MAX_EVIDENCE = 8
 MAX_INFO = 3
 OTHER_CULPRIT = 0.5
+
+
+# Root causes that make a process wait off-CPU (its blocking is their evidence, not a cause of its own).
+EXPLAINS_BLOCKING = ("dns.slow", "network.retransmits", "disk.saturation", "memory.pressure", "cgroup.memory_limit")
+_EVENT_WAITS = ("select", "poll", "epoll", "recv", "accept", "sk_wait", "tcp_")
+
+
+def _waits_on_events(rc: RootCause) -> bool:
+    """Blocked in select/poll/recv: waiting on the network."""
+    return any(w in (e.sample or "") for e in rc.evidence for w in _EVENT_WAITS)
 
 
 def _key(rc: RootCause) -> tuple[Any, ...]:
@@ -59,8 +71,10 @@ def relevance(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> fl
         return 1.0
     if c.kind in ("process", "thread") and c.pid != pid:
         return OTHER_CULPRIT
-    if c.kind in ("device", "interface", "peer", "name") and c.pid != pid:
+    if c.pid is not None and c.pid != pid:
         return OTHER_CULPRIT
+    if c.kind in ("device", "name") and c.pid is None:
+        return OTHER_CULPRIT  # a device or name not tied to the process (a peer or interface may carry its flow)
     if c.kind == "cgroup" and not any(c.cgroup and (g == c.cgroup or g.startswith(c.cgroup.rstrip("/") + "/"))
                                       for g in pid_cgroups):
         return OTHER_CULPRIT
@@ -90,6 +104,15 @@ def rank(candidates: list[RootCause], pid: int | None = None,
             continue
         out.append(rc)
     out = [singles.get(rc.culprit.pid, rc) if rc.kind == "cpu.single_thread" else rc for rc in out]
+    # a process blocked because of what another root cause names for it (its slow lookups, its retransmits,
+    # its disk, its cgroup): that cause, with the blocking as evidence
+    for rc in [r for r in out if r.kind == "process.blocked"]:
+        cause = next((o for o in out if o.kind in EXPLAINS_BLOCKING and (
+            (o.culprit.pid is not None and o.culprit.pid == rc.culprit.pid)
+            or (o.culprit.pid is None and o.kind.startswith(("network.", "dns.")) and _waits_on_events(rc)))), None)
+        if cause is not None:
+            out.remove(rc)
+            out[out.index(cause)] = _absorb(cause, rc)
     sat = next((rc for rc in out if rc.kind == "cpu.saturation"), None)
     if sat is not None:
         runq = [rc for rc in out if rc.kind == "runq.latency"]
