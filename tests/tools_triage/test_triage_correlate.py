@@ -18,7 +18,7 @@ from perf_mcp.contract import Evidence
 from perf_mcp.errors import ErrorCode, ToolError
 from perf_mcp.registry import discover
 from perf_mcp.triage.collectors import Observations, fd_growers, thread_demand
-from perf_mcp.triage.correlate import correlate
+from perf_mcp.triage.correlate import correlate, pid_cgroups
 from perf_mcp.triage.model import ROOT_CAUSE_KINDS, Culprit, RootCause
 from perf_mcp.triage.queue import QueuedBroker
 from perf_mcp.triage.rank import rank
@@ -235,14 +235,23 @@ FAULT_TRUTH = {
     "slow_dns": ("dns.slow", {"pid": 10593}),  # lookups through a resolver answering after 0.4 s
     "lock_blocked": ("process.blocked", {"pid": 11098, "tid": 11100}),  # the victim waits on the holder's mutex
     "packet_loss": ("network.retransmits", {"kind": "peer", "peer": "10.213.7.2:5201"}),  # 5% dropped, iperf3
+    # a python holding 150 MiB in a 200 MiB v1 memory cgroup re-reading a file through mmap
+    "memory_pressure": ("cgroup.memory_limit", {"kind": "cgroup", "cgroup": "/pmcp-bench-16963-997522"}),
 }
+
+
+def test_other_processes_waiting_on_a_saturated_machine_are_not_single_thread_warnings() -> None:
+    obs = observations("cpu_saturation")  # stress-ng --cpu 4 on 2 CPUs, and other sessions' load
+    causes = rank(correlate(obs))
+    assert causes[0].kind == "cpu.saturation" and causes[0].severity == "critical"
+    assert all(c.severity == "info" for c in causes if c.kind == "cpu.single_thread")
 
 
 @pytest.mark.parametrize("fault", sorted(FAULT_TRUTH))
 def test_each_fault_is_the_first_cause_after_the_shared_machines_saturation(fault: str) -> None:
     kind, culprit = FAULT_TRUTH[fault]
     obs = observations(fault)
-    causes = rank(correlate(obs), obs.pid)
+    causes = rank(correlate(obs), obs.pid, pid_cgroups(obs))
     print(f"\n{fault}: " + "; ".join(f"{c.kind} {c.score} {c.culprit.text()[:50]}" for c in causes[:4]))
     first = next(c for c in causes if not (c.kind == "cpu.saturation" and c.culprit.kind == "system"))
     assert first.kind == kind and all(getattr(first.culprit, k) == v for k, v in culprit.items()), first

@@ -24,7 +24,7 @@ from perf_mcp_protocol import limits
 from ..errors import ErrorCode, ToolError
 from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..triage.collectors import Collection, Runner, collect
-from ..triage.correlate import correlate, findings_count
+from ..triage.correlate import correlate, findings_count, pid_cgroups
 from ..triage.model import Focus, Mode, RootCause, TriageData
 from ..triage.rank import rank
 from ..use.config import load_thresholds
@@ -65,12 +65,6 @@ class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         "and the tracing is limited to it."))] | None = None
     focus: Annotated[Focus, Meta(description=(
         "Look only at this resource (cpu, memory, disk, network), or at all of them."))] = "all"
-
-
-def _cgroups_of(col: Collection) -> frozenset[str]:
-    """The cgroup paths of the pid asked about (every hierarchy), for ranking."""
-    answer = col.obs.answers.get("perf_cgroup_summary.pid") or {}
-    return frozenset(h["cgroup_path"] for h in answer.get("hierarchies") or [] if h.get("cgroup_path"))
 
 
 def _blind_spots(p: Params, col: Collection) -> list[str]:
@@ -148,7 +142,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     col = await collect(ctx, p.mode, p.focus, p.pid, progress)
     await ctx.report_progress(expected, expected, "correlating")
     thresholds, th_warnings = load_thresholds()
-    causes = rank(correlate(col.obs, thresholds), p.pid, _cgroups_of(col))
+    causes = rank(correlate(col.obs, thresholds), p.pid, pid_cgroups(col.obs))
     data = TriageData(summary="", mode=p.mode, focus=p.focus, pid=p.pid, root_causes=causes,
                       findings_count=findings_count(col.obs), could_not_run=col.could_not_run,
                       blind_spots=_blind_spots(p, col), collectors=col.runs,

@@ -158,9 +158,20 @@ def _cause(kind: str, title: str, culprit: Culprit, severity: str, confidence: f
 # ---------------------------------------------------------------- CPU
 
 
+def saturated(v: View) -> bool:
+    """More runnable tasks than twice the CPUs: every CPU-bound thread then waits, single or not."""
+    rq = next((c.get("value") for c in v.checks("cpu") if c.get("id") == "cpu.run_queue"), None)
+    return rq is not None and rq > 2 * v.obs.cpus
+
+
 def single_thread(v: View) -> list[RootCause]:
     out: list[RootCause] = []
     cpus = v.obs.cpus
+    # A thread that wants a whole CPU but gets little of it on a saturated machine is the saturation's
+    # victim first: said (info), unless it is the process asked about.
+    def demand_severity(pid: int, cpu: float) -> str:
+        return "info" if saturated(v) and cpu < SINGLE_THREAD_PCT and pid != v.obs.pid else "warning"
+
     if cpus < 2:
         return out  # one CPU: a busy thread is saturation, judged there
     mean = next((c for c in v.checks("cpu") if c.get("id") == "cpu.utilisation"), None)
@@ -193,7 +204,8 @@ def single_thread(v: View) -> list[RootCause]:
                   f"tid {t.get('tid')} {t.get('name')}: {cpu:.0f}% on CPU, {runq:.0f}% runnable waiting")]
         out.append(_cause("cpu.single_thread", f"{tp.get('comm')} (pid {pid}) is bound by one thread that wants a "
                           f"whole CPU ({cpu:.0f}% on it, {runq:.0f}% waiting for it) on a {cpus}-CPU machine",
-                          v.process(pid, tp.get("comm"), tid=t.get("tid")), "warning", 0.8, ev + mean_ev,
+                          v.process(pid, tp.get("comm"), tid=t.get("tid")), demand_severity(pid, cpu), 0.8,
+                          ev + mean_ev,
                           next=next_call("perf_cpu_profile", pid=pid, duration_s=10)))
         break  # the busiest thread only
     for tpid, d in sorted(v.obs.threads.items(), key=lambda kv: -(kv[1].get("cpu_pct") or 0)):
@@ -211,7 +223,8 @@ def single_thread(v: View) -> list[RootCause]:
         out.append(_cause("cpu.single_thread",
                           f"{_short(row)} (pid {row['pid']}): one thread wants a whole CPU ({cpu:.0f}% on it, "
                           f"{runq:.0f}% waiting) on a {cpus}-CPU machine",
-                          v.process(row["pid"], tid=d.get("tid")), "warning", 0.7 if d.get("threads") == 1 else 0.65,
+                          v.process(row["pid"], tid=d.get("tid")), demand_severity(row["pid"], cpu),
+                          0.7 if d.get("threads") == 1 else 0.65,
                           ev + mean_ev, next=next_call("perf_cpu_profile", pid=row["pid"], duration_s=10)))
     return out
 
@@ -442,17 +455,19 @@ def _window(v: View) -> dict[str, Any]:
 
 
 def _io_processes(v: View) -> list[tuple[dict[str, Any], float, str]]:
-    """(row, bytes/s, source) of processes by storage bytes, most first. Workers of one program (the
+    """(row, bytes/s, source) of processes by storage bytes, most first: perf_io_layers' block bytes
+    per process where deep mode ran it, else attribution's (other users' only with the inspect grant). Workers of one program (the
     same command line and parent, such as fio's jobs) count as one: their parent, when it runs the same
     command, else the busiest worker, with their bytes summed."""
     by_pid: dict[int, tuple[dict[str, Any], float, str]] = {}
-    for key in ("disk_read", "disk_write"):
-        for r in v.rows(key):
-            bps = float(r.get("read_bps") or 0) + float(r.get("write_bps") or 0)
-            by_pid[r["pid"]] = (r, bps, "attribution")
     layers = v.answer("perf_io_layers")
     dur = float(layers.get("duration_s") or 0)
-    if not by_pid and dur:
+    if not layers.get("processes"):  # perf_io_layers (deep) sees every user's block I/O: it comes first
+        for key in ("disk_read", "disk_write"):
+            for r in v.rows(key):
+                bps = float(r.get("read_bps") or 0) + float(r.get("write_bps") or 0)
+                by_pid[r["pid"]] = (r, bps, "attribution")
+    elif dur:
         for p in layers.get("processes") or []:
             if v.own(p):
                 continue
@@ -695,6 +710,12 @@ def correlate(obs: Observations, thresholds: Thresholds | None = None) -> list[R
     if obs.focus != "all":
         out = [rc for rc in out if KIND_FOCUS.get(rc.kind, obs.focus) == obs.focus]
     return out
+
+
+def pid_cgroups(obs: Observations) -> frozenset[str]:
+    """The cgroup paths of the pid asked about (every hierarchy), for ranking."""
+    answer = obs.answers.get("perf_cgroup_summary.pid") or {}
+    return frozenset(h["cgroup_path"] for h in answer.get("hierarchies") or [] if h.get("cgroup_path"))
 
 
 def findings_count(obs: Observations) -> int:
