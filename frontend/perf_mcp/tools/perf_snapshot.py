@@ -642,15 +642,27 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
     return ToolOutput(data=data, summary=summarise(data), warnings=list(dict.fromkeys(warnings)))
 
 
+_NUMBER_DEFAULTS: dict[type, list[tuple[str, object]]] = {}
+
+
+def _number_defaults(tp: type) -> list[tuple[str, object]]:
+    """(field, default) of a Struct type's fields (the default None when it is not a number),
+    cached: msgspec.structs.fields evaluates the annotations at every call."""
+    got = _NUMBER_DEFAULTS.get(tp)
+    if got is None:
+        got = _NUMBER_DEFAULTS[tp] = [(f.name, f.default if type(f.default) in (int, float) else None)
+                                      for f in msgspec.structs.fields(tp)]
+    return got
+
+
 def squeeze(obj: object) -> None:
     """Make every field equal to its default BE the default object, so that omit_defaults
     (which compares floats by identity) leaves zero counters out. In place, recursive."""
     if isinstance(obj, msgspec.Struct):
-        for f in msgspec.structs.fields(obj):
-            value = getattr(obj, f.name)
-            if f.default is not msgspec.NODEFAULT and value is not f.default and type(value) in (int, float) \
-                    and type(f.default) in (int, float) and value == f.default:
-                setattr(obj, f.name, f.default)
+        for name, default in _number_defaults(type(obj)):
+            value = getattr(obj, name)
+            if default is not None and value is not default and type(value) in (int, float) and value == default:
+                setattr(obj, name, default)
             else:
                 squeeze(value)
     elif isinstance(obj, list):
