@@ -14,8 +14,10 @@ History, so that windows of 10-60 s answer at once: the ProcessTable service (st
 with the server, next to the 1 Hz system sampler) reads /proc/PID/stat of every process
 every PROCESS_INTERVAL_S (5 s; os.open/os.read, parsed down to four numbers per
 process, in a worker thread) into a ring of the last ~65 s, plus this user's own io
-and fd counts. attribute() takes one fresh reading at call time and compares it with
-the ring's reading closest to window_s before it.
+and fd counts (a process's owner is looked up when it is first seen and again after
+an exec). attribute() takes one fresh reading at call time (on its own thread: ~1.5 ms
+of CPU for 130 processes) and compares it with the youngest kept reading at least
+window_s older (else the oldest): a 10 s window is 10-15 s once the server is 15 s old.
 
 Other users' I/O, without making a tool wait on the broker: the same service also
 does a broker ProcessIo read every BROKER_EVERY ticks (10 s) while the broker grants
@@ -23,13 +25,15 @@ INSPECT, keeping the raw text (parsed only when a call needs it). Whether it is 
 is learnt from the first read at start; after PERMISSION_DENIED (or no broker) it is
 asked again only every REPROBE_S (60 s), and at a call when the cache is older than
 that. A call's rates of other users' I/O are then between the newest cached read and
-the cached read closest to window_s before it, so they end up to 10 s before the call;
+the youngest cached read at least window_s older, so they end up to 10 s before the call;
 only while fewer than two reads are cached (the first 10 s after start) does
 attribute() make one broker read itself. Each row's rates use its own readings' times.
 
-Cost (bench/bench_sampler.py, 1,110 processes, 2 CPUs): the 1 Hz sampler alone 0.09% of
-a core, with the process table 0.36%; the broker's read of 1,110 processes costs the
-broker ~25 ms and polkitd one authorisation per read.
+Cost (bench/bench_sampler.py, 1,160 processes, 2 loaded CPUs): the 1 Hz sampler alone
+0.07-0.09% of a core, with the process table 0.34-0.36% (goal < 0.5%); the broker's
+ProcessIo read of 1,160 processes costs the broker ~0.2% of a core at one read per 10 s
+(~120 KB of text per read), and polkitd one authorisation per read. Memory: 15 readings
+of 4 numbers per process, and up to 15 raw broker reads.
 
 perf-mcp's own processes (comm perf-mcp or perf-mcp-broker, and this process) are
 left out of the rankings. Processes with the same name are separate rows (keyed by
