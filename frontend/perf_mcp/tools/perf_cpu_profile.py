@@ -419,6 +419,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         threads = max((s[p.pid].threads for s in watch.snaps if p.pid in s), default=1)
         width = max(1, min(threads, cpus))
         own = frozenset()  # asked for by pid: profiled as asked, even if it is perf-mcp's
+    sampled_s = round(sampled_s, 3)  # as data says it: expected_samples follows from the figures shown
     expected = int(math.floor(sampled_s * got.rate_hz * width))
     analysis = analyse(folded, own_pids=own, expected=expected or None, top_n=p.top_n)
     processes = [msgspec.structs.replace(r, command=seen[r.pid].command) if r.pid in seen else r
