@@ -353,6 +353,7 @@ class Broker:
                 outcome = "cancelled"  # the client went away; its job's group is gone
                 return None
             outcome = "ok" if all(_step_ok(r) for r in results) and len(results) == len(steps) else "failed"
+            detail = "; ".join(_why_failed(r) for r in results if not _step_ok(r))
             return JobResult(job_id=job_id, steps=results, wall_s=round(time.monotonic() - started, 3))
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -433,6 +434,12 @@ async def _run_stage(stage: list, stdout_cap: int) -> list:
         for i in range(len(stage)):
             nursery.start_soon(one, i)
     return results
+
+
+def _why_failed(r) -> str:
+    """A failed step for the audit: name, how it ended, the end of its stderr (JSON-quoted there)."""
+    how = "timed out" if r.timed_out else f"signal {r.signal}" if r.signal else f"exit {r.exit_status}"
+    return f"{r.name}: {how}: {r.stderr[-200:].decode(errors='backslashreplace').strip()}"
 
 
 def _step_ok(result) -> bool:

@@ -37,6 +37,7 @@ class KillFigures:
     after_final: int = 0  # the job had ended before the kill landed
     busy: int = 0
     refused: dict[str, int] = field(default_factory=dict)  # final answers other than BUSY before Accepted
+    failed: list[str] = field(default_factory=list)  # jobs whose steps failed (not cancelled): the audit's why
     gone_s: list[float] = field(default_factory=list)
     not_gone: list[str] = field(default_factory=list)
     outcomes: dict[str, int] = field(default_factory=dict)
@@ -158,6 +159,8 @@ async def _stream(user: str, broker: helpers.RunningBroker, tag: int, n: int, rn
         mine = [r for r in audit_records(broker.log_text()) if r["pid"] == client.proc.pid]
         for r in mine:
             figs.outcomes[r["outcome"]] = figs.outcomes.get(r["outcome"], 0) + 1
+            if r["outcome"] == "failed":
+                figs.failed.append(f"{user}: {spec['type']}: {r['detail']}")
         if accepted and not mine:
             figs.not_gone.append(f"{user}: no audit line for client {client.proc.pid}")
         if accepted and procs:
@@ -212,6 +215,7 @@ def describe(figs: KillFigures) -> dict[str, object]:
         "kill_to_group_gone": figs.distribution(),
         "not_gone": len(figs.not_gone),
         "audit_outcomes": figs.outcomes,
+        "failed_jobs": figs.failed[:10],
         "processes_seen": len(figs.seen),
         "orphans": len(figs.orphans),
         "bpf_prog_ids_seen": len(figs.prog_ids),

@@ -146,6 +146,9 @@ async def test_output_flood_is_capped_with_memory_bounded(broker_factory, busy_p
     assert hwm < RSS_BOUND_KIB, f"broker VmHWM {hwm} KiB"
     assert not broker_perf_processes(broker.pid)
     assert broker.alive()
+    # The audit says why the job failed: the step cut at the cap, and how it ended.
+    audit = [r for r in audit_records(broker.log_text()) if r["kind"] == "cpu_profile"][-1]
+    assert audit["outcome"] == "failed" and audit["detail"].startswith("script: signal 9: "), audit
 
 
 # --------------------------------------------------------------------------- 6. limits
