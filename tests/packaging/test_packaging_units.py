@@ -145,3 +145,33 @@ def test_parse_unit() -> None:
         pkg_util.parse_unit("X=1\n")
     score, label = pkg_util.parse_overall("→ Overall exposure level for x.service: 2.8 OK :-)\n")
     assert (score, label) == (2.8, "OK")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(shutil.which("systemd-sysusers") is None, reason="systemd-sysusers missing")
+def test_sysusers_creates_the_parser_user_once(tmp_path: Path) -> None:
+    """The shipped sysusers file (what install.py and the package's postinst run) creates
+    perf-mcp-parse, unprivileged and unable to log in, and changes nothing the second
+    time. Run on a copy of this machine's user database without that user."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("passwd", "group", "shadow", "gshadow"):
+        src = Path("/etc") / name
+        if src.exists():
+            kept = [ln for ln in src.read_text().splitlines() if not ln.startswith("perf-mcp-parse:")]
+            (etc / name).write_text("\n".join(kept) + "\n")
+    conf = Path(__file__).resolve().parents[2] / "packaging" / "systemd" / "perf-mcp-broker.sysusers"
+    import subprocess
+
+    def sysusers() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(conf)], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL, timeout=60)
+
+    first = sysusers()
+    assert first.returncode == 0 and "not a valid" not in first.stderr, first.stderr
+    [entry] = [ln.split(":") for ln in (etc / "passwd").read_text().splitlines() if ln.startswith("perf-mcp-parse:")]
+    assert int(entry[2]) > 0 and int(entry[3]) > 0 and entry[6] in ("/usr/sbin/nologin", "/sbin/nologin"), entry
+    before = {n: (etc / n).read_text() for n in ("passwd", "group")}
+    second = sysusers()
+    assert second.returncode == 0 and "Creating" not in second.stderr, second.stderr
+    assert {n: (etc / n).read_text() for n in ("passwd", "group")} == before
