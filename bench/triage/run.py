@@ -48,7 +48,7 @@ TRIAGE = "perf_triage"
 
 @asynccontextmanager
 async def client_for(user: str, socket_path: Path, netns: str | None = None) -> AsyncIterator[Any]:
-    """helpers.mcp_client, or the same frontend started inside a network namespace."""
+    """helpers.mcp_client, or the same frontend started inside a network namespace (only the network one)."""
     if netns is None:
         async with helpers.mcp_client(user, socket_path, read_timeout_seconds=_timeout()) as client:
             yield client
@@ -56,7 +56,8 @@ async def client_for(user: str, socket_path: Path, netns: str | None = None) -> 
     from mcp import Client
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
-    argv = ["/usr/sbin/ip", "netns", "exec", netns, *helpers.frontend_argv(user, socket_path)]
+    # nsenter joins only the network namespace; `ip netns exec` would also mount a fresh /sys (no cgroups there)
+    argv = ["/usr/bin/nsenter", f"--net=/run/netns/{netns}", *helpers.frontend_argv(user, socket_path)]
     params = StdioServerParameters(command=argv[0], args=argv[1:], env=helpers.user_env(user), cwd="/")
     log: IO[str] = tempfile.TemporaryFile("w+")
     try:
