@@ -266,3 +266,20 @@ def test_each_fault_is_the_first_cause_after_the_shared_machines_saturation(faul
         assert first.severity == "critical" and first.next.tool == "perf_tcp_trace"
         assert first.next.arguments == {"mode": "connections", "remote_port": 5201, "duration_s": 10}
         assert not any(c.kind == "process.blocked" for c in causes)  # iperf3 waiting in select: the retransmits
+
+
+def test_the_pids_wait_in_a_throttled_cgroup_is_the_quotas() -> None:
+    thr = RootCause(kind="cgroup.cpu_throttled", title="t", culprit=Culprit(kind="cgroup", cgroup="/q"),
+                    severity="critical", confidence=0.9, score=0,
+                    evidence=[Evidence(tool="perf_cgroup_summary", counter="throttled %", value=100.0)])
+    single = RootCause(kind="cpu.single_thread", title="s", culprit=Culprit(kind="process", pid=7), severity="warning",
+                       confidence=0.8, score=0, evidence=[Evidence(tool="perf_thread_profile", counter="demand",
+                                                                   value=100.0, sample="20% on CPU, 80% waiting")])
+    sat = RootCause(kind="cpu.saturation", title="c", culprit=Culprit(kind="system"), severity="critical",
+                    confidence=0.9, score=0, evidence=[Evidence(tool="perf_use_check", counter="util", value=99.0)])
+    out = rank([sat, single, thr], 7, frozenset({"/q", "/"}))
+    assert [c.kind for c in out] == ["cgroup.cpu_throttled", "cpu.saturation"]  # equal scores: the pid's first
+    assert {e.tool for e in out[0].evidence} == {"perf_cgroup_summary", "perf_thread_profile"}
+    # the pid in another cgroup: the throttling is someone else's (weighs 0.5), the pid's thread stays its own cause
+    assert [c.kind for c in rank([sat, single, thr], 7, frozenset({"/other"}))] == [
+        "cpu.saturation", "cpu.single_thread", "cgroup.cpu_throttled"]

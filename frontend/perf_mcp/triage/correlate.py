@@ -102,8 +102,11 @@ class View:
                 like: dict[str, Any] | None = None, **extra: Any) -> Culprit:
         """A process culprit; `like` (a worker's row) fills what the attribution has not for pid."""
         row = self.process_row(pid) or like or {}
+        command = command if like else (row.get("command") or command)
+        if command:  # one line (a `python -c` script keeps its newlines in cmdline)
+            command = " ".join(command.split())[:160]
         return Culprit(kind="thread" if tid and tid != pid else "process", pid=pid, tid=tid if tid != pid else None,
-                       user=row.get("user"), command=command if like else (row.get("command") or command),
+                       user=row.get("user"), command=command,
                        cgroup=row.get("cgroup"), **extra)
 
     def use_row(self, resource: str) -> dict[str, Any] | None:

@@ -81,6 +81,12 @@ def relevance(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> fl
     return 1.0
 
 
+def _tied(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> bool:
+    c = rc.culprit
+    return pid is not None and (c.pid == pid or (c.kind == "cgroup" and c.cgroup is not None and any(
+        g == c.cgroup or g.startswith(c.cgroup.rstrip("/") + "/") for g in pid_cgroups)))
+
+
 def score(rc: RootCause, pid: int | None = None, pid_cgroups: frozenset[str] = frozenset()) -> float:
     distinct = len({(e.tool, e.counter) for e in rc.evidence})
     return round(SEVERITY_WEIGHT[rc.severity] * rc.confidence * (1 + 0.05 * min(distinct, 6))
@@ -113,6 +119,13 @@ def rank(candidates: list[RootCause], pid: int | None = None,
         if cause is not None:
             out.remove(rc)
             out[out.index(cause)] = _absorb(cause, rc)
+    # the process asked about, in a throttled cgroup: its wait for a CPU is the quota's
+    thr = next((o for o in out if o.kind == "cgroup.cpu_throttled" and _tied(o, pid, pid_cgroups)), None)
+    if thr is not None:
+        for rc in [r for r in out if r.kind == "cpu.single_thread" and r.culprit.pid == pid]:
+            out.remove(rc)
+            idx = out.index(thr)
+            thr = out[idx] = _absorb(thr, rc)
     sat = next((rc for rc in out if rc.kind == "cpu.saturation"), None)
     if sat is not None:
         runq = [rc for rc in out if rc.kind == "runq.latency"]
@@ -121,6 +134,7 @@ def rank(candidates: list[RootCause], pid: int | None = None,
             idx = out.index(sat)
             sat = out[idx] = _absorb(sat, rc, 0.05)
     scored = [msgspec.structs.replace(rc, score=score(rc, pid, pid_cgroups), evidence=rc.evidence[:MAX_EVIDENCE]) for rc in out]
-    scored.sort(key=lambda r: (-r.score, SEVERITY_ORDER[r.severity]))
+    # equal scores: what names the process asked about (or its cgroup) first, then the more severe
+    scored.sort(key=lambda r: (-r.score, not _tied(r, pid, pid_cgroups), SEVERITY_ORDER[r.severity]))
     infos = [r for r in scored if r.severity == "info"][MAX_INFO:]
     return [r for r in scored if r not in infos]
