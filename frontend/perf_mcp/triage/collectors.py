@@ -294,6 +294,28 @@ def fd_growers(first: dict[int, int], last: dict[int, int], window_s: float, own
 # ---------------------------------------------------------------- the plan
 
 
+FD_CANDIDATES = 3
+FD_OTHERS_MIN = 64  # another user's process holding this many fds is worth a 3 s look
+
+
+def fd_candidates(obs: Observations) -> list[int]:
+    """Processes whose fds perf_fd_trace follows: this user's that grew in the quick window, then
+    other users' with the most fds (attribution has their counts through the broker; their growth is
+    only seen by following them, which perf_fd_trace does through the broker too)."""
+    out = [int(g["pid"]) for g in obs.fd_growth]
+    me = os.getuid()
+    try:
+        import pwd
+
+        my_name = pwd.getpwuid(me).pw_name
+    except KeyError:
+        my_name = str(me)
+    for row in (obs.attribution or {}).get("fds") or []:
+        if row.get("user") != my_name and (row.get("fds") or 0) >= FD_OTHERS_MIN and row["pid"] not in out:
+            out.append(int(row["pid"]))
+    return out[:FD_CANDIDATES]
+
+
 def top_process(obs: Observations) -> int | None:
     """The process to look at closely: the given pid, else the top CPU process of attribution."""
     if obs.pid is not None:
@@ -408,10 +430,11 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             if target is not None and wanted("perf_thread_profile", focus):
                 inner.start_soon(runner.tool, "perf_thread_profile", "perf_thread_profile",
                                  {"pid": target, "duration_s": 3.0, "include_offcpu": pid is not None, "top_n": 10})
-            growing = obs.fd_growth[0]["pid"] if obs.fd_growth else None
-            if growing is not None and wanted("perf_fd_trace", focus):
-                inner.start_soon(runner.tool, "perf_fd_trace", "perf_fd_trace",
-                                 {"pid": growing, "duration_s": 3.0, "interval_s": 1.0})
+            if wanted("perf_fd_trace", focus):
+                for i, fd_pid in enumerate(fd_candidates(obs)):
+                    name = "perf_fd_trace" if i == 0 else f"perf_fd_trace.{i + 1}"
+                    inner.start_soon(runner.tool, name, "perf_fd_trace",
+                                     {"pid": fd_pid, "duration_s": 3.0, "interval_s": 1.0})
             await ring_done.wait()
             windows = (obs.answers.get("perf_snapshot") or {}).get("windows") or [{}]
             if (windows[0].get("forks_s") or 0) >= EXEC_STORM_PER_S[0] and wanted("perf_exec_trace", focus):

@@ -499,22 +499,28 @@ def _io_processes(v: View) -> list[tuple[dict[str, Any], float, str]]:
 
 def fd_leak(v: View) -> list[RootCause]:
     out: list[RootCause] = []
-    fd = v.answer("perf_fd_trace")
-    traced = fd.get("pid")
-    if fd.get("verdict") == "leak":
-        f = (v.findings("perf_fd_trace", "process.fd_leak") or [{}])[0]
+    traced: set[int] = set()
+    for name in sorted(k for k in v.obs.answers if k == "perf_fd_trace" or k.startswith("perf_fd_trace.")):
+        fd = v.answer(name)
+        pid = fd.get("pid")
+        if pid is None:
+            continue
+        traced.add(pid)
+        if fd.get("verdict") != "leak":
+            continue
+        f = (v.findings(name, "process.fd_leak") or [{}])[0]
         g = fd.get("growth") or {}
         ev = _finding_evidence(f) or [_ev("perf_fd_trace", "open fds slope (/s)", g.get("slope_per_s"), None,
                                           fd.get("duration_s"))]
-        out.append(_cause("fd.leak", f"{fd.get('comm')} (pid {traced}) leaks file descriptors: "
+        out.append(_cause("fd.leak", f"{fd.get('comm')} (pid {pid}) leaks file descriptors: "
                           f"+{g.get('slope_per_s')}/s, {fd.get('current')} open",
-                          v.process(traced, fd.get("comm")), f.get("severity", "warning"),
+                          v.process(pid, fd.get("comm")), f.get("severity", "warning"),
                           float(fd.get("verdict_confidence") or 0.8), ev,
-                          next=next_call("perf_fd_trace", pid=traced, duration_s=30, interval_s=5,
+                          next=next_call("perf_fd_trace", pid=pid, duration_s=30, interval_s=5,
                                          include_fd_list=True)))
     for g in v.obs.fd_growth:
         pid = g.get("pid")
-        if pid == traced and fd:
+        if pid in traced:
             continue  # perf_fd_trace judged it, with more samples
         grew = (g.get("last") or 0) - (g.get("first") or 0)
         if grew < FD_GROWTH_MIN:
