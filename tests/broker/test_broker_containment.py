@@ -73,16 +73,19 @@ def caps(seen: Seen, field_name: str) -> set[str]:
 
 
 @contextmanager
-def watching(broker_pid: int) -> Iterator[dict[int, Seen]]:
-    """Every process under the broker, looked at once (as soon as seen, every 2 ms)."""
-    seen: dict[int, Seen] = {}
+def watching(broker_pid: int) -> Iterator[dict[tuple[int, str], Seen]]:
+    """Every program run under the broker, looked at once (as soon as seen, every 2 ms).
+    Keyed by pid and program: a child is seen first as a fork of the broker, then as
+    what it executed."""
+    seen: dict[tuple[int, str], Seen] = {}
     stop = threading.Event()
 
     def loop() -> None:
         while not stop.is_set():
             for pid in helpers.descendants(broker_pid):
-                if pid not in seen and (look := _look(pid)) is not None and look.argv and look.argv[0] != "":
-                    seen[pid] = look
+                look = _look(pid)
+                if look is not None and look.argv and (pid, " ".join(look.argv[:2])) not in seen:
+                    seen[pid, " ".join(look.argv[:2])] = look
             time.sleep(0.002)
 
     thread = threading.Thread(target=loop, daemon=True)
@@ -94,7 +97,7 @@ def watching(broker_pid: int) -> Iterator[dict[int, Seen]]:
         thread.join()
 
 
-def of(seen: dict[int, Seen], program: str, arg1: str | None = None) -> list[Seen]:
+def of(seen: dict[tuple[int, str], Seen], program: str, arg1: str | None = None) -> list[Seen]:
     return [s for s in seen.values() if os.path.basename(s.argv[0]) == program and (arg1 is None or s.argv[1:2] == [arg1])]
 
 
