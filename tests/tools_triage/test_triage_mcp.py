@@ -65,13 +65,14 @@ async def test_single_thread_hog_is_the_top_root_cause_in_standard_mode(
           f"\nquick ({quick_s:.1f} s wall, {quick['duration_s']} s):\n{show(quick)}")
     causes = data["root_causes"]
     at = next(i for i, c in enumerate(causes) if c["kind"] == "cpu.single_thread" and c["culprit"]["pid"] == hog.pid)
-    # Top-1, unless other helpers' load saturates this shared 2-CPU machine: then the machine's saturation
-    # (run queue over 2 per CPU, the hog mostly waiting for a CPU) is the true first cause, and the only
-    # thing allowed above the hog.
+    # Top-1, unless other sessions' load saturates this shared 2-CPU machine: then the machine's saturation
+    # (more runnable tasks than CPUs, or the CPUs over 90% busy: the hog alone fills one CPU of two) is a
+    # true first cause, and the only thing allowed above the hog.
     for above in causes[:at]:
         assert above["kind"] == "cpu.saturation" and above["culprit"]["kind"] == "system", show(data)
         rq = next((e["value"] for e in above["evidence"] if "procs_running" in e["counter"]), 0)
-        assert rq > 2 * 2, (rq, show(data))
+        busy = next((e["value"] for e in above["evidence"] if "100 - idle" in e["counter"]), 0)
+        assert rq > 2 or busy >= 90, (rq, busy, show(data))
     assert at <= 1, show(data)
     top = causes[at]
     assert top["culprit"]["kind"] in ("process", "thread") and top["severity"] in ("warning", "critical")

@@ -137,8 +137,11 @@ class Runner:
         return ToolContext(tool=tool, broker=self.broker, artifacts=self.ctx.artifacts,  # type: ignore[arg-type]
                            services=self.ctx.services, progress=_quiet)
 
-    async def tool(self, name: str, tool: str, args: dict[str, Any]) -> dict[str, Any] | None:
-        """Run one tool; its data (JSON) or None, with could_not_run saying why."""
+    async def tool(self, name: str, tool: str, args: dict[str, Any], probe: str | None = None
+                   ) -> dict[str, Any] | None:
+        """Run one tool; its data (JSON) or None, with could_not_run saying why. A probe (a look the
+        mode does not promise, such as following another user's fds) that fails is a blind spot,
+        described by `probe`, not a collector that could not run."""
         spec = tool_spec(tool)
         if spec is None:
             self._fail(name, "the tool is not served by this build", None, 0.0, "skipped")
@@ -151,7 +154,11 @@ class Runner:
             out = await spec.handler(self._sub(tool), params)
         except Exception as exc:  # Cancelled is a BaseException: it passes
             leaf = single_leaf(exc)
-            if isinstance(leaf, ToolError):
+            if probe is not None:
+                self.col.blind_spots.append(f"{probe}: {getattr(leaf, 'message', leaf)}")
+                self.col.runs.append(CollectorRun(name=name, status="failed", duration_ms=_ms(t0)))
+                self.done += 1
+            elif isinstance(leaf, ToolError):
                 self._fail(name, leaf.message, leaf.code.value, t0, "failed")
             else:
                 log.exception("triage collector %s failed", name)
@@ -431,10 +438,12 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
                 inner.start_soon(runner.tool, "perf_thread_profile", "perf_thread_profile",
                                  {"pid": target, "duration_s": 3.0, "include_offcpu": pid is not None, "top_n": 10})
             if wanted("perf_fd_trace", focus):
+                grown = {int(g["pid"]) for g in obs.fd_growth}
                 for i, fd_pid in enumerate(fd_candidates(obs)):
                     name = "perf_fd_trace" if i == 0 else f"perf_fd_trace.{i + 1}"
+                    probe = None if fd_pid in grown else f"the fds of pid {fd_pid} (another user's) could not be followed"
                     inner.start_soon(runner.tool, name, "perf_fd_trace",
-                                     {"pid": fd_pid, "duration_s": 3.0, "interval_s": 1.0})
+                                     {"pid": fd_pid, "duration_s": 3.0, "interval_s": 1.0}, probe)
             await ring_done.wait()
             windows = (obs.answers.get("perf_snapshot") or {}).get("windows") or [{}]
             if (windows[0].get("forks_s") or 0) >= EXEC_STORM_PER_S[0] and wanted("perf_exec_trace", focus):
