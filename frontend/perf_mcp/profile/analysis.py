@@ -289,12 +289,10 @@ def _top_pid(counts: dict[int, int], share_pct: float) -> int | None:
 def _python_advice(r: RuntimeUse) -> str:
     m = _PY_VERSION.search(r.module)
     version = (int(m.group(1)), int(m.group(2))) if m else None
-    head = ("Python 3.12+ can name Python functions for perf: start the program with `python -X perf` or "
-            "PYTHONPERFSUPPORT=1 (or call sys.activate_stack_trampoline('perf') in it) and profile again; "
-            "frames then read py::function:file.")
+    head = ("Start it with `python -X perf` or PYTHONPERFSUPPORT=1 (Python 3.12+) and profile again: perf then "
+            "names Python functions (py::function:file).")
     if version is not None and version < (3, 12):
-        return (f"{head} This interpreter is Python {version[0]}.{version[1]} ({r.module}), which has no perf "
-                "support: run the program on Python 3.12 or later, or use a Python sampling profiler (py-spy).")
+        return f"{head} This is Python {version[0]}.{version[1]} ({r.module}), without perf support: use 3.12+, or py-spy."
     return head
 
 
@@ -386,19 +384,22 @@ def findings(a: ProfileAnalysis, *, target: str, rate_hz: int, pid: int | None =
             next=next_call("perf_offcpu_profile", pid=pid, duration_s=d),
         ))
     explained: set[int] = set()  # processes whose runtime (interpreter, JIT) has a finding
-    for r in a.runtimes[:3]:
+    said: set[str] = set()  # one finding per runtime (its busiest process): the advice is the same
+    for r in a.runtimes:
         f = _interpreter_finding(r, rate_hz, conf) if r.eval_samples else None
         if f is None and r.runtime in JIT_RUNTIMES:
             f = _jit_finding(r, rate_hz, conf, r.pid in perf_maps)
         if f is not None:
-            out.append(f)
+            if f.id + r.runtime not in said:
+                out.append(f)
+            said.add(f.id + r.runtime)
             explained.add(r.pid)
     eval_frames = frozenset().union(*EVAL_LOOPS.values())
     top_name = a.top_self[0][0] if a.top_self else ""
-    top_owner = _top_pid(a.self_by_pid.get(top_name, {}), OWN_TOP_PCT)
-    if top_owner is None and len(a.self_by_pid.get(top_name, {})) == 1:
-        top_owner = next(iter(a.self_by_pid[top_name]))
-    explained_top = (top_name in eval_frames or _is_unknown(top_name)) and top_owner in explained
+    by_pid = a.self_by_pid.get(top_name, {})
+    in_explained = sum(n for p, n in by_pid.items() if p in explained)
+    explained_top = ((top_name in eval_frames or _is_unknown(top_name))
+                     and 100.0 * in_explained >= OWN_TOP_PCT * max(1, sum(by_pid.values())))
     if busy and a.top_self and not explained_top:
         # (an eval loop or unnamed JIT code on top is the runtime finding's to explain)
         name, n = a.top_self[0]

@@ -28,7 +28,7 @@ from ..procfs.errors import ParseError
 from ..procfs.process import parse_pid_stat
 
 OWN_COMMS = frozenset({"perf-mcp-broker", "perf-mcp"})
-COMMAND_MAX = 200  # characters of a command line kept
+COMMAND_MAX = 120  # characters of a command line kept
 
 
 class ProcInfo(msgspec.Struct, frozen=True, kw_only=True):
