@@ -267,3 +267,14 @@ def test_every_next_call_names_a_served_tool_with_arguments_it_accepts() -> None
                 seen.add((f.id, f.next.tool))
                 jsonschema.validate(f.next.arguments, tools[f.next.tool].input_schema())
     assert {t for _, t in seen} == {"perf_offcpu_profile", "perf_syscall_count", "perf_cpu_profile"}, seen
+
+
+def test_one_runtime_finding_per_runtime_and_the_hot_frame_it_explains_is_not_said_twice() -> None:
+    py = {"_PyEval_EvalFrameDefault": "python3.11", "[python3.11]": "python3.11"}
+    a = analyse(by_pid({(7, "python3;main;_PyEval_EvalFrameDefault;[python3.11]"): 60,
+                        (8, "python3;main;_PyEval_EvalFrameDefault;[python3.11]"): 30,
+                        (9, "burn;main;spin"): 10}, dso=py), expected=200)
+    fs = findings(a, target="system-wide", rate_hz=99)
+    [interp] = [f for f in fs if f.id == "cpu_profile.interpreter"]
+    assert interp.title.startswith("pid 7 (python3)")  # the busiest process of that runtime
+    assert "cpu_profile.hot_function" not in {f.id for f in fs}  # [python3.11] on top: the interpreter's
