@@ -128,7 +128,7 @@ async def test_a_job_holding_the_users_broker_slot_makes_the_triage_wait_not_fai
     busy_lines = [x for x in broker.log_text().splitlines() if "BUSY" in x or "busy" in x]
     runs = {c["name"]: c for c in data["collectors"]}
     print(f"\nqueued behind another job: {runs['perf_runq_latency']}; broker BUSY lines: {len(busy_lines)}")
-    assert data["could_not_run"] == [], data["could_not_run"]
+    assert not any(c["code"] == "PROFILER_BUSY" for c in data["could_not_run"]), data["could_not_run"]
     assert runs["perf_runq_latency"]["status"] == "ok" and runs["perf_syscall_count"]["status"] == "ok"
     assert busy_lines, "the broker never answered BUSY: the test did not hold the slot"
 

@@ -435,8 +435,11 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
         target = top_process(obs)
         async with trio.open_nursery() as inner:
             if target is not None and wanted("perf_thread_profile", focus):
+                # the top process may be short-lived: when it goes, that is a blind spot, not a failure
+                probe = None if pid is not None else f"the threads of the top process (pid {target})"
                 inner.start_soon(runner.tool, "perf_thread_profile", "perf_thread_profile",
-                                 {"pid": target, "duration_s": 3.0, "include_offcpu": pid is not None, "top_n": 10})
+                                 {"pid": target, "duration_s": 3.0, "include_offcpu": pid is not None, "top_n": 10},
+                                 probe)
             if wanted("perf_fd_trace", focus):
                 grown = {int(g["pid"]) for g in obs.fd_growth}
                 for i, fd_pid in enumerate(fd_candidates(obs)):

@@ -43,7 +43,7 @@ from .collectors import EXEC_STORM_PER_S, Observations
 from .model import Culprit, RootCause
 
 SINGLE_THREAD_PCT = 85.0  # % of the window one thread is on a CPU or waiting for one
-MIN_CONTENDED_PCT = 10.0  # ... of which at least this much on it (a starved thread is runq.latency)
+MIN_CONTENDED_PCT = 3.0  # ... of which at least this much on it (runnable all the time is CPU-bound, however starved)
 DOMINANT_SHARE = 0.5  # one process (or peer) holding this share of the resource is the culprit
 RUNQ_P99_MS = 10.0
 FD_GROWTH_WARNING = 20  # fds in the quick window
