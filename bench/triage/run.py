@@ -193,8 +193,8 @@ def table(scores: list[Score]) -> str:
             med = walls[len(walls) // 2] if walls else math.nan
             lines.append(f"  {m}: top1 {sum(s.top1 for s in faulted)}/{len(faulted)}, top3 "
                          f"{sum(s.top3 for s in faulted)}/{len(faulted)}, named {sum(s.named for s in faulted)}/"
-                         f"{len(faulted)}, raw top1 {sum(s.raw_top1 for s in faulted)}/{len(faulted)}, quiet false alarms "
-                         f"{sum(s.false_alarms for s in quiet)}, wall median "
+                         f"{len(faulted)}, raw top1 {sum(s.raw_top1 for s in faulted)}/{len(faulted)}, "
+                         f"quiet false alarms {sum(s.false_alarms for s in quiet)}, wall median "
                          f"{med:.1f} s max {max(walls, default=math.nan):.1f} s")
     return "\n".join(lines)
 
