@@ -27,7 +27,7 @@ def test_recorded_kernel_and_user_profile() -> None:
     assert p.folded.frame_dso["perfmcp_busy_leaf"] == "busy"
     assert p.folded.frame_dso["__libc_start_call_main"] == "libc.so.6"
     a = analyse(p.folded)
-    assert a.top_self[0].function == "perfmcp_busy_leaf" and a.idle_pct == 0.0
+    assert a.top_self[0] == ("perfmcp_busy_leaf", 390) and a.idle_pct == 0.0
     u = fold_profile_json(USER)
     assert u.folded.samples == 310 and u.folded.kernel_frames == frozenset()
     assert u.folded.stacks == {"busy;__libc_start_call_main;[unknown];perfmcp_busy_leaf": 310}

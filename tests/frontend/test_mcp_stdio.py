@@ -29,8 +29,9 @@ async def test_tools_list_has_schemas_and_annotations(test_users: helpers.TestUs
         "perf_net_health", "perf_cgroup_summary", "perf_fd_trace",
         "perf_thread_profile", "perf_offcpu_profile", "perf_runq_latency", "perf_syscall_count",
         "perf_exec_trace", "perf_bio_latency", "perf_io_layers", "perf_file_trace", "perf_vfs_latency",
-        "perf_tcp_trace", "perf_dns_latency",
+        "perf_tcp_trace", "perf_dns_latency", "perf_triage",
     }
+    assert len(tools) == 20
     for tool in tools.values():
         assert tool.input_schema["type"] == "object"
         assert tool.output_schema is not None and tool.output_schema["type"] == "object"
@@ -39,7 +40,7 @@ async def test_tools_list_has_schemas_and_annotations(test_users: helpers.TestUs
         assert tool.annotations.read_only_hint is True and tool.annotations.open_world_hint is False
         assert tool.annotations.title and tool.title and tool.description
     props = tools["perf_cpu_profile"].input_schema["properties"]
-    assert set(props) == {"duration_s", "sample_rate_hz", "pid", "include_kernel", "output_format"}
+    assert set(props) == {"duration_s", "sample_rate_hz", "pid", "include_kernel", "output_format", "top_n"}
     assert (props["duration_s"]["minimum"], props["duration_s"]["maximum"], props["duration_s"]["default"]) == (1, 60, 5)
 
 

@@ -32,6 +32,11 @@ def _status_ids(pid: int) -> tuple[int, int, int]:
     return uid, euid, cap
 
 
+def _cap_bounding(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1], 16) for line in f if line.startswith("CapBnd:"))
+
+
 def _perf_mcp_processes() -> list[int]:
     out = []
     for st in helpers.all_processes():
@@ -67,7 +72,15 @@ async def test_sudo_mode_drops_privileges_and_profiles(test_users: helpers.TestU
             # The broker parent stays root, with a reduced capability set.
             puid, peuid, pcap = _status_ids(parent)
             assert (puid, peuid) == (0, 0)
-            assert pcap != 0 and not pcap & (1 << 7)  # CAP_SETUID is gone
+            # Its own set is exactly hardening.KEEP (what jobs need plus the four that start and
+            # stop the unprivileged parsing step); the bounding set, which every job inherits,
+            # lacks those four. Numbers from linux/capability.h, not from the broker's code.
+            jobs = {38, 39, 21, 19, 24, 14, 34, 2, 1}  # perfmon bpf sys_admin sys_ptrace sys_resource ipc_lock syslog dac_read_search dac_override
+            broker_only = {5, 7, 6, 8}  # kill setuid setgid setpcap
+            # (within what root has here: a container's root may lack some, CAP_SYS_RESOURCE here)
+            have = _cap_bounding(os.getpid())
+            assert pcap == sum(1 << c for c in jobs | broker_only) & have, hex(pcap)
+            assert _cap_bounding(parent) == sum(1 << c for c in jobs) & have, hex(_cap_bounding(parent))
 
             info = envelope(await client.call_tool("perf_info", {}))
             assert info["success"] is True, info
