@@ -503,6 +503,8 @@ def read_fd_table(req: FdTable, cap: int) -> StepResult:
             target = os.readlink(f"{base}/fd/{name}")
         except FileNotFoundError:
             continue  # closed between listdir and readlink
+        except PermissionError as exc:  # the list was readable, the links are not (ptrace access check)
+            return _reader_refused("fd_table", [f"{base}/fd/{name}"], started, exc)
         line = f"{name}\t{target}\n".encode("utf-8", "surrogateescape")
         if len(out) + len(line) > cap:
             truncated = True

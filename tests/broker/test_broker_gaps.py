@@ -522,7 +522,9 @@ DROPPED_CAPS_READER = """
 import json, sys, prctl
 from perf_mcp_broker.jobs import read_fd_table
 from perf_mcp_protocol import FdTable
-prctl.cap_effective.limit(prctl.CAP_KILL)  # this reader's capabilities no longer reach the target
+# this reader's capabilities no longer reach the target: none that matter (the fd list is refused),
+# or CAP_DAC_READ_SEARCH alone (the list is read, each link refused by the ptrace access check)
+prctl.cap_effective.limit(getattr(prctl, sys.argv[2]))
 try:
     r = read_fd_table(FdTable(pid=int(sys.argv[1])), 1 << 20)
     refused = r.exit_status == 1 and b"refused" in r.stderr and r.stdout == b""
@@ -537,11 +539,14 @@ except Exception as exc:
 # The kernel refusing the broker a process's /proc/PID/fd (EACCES from the ptrace access check;
 # seen for real for pid 1, the VM's own init) once escaped read_fd_table as PermissionError and
 # reached the client as INTERNAL with a traceback in the log; it is a typed answer now (exit
-# status 1, the reason on stderr). The refusal is made here by lowering the reader's capabilities.
-def test_fd_table_of_a_process_the_kernel_refuses_is_a_typed_answer(test_users: helpers.TestUsers) -> None:
+# status 1, the reason on stderr). The refusal is made here by lowering the reader's capabilities:
+# to CAP_KILL the fd list itself is refused; to CAP_DAC_READ_SEARCH the list is read and each
+# readlink refused (what pid 1 does to root on this VM: the second escape, seen in perf_triage).
+@pytest.mark.parametrize("keep", ["CAP_KILL", "CAP_DAC_READ_SEARCH"])
+def test_fd_table_of_a_process_the_kernel_refuses_is_a_typed_answer(test_users: helpers.TestUsers, keep: str) -> None:
     target = helpers.spawn_as(test_users.granted, ["/bin/sleep", "30"])
     try:
-        res = subprocess.run([sys.executable, "-c", DROPPED_CAPS_READER, str(target.pid)], capture_output=True,
+        res = subprocess.run([sys.executable, "-c", DROPPED_CAPS_READER, str(target.pid), keep], capture_output=True,
                              stdin=subprocess.DEVNULL, timeout=60, cwd="/")
     finally:
         helpers.stop_process(target)
