@@ -174,6 +174,14 @@ def test_cpu_saturation_caused_by_the_single_thread_joins_it() -> None:
     assert len(out[0].evidence) == 2 and out[0].score == pytest.approx(3 * 0.8 * 1.1)
 
 
+def test_since_comes_from_the_use_rows_iso_8601_time_stamp_to_the_second() -> None:
+    """perf_use_check says since when a resource is in its state as ISO 8601 UTC
+    (cpu_saturation's CPU row: 2026-11-26T18:28:42.827Z); the root cause carries it to the second."""
+    causes = rank(correlate(observations("cpu_saturation")))
+    cpu = [c for c in causes if c.kind == "cpu.saturation"]
+    assert cpu and cpu[0].since == "2026-11-26T18:28:42Z", [(c.kind, c.since) for c in causes]
+
+
 def test_every_kind_is_known_and_every_next_call_is_valid_for_its_tool() -> None:
     registry = discover()
     schemas = {name: spec.input_schema() for name, spec in registry.tools.items()}

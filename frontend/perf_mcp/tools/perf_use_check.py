@@ -82,7 +82,7 @@ def _since(sampler: Sampler, row: rules.UseRow, signals: list[rules.Signal], ste
     found: Since | None = sampler.since_when(condition, step=step)
     if found is None:
         return None
-    return rules.StateSince(status=row.status, since=found.start_wall, duration_s=round(found.duration_s, 1),
+    return rules.StateSince(status=row.status, since=iso(found.start_wall), duration_s=round(found.duration_s, 1),
                             at_least=found.at_least)
 
 
@@ -243,7 +243,7 @@ def _with_since(findings: list[Finding], rows: list[rules.UseRow]) -> list[Findi
 def _since_text(s: rules.StateSince) -> str:
     if s.at_least:
         return f"{s.status} for at least {s.duration_s:.0f} s (all the sampler's history)"
-    return f"{s.status} for {s.duration_s:.0f} s (since {iso(s.since)[11:19]} UTC)"
+    return f"{s.status} for {s.duration_s:.0f} s (since {s.since[11:19]} UTC)"
 
 
 CULPRIT_RESOURCES = ("cpu", "memory", "disk")

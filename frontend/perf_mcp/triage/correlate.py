@@ -58,11 +58,18 @@ OWN_COMMS = frozenset({"perf", "bpftrace", "perf-mcp", "perf-mcp-broker", "runql
 SEVERITY_OF_STATUS = {"warning": "warning", "critical": "critical"}
 
 
-def _iso(epoch: float | None) -> str | None:
-    if epoch is None:
+def _iso(stamp: str | None) -> str | None:
+    """An ISO 8601 time stamp (perf_use_check's, to the millisecond) to the second, in UTC;
+    None for None or a stamp that does not parse."""
+    if not stamp:
         return None
-    t = _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc)
-    return t.isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        t = _dt.datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=_dt.timezone.utc)
+    return t.astimezone(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 class View:

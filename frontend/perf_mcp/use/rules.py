@@ -43,9 +43,10 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
+from msgspec import Meta
 
 from ..contract import Evidence, Finding, NextCall, Resource, Severity, next_call, sort_findings
 from ..procfs.capacity import DiskQueue, FsUsage, parallel_by_name
@@ -86,7 +87,7 @@ class StateSince(msgspec.Struct, kw_only=True):
     """Since when the resource has been in its current status."""
 
     status: Status
-    since: float  # time.time() of the sample where it began (the caller formats it)
+    since: Annotated[str, Meta(description="UTC, ISO 8601: the sample where the state began")]
     duration_s: float
     at_least: bool  # held across the whole ring: began even earlier
 
