@@ -675,3 +675,27 @@ def cgroup_skip_reason(marker: str, controllers: Sequence[str], host: CgroupHost
         if missing:
             return f"needs the {', '.join(missing)} controller(s) in v1 or v2: {host.describe()}"
     return None
+
+
+# A private D-Bus daemon's configuration (dbus-daemon --config-file): anyone may own and call
+# anything on it. Tests start polkitd or a silent stand-in on such a bus to reach polkit's rarer answers.
+PRIVATE_BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
+ "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
+<busconfig>
+  <type>custom</type>
+  <listen>unix:path={path}</listen>
+  <auth>EXTERNAL</auth>
+  <policy context="default">
+    <allow user="*"/>
+    <allow own="*"/>
+    <allow send_type="method_call"/>
+    <allow send_type="method_return"/>
+    <allow send_type="error"/>
+    <allow send_type="signal"/>
+    <allow receive_type="method_call"/>
+    <allow receive_type="method_return"/>
+    <allow receive_type="error"/>
+    <allow receive_type="signal"/>
+  </policy>
+</busconfig>
+"""

@@ -394,26 +394,6 @@ def test_polkit_challenge_is_denied_with_its_reason(
         ("cpu_profile", "denied", ()), ("fd_table", "denied", ())]
 
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow send_type="signal"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
 
 
 async def test_polkit_that_does_not_answer_in_time_means_denied(
@@ -430,7 +410,7 @@ async def test_polkit_that_does_not_answer_in_time_means_denied(
 
     bus_path = shared_tmp / "bus.sock"
     conf = shared_tmp / "bus.conf"
-    conf.write_text(BUS_CONF.format(path=bus_path))
+    conf.write_text(helpers.PRIVATE_BUS_CONF.format(path=bus_path))
     daemon = subprocess.Popen(["dbus-daemon", f"--config-file={conf}", "--nofork", "--nopidfile"],
                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     address = f"unix:path={bus_path}"

@@ -33,26 +33,6 @@ import helpers
 POLICY = "/usr/share/polkit-1/actions/org.perfmcp.policy"
 POLKITD = "/usr/lib/polkit-1/polkitd"
 
-BUS_CONF = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN"
- "http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd">
-<busconfig>
-  <type>custom</type>
-  <listen>unix:path={path}</listen>
-  <auth>EXTERNAL</auth>
-  <policy context="default">
-    <allow user="*"/>
-    <allow own="*"/>
-    <allow send_type="method_call"/>
-    <allow send_type="method_return"/>
-    <allow send_type="error"/>
-    <allow send_type="signal"/>
-    <allow receive_type="method_call"/>
-    <allow receive_type="method_return"/>
-    <allow receive_type="error"/>
-    <allow receive_type="signal"/>
-  </policy>
-</busconfig>
-"""
 
 
 def error_of(result: Any) -> dict[str, Any]:
@@ -152,7 +132,7 @@ def polkit_without_our_actions(shared_tmp: Path) -> Iterator[str]:
         pytest.fail(f"polkitd, dbus-daemon and unshare are needed: {helpers.SETUP_HINT}", pytrace=False)
     bus_path = shared_tmp / "bus.sock"
     conf = shared_tmp / "bus.conf"
-    conf.write_text(BUS_CONF.format(path=bus_path))
+    conf.write_text(helpers.PRIVATE_BUS_CONF.format(path=bus_path))
     actions = shared_tmp / "actions"
     actions.mkdir()
     for entry in os.scandir("/usr/share/polkit-1/actions"):
