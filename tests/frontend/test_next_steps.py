@@ -3,11 +3,16 @@
 Through a real MCP client, the real frontend as the granted user and a real broker, with a
 brief known load running so that findings (and their next calls) appear: a CPU burner (the
 compiled busy loop), an fd leaker (20 opens/s, never closed), a disk writer (256 KiB writes
-each fsync'ed), a spawner (/bin/true 50 times a second) and a TCP client connecting to a
-closed loopback port 20 times a second. Every tool in tools/list is called (a tool this
+each fsync'ed), a spawner (/bin/true 50 times a second), a TCP client connecting to a
+closed loopback port 20 times a second and a listener that never accepts, connected to 10
+times a second (listen-queue drops). Every tool in tools/list is called (a tool this
 module has no arguments for is called with {}, so a new tool is covered the day it is
-served); every `next` anywhere in every answer (findings, root causes) must name a tool in
-tools/list, and its arguments must validate against that tool's inputSchema (jsonschema).
+served), perf_thread_profile a second time with its off-CPU side; every `next` anywhere in
+every answer (findings, root causes) must name a tool in tools/list, and its arguments must
+validate against that tool's inputSchema (jsonschema). The threshold findings the load makes
+fire must carry theirs: perf_thread_profile's on the busy loop (perf_cpu_profile or
+perf_runq_latency with its pid) and on the writer blocked off CPU (perf_offcpu_profile with
+its pid), perf_net_health's listen-queue drops (perf_tcp_trace).
 The server drops a bad next call and logs it ("dropped next step"): a dropped one fails this
 test too, through the frontend's log. The same answers are checked for timestamps: every
 field named like a point in time is an ISO 8601 string, and no number in them looks like
@@ -74,6 +79,23 @@ elif mode == "connect":
         finally:
             s.close()
         time.sleep(0.05)
+elif mode == "overflow":
+    # a listener that never accepts (backlog 0: one connection fills it), and 10 connects a
+    # second to it: each SYN after the first is a listen-queue drop. Each socket is closed
+    # after 0.5 s, before its SYN would be retransmitted (1 s): drops, no retransmits.
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    port = srv.getsockname()[1]
+    pending = []
+    while time.monotonic() < end:
+        c = socket.socket()
+        c.setblocking(False)
+        c.connect_ex(("127.0.0.1", port))
+        pending.append((time.monotonic(), c))
+        while pending and pending[0][0] < time.monotonic() - 0.5:
+            pending.pop(0)[1].close()
+        time.sleep(0.1)
 """
 
 # Arguments per tool: short windows, aimed at the workloads ({pid_*} filled in).
@@ -97,6 +119,11 @@ CALLS: dict[str, dict[str, Any]] = {
     "perf_vfs_latency": {"duration_s": 2, "pid": "{pid_write}"},
     "perf_tcp_trace": {"duration_s": 2},
     "perf_dns_latency": {"duration_s": 2},
+}
+# Second calls, answers kept as "tool#label": the off-CPU side of perf_thread_profile.
+EXTRA_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "perf_thread_profile#offcpu": ("perf_thread_profile", {"pid": "{pid_write}", "duration_s": 2,
+                                                           "include_offcpu": True}),
 }
 
 TIME_KEY = re.compile(r"(^|_)(timestamp|time|start|end|since|until|at|when|started|ended|first_seen|last_seen)$")
@@ -216,7 +243,7 @@ def workloads(shared_tmp: Path, user: helpers.UnixUser) -> Iterator[dict[str, in
     work.chmod(0o1777)
     with socket_free_port() as port, ExitStack() as stack:
         pids: dict[str, int] = {}
-        for mode, arg in (("leak", work), ("write", work), ("spawn", "-"), ("connect", port)):
+        for mode, arg in (("leak", work), ("write", work), ("spawn", "-"), ("connect", port), ("overflow", "-")):
             proc = helpers.spawn_as(user, [PYTHON, script, mode, str(arg), str(LIFE_S)], stdout=subprocess.PIPE,
                                     start_new_session=True)
             stack.callback(helpers.stop_process, proc)
@@ -265,6 +292,12 @@ async def test_every_next_step_of_every_tool_names_a_served_tool_with_valid_argu
                     assert next(iter(env["data"])) == "summary" and "\n" not in env["data"]["summary"], name
                 else:
                     failures[name] = f"{env['error']['code']}: {env['error']['message']}"
+            for label, (name, args) in EXTRA_CALLS.items():
+                env = helpers.envelope(await client.call_tool(name, _fill(args, pids)))
+                if env["success"]:
+                    answers[label] = env["data"]
+                else:
+                    failures[label] = f"{env['error']['code']}: {env['error']['message']}"
         log.seek(0)
         frontend_log = log.read()
     found = [(tool, where, n) for tool, data in answers.items() for where, n in next_calls(data)]
@@ -272,7 +305,7 @@ async def test_every_next_step_of_every_tool_names_a_served_tool_with_valid_argu
     for tool, where, n in found:
         print(f"  {tool} {where}: {n['tool']} {n.get('arguments', {})}")
     assert not failures, failures
-    assert set(answers) == set(tools)
+    assert set(answers) == set(tools) | set(EXTRA_CALLS)
     dropped = [line for line in frontend_log.splitlines() if "dropped next step" in line]
     assert not dropped, "the server dropped bad next calls:\n" + "\n".join(dropped)
     assert not bad_next_calls(answers, schemas), bad_next_calls(answers, schemas)
@@ -281,5 +314,22 @@ async def test_every_next_step_of_every_tool_names_a_served_tool_with_valid_argu
     assert len(found) >= 3, found
     assert any(n["tool"] == "perf_file_trace" and n["arguments"].get("pid") == pids["pid_leak"]
                for t, _, n in found if t == "perf_fd_trace"), "the fd leak's next call names the leaker"
+    # The findings of the threshold rules point to the drill-down on what they name: the busy
+    # loop's thread (always runnable: on a CPU over 80% of the time, or waiting for one over
+    # 10%) to perf_cpu_profile or perf_runq_latency with its pid; the writer's thread, asleep or
+    # in fsync, to perf_offcpu_profile with its pid; the listen-queue drops to perf_tcp_trace.
+    def nexts(label: str, *ids: str) -> list[dict[str, Any]]:
+        return [f["next"] for f in answers[label]["findings"] if f["id"] in ids and f.get("next")]
+    busy = nexts("perf_thread_profile", "process.single_thread_bottleneck", "process.cpu_bound_thread",
+                 "process.thread_cpu_contention")
+    assert {"tool": "perf_cpu_profile", "arguments": {"pid": pids["pid_busy"], "duration_s": 10}} in busy or any(
+        n["tool"] == "perf_runq_latency" and n["arguments"]["pid"] == pids["pid_busy"] for n in busy), \
+        answers["perf_thread_profile"]["findings"]
+    blocked = nexts("perf_thread_profile#offcpu", "process.thread_blocked")
+    assert blocked and blocked[0]["tool"] == "perf_offcpu_profile" and \
+        blocked[0]["arguments"]["pid"] == pids["pid_write"], answers["perf_thread_profile#offcpu"]["findings"]
+    drops = nexts("perf_net_health", "network.listen_queue_drops")
+    assert drops == [{"tool": "perf_tcp_trace", "arguments": {"mode": "lifecycle", "duration_s": 10}}], \
+        answers["perf_net_health"]["findings"]
     stamps = [p for tool, data in answers.items() for p in bad_timestamps(data, tool)]
     assert not stamps, stamps

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from perf_mcp.contract import next_call
 from perf_mcp.net import analysis
 from perf_mcp.net.collect import NetSample, SocketOwner
 from perf_mcp.net.parse import LINK_COUNTERS, DiagError, LinkStats, TcpSocket, decode_link, link_stats, parse_inet_diag
@@ -241,6 +242,9 @@ def test_interface_drop_and_error_thresholds() -> None:
     assert got["network.interface_drops.eth0"] == "warning"  # 0.5/s > 0
     assert got["network.interface_drops.eth1"] == "critical"  # (150 + 60) / 2 s = 105/s > 100
     assert got["network.interface_errors.eth1"] == "warning"
+    nexts = {f.id: f.next for f in health.findings}
+    assert nexts["network.interface_drops.eth1"] == next_call("perf_tcp_trace", mode="lifecycle", duration_s=10)
+    assert nexts["network.interface_errors.eth1"] is None  # the physical layer: no tool drills into it
     eth1 = next(i for i in health.interfaces if i.name == "eth1")
     assert eth1.drops_s == pytest.approx(105.0) and eth1.totals["rx_missed_errors"] == 60
 
@@ -254,6 +258,10 @@ def test_listen_overflows_udp_buffers_softnet() -> None:
     assert got["network.udp_buffer_drops"] == "critical"
     assert got["network.softnet_drops"] == "warning"
     assert got["network.softnet_time_squeeze"] == "info"
+    nexts = {f.id: f.next for f in health.findings}
+    assert nexts["network.listen_queue_drops"] == next_call("perf_tcp_trace", mode="lifecycle", duration_s=10)
+    assert nexts["network.udp_buffer_drops"] == next_call("perf_syscall_count", per_process=True, duration_s=10)
+    assert nexts["network.softnet_drops"] == next_call("perf_cpu_profile", duration_s=10)
 
 
 def test_worst_sockets_by_window_retransmits_and_rtt_with_owner() -> None:

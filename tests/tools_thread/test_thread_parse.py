@@ -17,6 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from perf_mcp.contract import next_call
 from perf_mcp.procfs import ParseError
 from perf_mcp.threads import Window, analyse, attach_offcpu, findings, parse_ctx_switches, parse_schedstat, parse_task
 from perf_mcp.threads.parse import ProcessSample, parse_process_times
@@ -176,6 +177,7 @@ def test_contention_finding_names_the_worst_thread_and_next_steps() -> None:
     assert any(e.counter.startswith("/proc/PID/task/TID/schedstat run-queue wait") and e.threshold == 30.0
                for e in c.evidence)
     assert f"perf_cgroup_summary with pid={PID}" in c.suggestion and "perf_use_check" in c.suggestion
+    assert c.next == next_call("perf_runq_latency", pid=PID, duration_s=5)
 
 
 def test_bottleneck_finding_with_an_overridden_threshold() -> None:
@@ -188,6 +190,7 @@ def test_bottleneck_finding_with_an_overridden_threshold() -> None:
     assert b.severity == "warning" and f"'pmcp-busy' (tid {BUSY})" in b.title and "66%" in b.title
     assert b.evidence[0].threshold == 60.0 and b.evidence[0].value == pytest.approx(66.41, abs=0.01)
     assert b.suggestion.startswith(f"perf_cpu_profile with pid={PID}, duration_s=10")
+    assert b.next == next_call("perf_cpu_profile", pid=PID, duration_s=10)
 
 
 def test_threads_that_appear_exit_or_reuse_a_tid() -> None:
@@ -267,6 +270,7 @@ def test_offcpu_stacks_attach_to_their_threads() -> None:
     f = findings(a, default_thresholds(), PID, 5, offcpu_ran=True)
     blocked = next(x for x in f if x.id == "process.thread_blocked")
     assert "clock_nanosleep" in blocked.title and blocked.suggestion.startswith(f"perf_offcpu_profile with pid={PID}")
+    assert blocked.next == next_call("perf_offcpu_profile", pid=PID, duration_s=5)
 
 
 # ---------------------------------------------------------------- collection: EACCES per file

@@ -13,6 +13,11 @@ backwards gives no rate and a warning, never a negative number.
   drops/s (> 0 warning, > 100 critical; also used for errors, softnet drops,
   listen-queue and UDP buffer drops, which are drops by another name) and
   retransmits (> 1% warning, > 5% critical).
+- Findings name the drill-down (Finding.next): retransmits, interface drops and
+  listen-queue drops perf_tcp_trace (which connections suffer, which ports leave
+  connections pending); UDP buffer drops perf_syscall_count per process (who
+  receives); softnet drops perf_cpu_profile (what keeps the CPUs in softirq).
+  Interface errors (the physical layer) and the since-boot ratio have none.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import ipaddress
 
 import msgspec
 
-from ..contract import Evidence, Finding, next_call, sort_findings
+from ..contract import Evidence, Finding, NextCall, next_call, sort_findings
 from ..procfs import NetSnmp, SoftnetStat, softnet_rates
 from ..procfs.derive import Deltas
 from ..use.thresholds import Threshold, Thresholds
@@ -471,7 +476,8 @@ def retransmit_finding(tcp: TcpHealth, counters: list[CounterDelta], sockets: So
 
 
 def _rate_finding(fid: str, title: str, rate: float | None, row: Threshold, interval_s: float,
-                  evidence: list[Evidence], detail: str, suggestion: str) -> Finding | None:
+                  evidence: list[Evidence], detail: str, suggestion: str,
+                  nxt: NextCall | None = None) -> Finding | None:
     severity = row.severity(rate)
     if severity is None or rate is None:
         return None
@@ -479,7 +485,7 @@ def _rate_finding(fid: str, title: str, rate: float | None, row: Threshold, inte
                    title=title.format(rate=rate), detail=detail.format(rate=rate, interval=interval_s),
                    confidence=0.8 if rate * interval_s >= 10 else 0.65,
                    metrics={"per_s": round(rate, 3), "window_s": round(interval_s, 3)},
-                   evidence=evidence, suggestion=suggestion)
+                   evidence=evidence, suggestion=suggestion, next=nxt)
 
 
 def interface_findings(interfaces: list[InterfaceHealth], row: Threshold, interval_s: float) -> list[Finding]:
@@ -495,7 +501,9 @@ def interface_findings(interfaces: list[InterfaceHealth], row: Threshold, interv
             f"Interface {i.name} dropped {{rate:.1f}} packets/s over {{interval:.1f}} s (rx_dropped + tx_dropped "
             "+ rx_missed_errors from IFLA_STATS64).",
             "rx drops: the receive ring or backlog overflowed (ethtool -S, ring sizes, softnet drops) or "
-            "packets nobody wanted (unknown protocol, VLAN); tx drops: a full qdisc or driver queue.")
+            "packets nobody wanted (unknown protocol, VLAN); tx drops: a full qdisc or driver queue. "
+            "perf_tcp_trace shows which connections retransmit what was dropped.",
+            next_call("perf_tcp_trace", mode="lifecycle", duration_s=10))
         if f:
             out.append(f)
         f = _rate_finding(
@@ -523,7 +531,9 @@ def counter_findings(counters: list[CounterDelta], softnet: SoftnetHealth | None
         "A listening socket's accept queue was full (or a SYN could not be handled): {rate:.1f} drops/s "
         "over {interval:.1f} s (TcpExt ListenOverflows / ListenDrops).",
         "The application does not accept() fast enough, or its backlog is small: raise listen(backlog) and "
-        "net.core.somaxconn, or find why the accepting thread is slow (perf_cpu_profile, perf_offcpu_profile).")
+        "net.core.somaxconn, or find why the accepting thread is slow (perf_cpu_profile, perf_offcpu_profile). "
+        "perf_tcp_trace shows the connections each listening port accepts and leaves pending.",
+        next_call("perf_tcp_trace", mode="lifecycle", duration_s=10))
     if f:
         out.append(f)
     udp = [c for c in (_counter(counters, "Udp.RcvbufErrors"), _counter(counters, "Udp.SndbufErrors"))
@@ -533,7 +543,9 @@ def counter_findings(counters: list[CounterDelta], softnet: SoftnetHealth | None
         "network.udp_buffer_drops", "UDP socket buffers dropped {rate:.1f} datagrams/s", udp_rate, row,
         interval_s, [_counter_evidence(c, interval_s) for c in udp if c.delta],
         "UDP datagrams were dropped because a socket buffer was full: {rate:.1f}/s over {interval:.1f} s.",
-        "The receiver reads too slowly or its SO_RCVBUF is small (net.core.rmem_max).")
+        "The receiver reads too slowly or its SO_RCVBUF is small (net.core.rmem_max). perf_syscall_count "
+        "per process shows who receives (recvmsg, recvfrom) and how often.",
+        next_call("perf_syscall_count", per_process=True, duration_s=10))
     if f:
         out.append(f)
     if softnet is not None:
@@ -544,7 +556,8 @@ def counter_findings(counters: list[CounterDelta], softnet: SoftnetHealth | None
                       threshold=row.warning, window_s=round(interval_s, 3))],
             "The per-CPU input backlog was full: {rate:.1f} packets/s dropped before the stack saw them.",
             "Raise net.core.netdev_max_backlog, spread receive work (RSS/RPS), or find what keeps the "
-            "CPUs handling softirqs busy.")
+            "CPUs handling softirqs busy (perf_cpu_profile, kernel stacks included).",
+            next_call("perf_cpu_profile", duration_s=10))
         if f:
             out.append(f)
         if softnet.time_squeeze_s:

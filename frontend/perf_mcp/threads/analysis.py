@@ -14,6 +14,10 @@ utime+stime clock ticks; the user/system split always comes from the ticks
 (the kernel keeps no ns split per thread). "Blocked" is what is left of the
 window when on-CPU time and run-queue wait are taken out: sleeping, waiting on
 I/O, locks or futexes (schedstat only).
+
+Findings point to the drill-down (Finding.next) on the same pid: a thread hot
+on CPU to perf_cpu_profile, threads waiting for a CPU to perf_runq_latency, a
+thread blocked off CPU to perf_offcpu_profile.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from __future__ import annotations
 from typing import Literal
 
 import msgspec
+from perf_mcp_protocol import limits
 
-from ..contract import Evidence, Finding, sort_findings
+from ..contract import Evidence, Finding, next_call, sort_findings
 from ..use.thresholds import Thresholds
 from ..trace.offcpu_parse import OffcpuStack
 from .parse import ProcessSample, TaskSample
@@ -336,6 +341,7 @@ def _bottlenecks(a: Analysis, table: Thresholds, pid: int) -> list[Finding]:
             suggestion=(f"perf_cpu_profile with pid={pid}, duration_s=10 shows where {_who(r)} spends its CPU "
                         f"(its stacks start with the comm '{r.name}'); then make that work cheaper or split it "
                         "across threads."),
+            next=next_call("perf_cpu_profile", pid=pid, duration_s=10),
         ))
     return out
 
@@ -374,6 +380,7 @@ def _contention(a: Analysis, table: Thresholds, pid: int, duration_s: float) -> 
     if worst is None:
         return None
     level, _, r, evidence = worst
+    runq_s = min(max(int(duration_s), 5), limits.TRACE_SHORT_DURATION_S[1])
     wait = (f"waited {r.runq_wait_ms:.0f} ms runnable on a run queue ({r.runq_wait_pct:.0f}% of the window"
             + (f", {r.runq_wait_per_timeslice_ms:.2f} ms per timeslice" if r.runq_wait_per_timeslice_ms else "")
             + ")") if r.runq_wait_ms is not None else "was preempted often"
@@ -393,7 +400,8 @@ def _contention(a: Analysis, table: Thresholds, pid: int, duration_s: float) -> 
         evidence=evidence,
         suggestion=(f"perf_use_check with window_s=10 says whether the CPUs are saturated and by whom; "
                     f"perf_cgroup_summary with pid={pid} shows CFS throttling; perf_runq_latency with pid={pid}, "
-                    f"duration_s={max(int(duration_s), 5)} gives the wait distribution."),
+                    f"duration_s={runq_s} gives the wait distribution."),
+        next=next_call("perf_runq_latency", pid=pid, duration_s=runq_s),
     )
 
 
@@ -413,6 +421,7 @@ def _blocked(a: Analysis, pid: int, duration_s: float) -> Finding | None:
     assert r.offcpu_ms is not None and r.offcpu_top_stack is not None
     share = min(r.offcpu_ms / 10.0 / max(r.window_s, 1e-3), 100.0)
     leaf_user = r.offcpu_blocked_in
+    offcpu_s = min(max(int(duration_s), 5), limits.TRACE_LONG_DURATION_S[1])
     return Finding(
         id="process.thread_blocked", severity="info", resource="process",
         title=f"{_who(r)} spent {r.offcpu_ms / 1000:.2f} s off CPU" + (f", mostly in {leaf_user}" if leaf_user else ""),
@@ -422,6 +431,7 @@ def _blocked(a: Analysis, pid: int, duration_s: float) -> Finding | None:
         confidence=0.7, metrics={"offcpu_ms": r.offcpu_ms, "offcpu_pct_of_window": round(share, 2)},
         evidence=[Evidence(tool=TOOL, counter="offcputime off-CPU us by thread", value=r.offcpu_ms,
                            window_s=r.window_s, sample=f"tid {r.tid} '{r.name}'")],
-        suggestion=f"perf_offcpu_profile with pid={pid}, duration_s={max(int(duration_s), 5)} for every blocking "
+        suggestion=f"perf_offcpu_profile with pid={pid}, duration_s={offcpu_s} for every blocking "
                    "stack of the process and a flame graph of them.",
+        next=next_call("perf_offcpu_profile", pid=pid, duration_s=offcpu_s),
     )
