@@ -175,6 +175,36 @@ def align(ats: list[float], mono_ends: list[int]) -> float:
     return min((ats[0] - m / 1e9 for m in mono_ends), key=cost)
 
 
+async def test_a_process_that_makes_no_file_call_gets_zero_operations_not_a_parse_error(
+        module_broker_factory: Any, system_bus: None) -> None:
+    """A sleeping process traced 2 s: bpftrace prints no empty map, only the window's
+    bounds. The answer is zero calls of every operation and a note that none were seen."""
+    broker = module_broker_factory()
+    users = helpers.lookup_test_users()
+    sleeper = helpers.spawn_as(users.granted, ["/bin/sleep", "120"])
+    try:
+        assert helpers.wait_until(lambda: helpers.read_proc_stat(sleeper.pid) is not None
+                                  and helpers.read_proc_stat(sleeper.pid).comm == "sleep", 10)
+        result, tool = await call(broker.socket_path, {"pid": sleeper.pid, "duration_s": 2, "min_latency_ms": 0})
+        alive = sleeper.poll() is None
+    finally:
+        helpers.stop_process(sleeper)
+    env = envelope(result)
+    assert env["success"], env
+    jsonschema.validate(env, tool.output_schema)
+    data = env["data"]
+    print(f"\n{data['summary']}\nwarnings: {env['warnings']}")
+    assert alive  # it slept through the whole trace
+    check_ladder(data, env)
+    assert data["pid"] == sleeper.pid and data["trace_window_exact"] is True
+    assert [(o["op"], o["calls"], o["slow_calls"]) for o in data["operations"]] == [("read", 0, 0), ("write", 0, 0)]
+    assert data["slow_calls_total"] == 0 and data["slow_calls"] == [] and data["files"] == []
+    assert [f["id"] for f in data["findings"]] == ["vfs.no_calls"]
+    assert f"pid {sleeper.pid} made no file system call" in data["findings"][0]["title"]
+    assert "none" in data["summary"].splitlines()[0]
+    assert not [w for w in env["warnings"] if "skipped" not in w], env["warnings"]
+
+
 async def test_typed_errors_busy_and_denied(module_broker_factory: Any, system_bus: None, work: Any) -> None:
     broker = module_broker_factory()
     users = helpers.lookup_test_users()

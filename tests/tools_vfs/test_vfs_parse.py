@@ -52,6 +52,24 @@ def test_pid_capture_every_call_listed_and_paths_from_opens() -> None:
     assert [o.op for o in data.operations] == ["read", "write", "fsync", "open"]
 
 
+def test_a_window_without_calls_is_an_answer_with_no_operations() -> None:
+    """A sleeping process traced 2 s: bpftrace prints no empty map, only the window's
+    @start_ns and @end_ns. That is zero calls, not damage: no error, no warning, and the
+    tool's answer says none were seen (vfs.no_calls)."""
+    out = parse_vfslat_bpftrace((FIX / "bpftrace_pid_idle.json").read_bytes())
+    assert out.hists == {} and out.slow == [] and out.opens == [] and out.warnings == [] and out.all_calls
+    start, end = out.window_ns  # type: ignore[misc]
+    assert 1.9e9 <= end - start <= 2.3e9
+    p = V.Params(pid=1, duration_s=2, min_latency_ms=0)
+    data, warnings = V.build_data(out, p, method="m", backend="bpftrace", skipped=[], target="pid 1", argv=[],
+                                  job_id=1, answered_ns=time.monotonic_ns(), readlink=lambda pid, fd: None)
+    assert warnings == [] and sum(o.calls for o in data.operations) == 0 and data.slow_calls_total == 0
+    assert [f.id for f in data.findings] == ["vfs.no_calls"]
+    # the script's start line alone (cut before the maps) is still damage
+    with pytest.raises(VfsParseError):
+        parse_vfslat_bpftrace((FIX / "bpftrace_pid_idle.json").read_bytes().split(b"\n")[0])
+
+
 def test_fsslower_csv_from_its_source_format() -> None:
     out = parse_fsslower_csv((FIX / "fsslower_written.csv").read_bytes())
     assert out.warnings == [] and not out.all_calls

@@ -97,9 +97,13 @@ def _op_class(key: Any) -> tuple[str, str] | None:
 
 
 def parse_vfslat_bpftrace(raw: bytes) -> VfsOutput:
+    """The script's output as VfsOutput. bpftrace prints no map that is empty: a window
+    without a single call has only @start_ns and @end_ns (the script ran to its end),
+    which is an answer (no calls), not damage."""
     out = parse_json_lines(raw)
     warnings: list[str] = []
-    if "@count" not in out.maps and "@us" not in out.hists and not out.printed:
+    ran_to_end = "@start_ns" in out.maps and "@end_ns" in out.maps
+    if "@count" not in out.maps and "@us" not in out.hists and not out.printed and not ran_to_end:
         if not raw.strip():
             raise VfsParseError("bpftrace printed nothing")
         if out.attached_probes is not None:
@@ -108,7 +112,7 @@ def parse_vfslat_bpftrace(raw: bytes) -> VfsOutput:
     if out.bad_lines:
         warnings.append(f"{out.bad_lines} lines of bpftrace output could not be read (cut short or damaged) "
                         "and were skipped")
-    if "@count" not in out.maps:
+    if "@count" not in out.maps and not ran_to_end:
         warnings.append("the script's maps are missing from the output (cut short?): no histograms, only the "
                         "slow calls printed during the trace")
     counts = out.maps.get("@count") if isinstance(out.maps.get("@count"), dict) else {}
