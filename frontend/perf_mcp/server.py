@@ -35,6 +35,22 @@ from .registry import ProgressFn, Registry, Services, ToolContext, ToolOutput, T
 log = logging.getLogger(__name__)
 
 RESOURCE_NOT_FOUND = -32002
+def _instructions() -> str:
+    """What the client hands its model at initialize: where to start and the prompts."""
+    listed = ", ".join(p.name + (f" ({', '.join(a.name for a in p.arguments)})" if p.arguments else "")
+                       for p in prompts.PROMPTS.values())
+    return (
+        "Linux performance diagnosis. Start with perf_triage: mode quick (~5 s, no privileges), standard "
+        "(~10 s, adds tracing) or deep (~30 s, adds profiles); pid=N for one slow process; focus cpu, memory, "
+        "disk or network for one resource. It ranks root causes, each with its culprit, evidence and `next`: "
+        "the tool call, with arguments, that confirms it. Make that call next, and follow the `next` of the "
+        f"findings it returns. Prompts that script this: {listed}. Answers are envelopes "
+        "{success, data, warnings, error}, data.summary first; large artifacts (flame graphs, folded stacks) "
+        "are resources linked from answers."
+    )
+
+
+INSTRUCTIONS = _instructions()
 _PATH_RE = re.compile(r"at `\$\.([A-Za-z0-9_]+)")
 _UNKNOWN_FIELD_RE = re.compile(r"unknown field `([^`]*)`")
 _MISSING_FIELD_RE = re.compile(r"missing required field `([^`]*)`")
@@ -286,11 +302,7 @@ def build_server(app: App) -> Server[Any]:
         "perf-mcp",
         version=__version__,
         title="perf-mcp",
-        instructions=(
-            "Linux performance diagnosis. Start with perf_info (what this machine and user can do), "
-            "then the cheap tools, then profiling. Results are envelopes {success, data, warnings, error}; "
-            "large artifacts (flame graphs, folded stacks) are resources linked from results."
-        ),
+        instructions=INSTRUCTIONS,
         on_list_tools=list_tools,
         on_call_tool=call_tool,
         on_list_resources=list_resources,
