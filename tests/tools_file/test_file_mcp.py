@@ -16,7 +16,9 @@ once the tracer is attached.
 
 from __future__ import annotations
 
+import datetime as dt
 import statistics
+import time
 from typing import Any
 
 import jsonschema
@@ -84,7 +86,7 @@ def check_opens(o: dict[str, Any], w: Any, bpftrace: bool) -> None:
     assert failed and all(e["error"] == "ENOENT" and "fd" not in e for e in failed)
     ok = [e for e in mine if e["path"] == present]
     assert ok and all(e["flags"] == "O_RDONLY|O_CLOEXEC" and e["fd"] >= 3 for e in ok), ok[:3]
-    assert all(("t_s" in e) == bpftrace and ("clock" in e) != bpftrace for e in mine)
+    assert all(("t_s" in e) == bpftrace and ("time" in e) != bpftrace for e in mine)
 
 
 def check_slow(s: dict[str, Any], w: Any) -> list[float]:
@@ -133,7 +135,9 @@ async def test_opens_opensnoop_exact_counts_findings_and_busy(module_broker_fact
                 nursery.start_soon(call)
                 attach_s = await wait_attached(broker.pid, OPENSNOOP_TP)
                 busy = envelope(await second.call_tool(TOOL, {"duration_s": 1}))
+                began = time.time()
                 w.start()
+            answered = time.time()
             w.wait_done()
     env = envelope(out["r"])
     jsonschema.validate(env, tool.output_schema)
@@ -142,6 +146,12 @@ async def test_opens_opensnoop_exact_counts_findings_and_busy(module_broker_fact
     assert data["mode"] == "opens" and data["slow_ops"] is None and data["file_lifecycle"] is None
     o = data["opens"]
     check_opens(o, w, bpftrace=False)
+    # opensnoop's HH:MM:SS becomes ISO 8601 UTC: the workload's opens happened between its start and
+    # the answer (to the second: opensnoop prints whole seconds)
+    stamps = [dt.datetime.fromisoformat(e["time"].replace("Z", "+00:00")).timestamp()
+              for e in o["events"] if e["pid"] == w.pid]
+    assert stamps and all(e["time"].endswith("Z") for e in o["events"])
+    assert int(began) <= min(stamps) <= max(stamps) <= answered, (began, stamps[:3], answered)
     assert o["path_max_bytes"] == 254
     assert busy["success"] is False and busy["error"]["code"] == "PROFILER_BUSY", busy
     ids = {f["id"]: f for f in data["findings"]}

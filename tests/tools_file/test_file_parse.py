@@ -5,6 +5,7 @@ findings from the fixtures, without a broker."""
 
 from __future__ import annotations
 
+import datetime as dt
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,23 @@ def test_opensnoop_capture() -> None:
     assert len(present) == 21 and all(o.fd >= 3 and o.errno == 0 and o.flags == 0o2000000 for o in present)
     assert len(missing) == 5 and all(o.fd == -1 and o.errno == 2 for o in missing)
     assert all(o.clock and len(o.clock) == 8 for o in r.opens)
+
+
+def test_opensnoop_clock_becomes_iso_8601_utc_on_the_day_the_trace_ended() -> None:
+    utc, cet = dt.timezone.utc, dt.timezone(dt.timedelta(hours=1))
+    ended = dt.datetime(2026, 11, 27, 4, 12, 5, tzinfo=utc)
+    assert tool.clock_iso("04:12:03", ended) == "2026-11-27T04:12:03Z"
+    # the trace crossed midnight: a clock after the end is the day before
+    assert tool.clock_iso("23:59:58", dt.datetime(2026, 11, 27, 0, 0, 2, tzinfo=utc)) == "2026-11-26T23:59:58Z"
+    # the tracer's zone is its local time (/etc/localtime): 05:12:03 CET is 04:12:03 UTC
+    assert tool.clock_iso("05:12:03", ended.astimezone(cet)) == "2026-11-27T04:12:03Z"
+    assert tool.clock_iso("4:12", ended) is None and tool.clock_iso(None, ended) is None
+    # the capture's opens, printed at 14:50:15 and after, in a trace that ended at 14:50:20 UTC
+    p = tool.Params(mode="opens", duration_s=1)
+    rec = fp.parse_opensnoop(raw("opensnoop_pid.txt"))
+    events = tool.analyse_opens(p, rec, dt.datetime(2026, 11, 26, 14, 50, 20, tzinfo=utc)).events
+    assert events and [e.time for e in events] == [f"2026-11-26T{o.clock}Z" for o in rec.opens][:len(events)]
+    assert events[0].time == "2026-11-26T14:50:15Z"
 
 
 def test_opens_bpftrace_capture() -> None:

@@ -30,11 +30,13 @@ Cancellation: the broker job is stopped with the call (run_job closes the socket
 
 from __future__ import annotations
 
+import datetime as _dt
 import errno as errno_mod
 import fnmatch
 import os
 import re
 import stat
+import zoneinfo
 from collections import Counter, defaultdict
 from typing import Annotated, Literal
 
@@ -122,7 +124,7 @@ class OpenItem(msgspec.Struct, kw_only=True, omit_defaults=True):
     fd: int | None = None
     error: str | None = None  # errno name of a failed open
     t_s: float | None = None  # seconds since the trace started (bpftrace)
-    clock: str | None = None  # HH:MM:SS (opensnoop)
+    time: Annotated[str | None, Meta(description="UTC, ISO 8601, to the second (opensnoop)")] = None
 
 
 class PathCount(msgspec.Struct, kw_only=True):
@@ -417,7 +419,34 @@ async def _resolve_paths(ctx: ToolContext, ops: list[SlowOp]) -> tuple[dict[tupl
 # ---------------------------------------------------------------- analysis
 
 
-def analyse_opens(p: Params, rec: OpenRecords) -> Opens:
+def tracer_zone() -> _dt.tzinfo:
+    """The zone of opensnoop's HH:MM:SS: the broker runs its tracers without TZ, so
+    /etc/localtime (UTC where there is none)."""
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return zoneinfo.ZoneInfo.from_file(f)
+    except (OSError, ValueError):
+        return _dt.timezone.utc
+
+
+def clock_iso(clock: str | None, ended: _dt.datetime | None) -> str | None:
+    """opensnoop's HH:MM:SS wall clock as ISO 8601 UTC: on the day the trace ended
+    (`ended`, aware, in the tracer's zone), or the day before when that would be after
+    the end (the trace crossed midnight). None when either is missing or unreadable."""
+    if clock is None or ended is None:
+        return None
+    try:
+        t = _dt.time.fromisoformat(clock)
+    except ValueError:
+        return None
+    at = _dt.datetime.combine(ended.date(), t, tzinfo=ended.tzinfo)
+    if at > ended + _dt.timedelta(minutes=1):
+        at -= _dt.timedelta(days=1)
+    return at.astimezone(_dt.timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def analyse_opens(p: Params, rec: OpenRecords, ended: _dt.datetime | None = None) -> Opens:
+    """`ended`: when the trace ended, in the tracer's zone (for opensnoop's clock)."""
     match = matcher(p.name_pattern)
     events = [e for e in rec.opens if (p.pid is None or e.pid == p.pid) and match(e.path, e.comm)]
     events.sort(key=lambda e: (e.t_s if e.t_s is not None else 0.0))
@@ -449,7 +478,7 @@ def analyse_opens(p: Params, rec: OpenRecords) -> Opens:
     failures.sort(key=lambda f: (-f.count, f.error))
     items = [OpenItem(pid=e.pid, comm=e.comm, path=e.path, flags=flag_names(e.flags),
                       fd=e.fd if e.fd >= 0 else None, error=errname(e.errno) if e.fd < 0 else None,
-                      t_s=e.t_s, clock=e.clock) for e in events[:p.max_events_listed]]
+                      t_s=e.t_s, time=clock_iso(e.clock, ended)) for e in events[:p.max_events_listed]]
     return Opens(total=len(events), failed=sum(len(v) for v in fails.values()),
                  opens_per_s=round(len(events) / p.duration_s, 3), path_max_bytes=rec.path_max_bytes,
                  by_path=paths[:TOP_N], by_process=procs[:TOP_N], failures=failures, events=items,
@@ -670,6 +699,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         return await _trace(ctx, p, rung), None
 
     result = await climb(ctx, LADDERS[p.mode], p, attempt)
+    ended = _dt.datetime.now(tracer_zone())
     parsed = result.value
     warnings = result.warnings() + parsed.warnings
     lost = sum(r.lost_events for r in (parsed.opens, parsed.slow, parsed.life) if r is not None)
@@ -698,7 +728,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
         filters["min_latency_ms"] = p.min_latency_ms
     data = FileTraceData(
         method=result.method, backend=result.backend, skipped=result.skipped, mode=p.mode, duration_s=p.duration_s,
-        filters=filters, opens=analyse_opens(p, parsed.opens) if parsed.opens is not None else None,
+        filters=filters, opens=analyse_opens(p, parsed.opens, ended) if parsed.opens is not None else None,
         slow_ops=slow, file_lifecycle=life, lost_events=lost, findings=[])
     data.findings = findings(p, data)
     omitted = any(x is not None and x.events_omitted for x in (data.opens, data.slow_ops, data.file_lifecycle))
