@@ -219,6 +219,7 @@ def swap_on_loop(size_mib: int) -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@pytest.mark.cgroup_any("memory")
 async def test_swapping_is_a_memory_finding_and_swap_merely_in_use_is_information(
     test_users: helpers.TestUsers, no_broker_socket: Path
 ) -> None:
@@ -226,7 +227,7 @@ async def test_swapping_is_a_memory_finding_and_swap_merely_in_use_is_informatio
     touch_s, hold_s = 16, 40
     with swap_on_loop(256) as device, memory_cgroup(100 * 2**20) as cgroup:
         async with helpers.mcp_client(test_users.denied, no_broker_socket) as client:
-            with load([sys.executable, "-c", HOLD, str(cgroup), "200", str(touch_s), str(hold_s)],
+            with load([sys.executable, "-c", HOLD, str(cgroup.memory_dir), "200", str(touch_s), str(hold_s)],
                       stdout=-1) as hog:
                 assert hog.stdout is not None
                 assert (await trio.to_thread.run_sync(hog.stdout.readline)).strip() == b"ready"

@@ -1,8 +1,10 @@
-"""The USE check's cgroup row: the frontend is started inside a v1 memory
-cgroup with a limit and a v1 cpu cgroup with a quota (a small wrapper joins
-the cgroups, then execs the usual setpriv command line, so the server runs as
-perfmcp-denied from its first instruction inside them); a memory hog and a
-busy loop in the same cgroups bring it near both limits."""
+"""The USE check's cgroup row: the frontend is started inside a cgroup with a
+memory limit and a CPU quota (a small wrapper joins the cgroup, then execs the
+usual setpriv command line, so the server runs as perfmcp-denied from its first
+instruction inside it); a memory hog and a busy loop in the same cgroup bring it
+near both limits. The cgroup is made where the host has each controller: v1 here
+(memory.limit_in_bytes, cpu.cfs_quota_us, a cpuacct cgroup beside), cgroup2 on a
+v2-only host (memory.max, cpu.max); the test needs memory and cpu in either."""
 
 from __future__ import annotations
 
@@ -16,9 +18,9 @@ import pytest
 import trio
 
 import helpers
-from systools_util import checks, load, ok_data, row, v1_cgroup
+from systools_util import checks, limited_cgroup, load, ok_data, row
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+pytestmark = [pytest.mark.root, pytest.mark.slow, pytest.mark.cgroup_any("memory", "cpu")]
 
 JOIN_AND_EXEC = r"""
 import os, sys
@@ -32,21 +34,22 @@ os.execv(argv[0], argv)
 
 HOG = r"""
 import os, sys, time
-with open(sys.argv[1], "w") as f:
-    f.write(str(os.getpid()))
-anon = bytearray(int(sys.argv[2]) * 2**20)
+for procs in sys.argv[3:]:
+    with open(procs, "w") as f:
+        f.write(str(os.getpid()))
+anon = bytearray(int(sys.argv[1]) * 2**20)
 for i in range(0, len(anon), 4096):
     anon[i] = 1
 print("ready", flush=True)
-time.sleep(float(sys.argv[3]))
+time.sleep(float(sys.argv[2]))
 """
 
 BUSY = r"""
 import os, sys, time
-for procs in sys.argv[1:3]:
+for procs in sys.argv[2:]:
     with open(procs, "w") as f:
         f.write(str(os.getpid()))
-end = time.monotonic() + float(sys.argv[3])
+end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end:
     pass
 """
@@ -68,19 +71,18 @@ async def test_own_cgroup_near_its_memory_limit_and_cpu_quota(
     test_users: helpers.TestUsers, no_broker_socket: Path
 ) -> None:
     limit_mib, hog_mib = 400, 330
-    with v1_cgroup("memory", {"memory.limit_in_bytes": str(limit_mib * 2**20)}) as mem, \
-            v1_cgroup("cpu", {"cpu.cfs_period_us": "100000", "cpu.cfs_quota_us": "50000"}) as cpu, \
-            v1_cgroup("cpuacct", {}) as acct:
-        procs = [mem / "cgroup.procs", cpu / "cgroup.procs", acct / "cgroup.procs"]
-        async with client_in_cgroups(test_users.denied, no_broker_socket, procs) as client:
+    with limited_cgroup(memory_bytes=limit_mib * 2**20, cpu_quota_cores=0.5) as limited:
+        procs = [str(p) for p in limited.procs]
+        async with client_in_cgroups(test_users.denied, no_broker_socket, limited.procs) as client:
             before = ok_data(await client.call_tool("perf_use_check", {"window_s": 1}))
-            with load([sys.executable, "-c", HOG, str(procs[0]), str(hog_mib), "40"], stdout=-1) as hog, \
-                    load([sys.executable, "-c", BUSY, str(procs[1]), str(procs[2]), "40"]):
+            with load([sys.executable, "-c", HOG, str(hog_mib), "40", *procs], stdout=-1) as hog, \
+                    load([sys.executable, "-c", BUSY, "40", *procs]):
                 assert hog.stdout is not None
                 assert (await trio.to_thread.run_sync(hog.stdout.readline)).strip() == b"ready"
                 await trio.sleep(6)
                 data = ok_data(await client.call_tool("perf_use_check", {"window_s": 5, "include_ok": True}))
-    name = f"cgroup memory:/{mem.name}"
+    name = limited.use_row
+    print(f"\n{helpers.cgroup_host().describe()}; the test cgroup's limits are on {limited.version}")
     assert [r["name"] for r in before["table"]][-1] == name  # the row exists as soon as there are limits
     cg = row(data, name)
     c = checks(cg)
@@ -100,4 +102,4 @@ async def test_own_cgroup_near_its_memory_limit_and_cpu_quota(
     assert "cgroup.memory.failcnt" in c
     f = next(f for f in data["findings"] if f["resource"] == "cgroup")
     assert f["severity"] == "critical" and "perf_cgroup_summary" in f["suggestion"]
-    assert mem.name in f["title"]
+    assert limited.name in f["title"]
