@@ -242,6 +242,28 @@ def test_top_children_rank_and_say_none_for_no_limit() -> None:
     assert children.describe(top).startswith("most CPU /busy 1.5 CPUs (limit none); most memory /big")
 
 
+def test_top_children_count_limit_hits_over_the_window() -> None:
+    """A v1 memory cgroup at its limit whose failcnt grew by 25,000 between the two readings (a
+    process re-reading a file larger than the limit: reclaim at every charge) is a limit-hits finding
+    of the listing, though its working set (usage less the inactive page cache) is well below the
+    near-limit bar; one whose failcnt did not grow is not."""
+    from perf_mcp.cgroup import children
+
+    def at_limit(failcnt: int) -> dict[str, dict[str, bytes]]:
+        files = _child(0, 0, 0, 0, b"-1\n", 200 << 20, b"209715200\n")
+        files["memory"] |= {"memory.failcnt": f"{failcnt}\n".encode(),
+                            "memory.stat": f"total_inactive_file {60 << 20}\n".encode()}
+        return files
+
+    first = {"/thrash": parse_reading(at_limit(300_000), None), "/still": parse_reading(at_limit(7), None)}
+    second = {"/thrash": parse_reading(at_limit(325_000), None), "/still": parse_reading(at_limit(7), None)}
+    top, findings = children.top_children(first, second, 1.0, THRESHOLDS, 5, [])
+    assert [r.memory_pct_of_limit for r in top.by_memory] == [70.0, 70.0]  # below the 85% bar
+    got = [(f.id, f.severity, f.next.arguments if f.next else None) for f in findings]
+    assert got == [("cgroup.memory_limit_hits", "warning", {"cgroup_path": "/thrash"})]
+    assert findings[0].title == "/thrash: Memory limit hit 25000 times in 1.0 s"
+
+
 def test_every_next_call_is_valid_for_the_tool_it_names(tmp_path: Path) -> None:
     """The next calls of perf_cgroup_summary's findings (listing and one cgroup)
     validate against the input schema of the served tool they name."""

@@ -7,8 +7,11 @@ the v1 memory hierarchy, and whatever v1 does not have from the v2 cgroup /x.
 
 Window: two readings (collect.take_child_readings) SAMPLE_INTERVAL_S apart.
 CPU usage and throttling are deltas over that window; memory is the usage at
-the second reading; lifetime throttled time (since the cgroup was created) is
-given alongside. A limit that is not set is said as "none" (the kernel's
+the second reading, and the limit hits (v1 memory.failcnt, v2 memory.events
+max) and OOM kills counted over the window make their findings, as for one
+cgroup (a cgroup at its limit, reclaiming tens of thousands of times a second,
+is named by the listing); lifetime throttled time (since the cgroup was
+created) is given alongside. A limit that is not set is said as "none" (the kernel's
 "max" or v1's huge no-limit number never reach the answer).
 """
 
@@ -89,7 +92,7 @@ def top_children(first: dict[str, CgroupReading], second: dict[str, CgroupReadin
         a = first.get(path)
         local: list[str] = []
         cpu = cpu_report(a.cpu if a else None, b.cpu, interval_s, local)
-        mem = memory_report(None, b.memory, local)
+        mem = memory_report(a.memory if a else None, b.memory, local)
         warnings += [f"{path}: {w}" for w in local]
         rows.append(_row(path, cpu, mem))
         loud: list[Finding] = []
