@@ -291,3 +291,42 @@ def test_the_pids_wait_in_a_throttled_cgroup_is_the_quotas() -> None:
     # the pid in another cgroup: the throttling is someone else's (weighs 0.5), the pid's thread stays its own cause
     assert [c.kind for c in rank([sat, single, thr], 7, frozenset({"/other"}))] == [
         "cpu.saturation", "cpu.single_thread", "cgroup.cpu_throttled"]
+
+
+# Scenarios of bench/triage/scenarios.py captured as the benchmark asks them (capture_faults.py: the pid
+# passed only where the scenario passes it), with the truths capture_faults.py printed.
+FIO = {"disk_saturation": 23296, "disk_saturation.quick": 1291, "throttled+disk": 23704}  # 8 psync threads on loop0
+BENCH_THROTTLED = "/pmcp-bench-23281-7836c5"  # throttled+disk: the busy loop's cpu cgroup, quota 20/100 ms
+
+
+def bench(name: str) -> tuple[Observations, list[RootCause]]:
+    obs = observations(f"bench.{name}")
+    causes = rank(correlate(obs), obs.pid, pid_cgroups(obs))
+    print(f"\n{name}:\n" + "\n".join(f"  {c.kind} {c.severity} {c.score} {c.culprit.text()[:60]}" for c in causes))
+    return obs, causes
+
+
+@pytest.mark.parametrize("scenario", sorted(FIO))
+def test_one_process_saturating_a_device_the_cpus_and_the_syscalls_is_one_root_cause(scenario: str) -> None:
+    """fio's threads read a loop device (served from the page cache) as fast as they can: the device is
+    saturated, and the CPUs too (fio's threads and the kernel threads serving its I/O), and the system
+    calls are fio's preads. One process explains the three: one root cause, the device's, first."""
+    obs, causes = bench(scenario)
+    fio = FIO[scenario]
+    top = causes[0]
+    assert top.kind == "disk.saturation" and top.culprit.pid == fio and top.culprit.device == "loop0"
+    assert not any(c.culprit.pid == fio for c in causes[1:])  # not again as the CPU's or the calls' culprit
+    assert not any(c.kind in ("cpu.saturation", "syscall.storm") for c in causes)
+    counters = {(e.tool, e.counter.split(" [")[0]) for e in top.evidence}
+    assert ("perf_use_check", "/proc/stat cpu (100 - idle - iowait)") in counters  # the CPUs, joined
+    kernel = next(e for e in top.evidence if e.counter.startswith("kernel threads' CPU"))
+    att = {r["pid"]: r for r in obs.attribution["cpu"]}  # type: ignore[index]
+    want = sum(r["cpu_pct"] for r in att.values() if r["command"].startswith("["))
+    assert kernel.value == pytest.approx(want, abs=0.05) and f"with pid {fio}" in (kernel.sample or "")
+    if "perf_syscall_count" in obs.answers:  # standard: the calls are fio's preads
+        calls = next(e for e in top.evidence if e.tool == "perf_syscall_count")
+        assert "pread64" in (calls.sample or "") and "system call storm" in top.title
+    assert "CPU saturation" in top.title
+    if scenario == "throttled+disk":  # the other fault comes next
+        assert causes[1].kind == "cgroup.cpu_throttled" and causes[1].culprit.cgroup == BENCH_THROTTLED
+

@@ -272,12 +272,41 @@ def cpu_saturation(v: View) -> list[RootCause]:
                       v.att.get("window_s"), f"pid {top['pid']} {top.get('command')}: {share:.0%} of the busy time"))
         if share >= DOMINANT_SHARE:
             culprit = v.process(top["pid"])
+        elif (io := _io_burner(v, busy)) is not None:
+            ev.append(io[1])
+            culprit = v.process(io[0])
     ev += _runq_evidence(v)
     conf = 0.6 + 0.1 * (len(breaches) - 1) + (0.1 if len(ev) > len(breaches) + 1 else 0)
     who = f" mostly by {culprit.text()}" if culprit.kind != "system" else ""
     return [_cause("cpu.saturation", f"CPU saturated{who}: {row.get('detail', '')}".rstrip(": "), culprit,
                    row["status"], conf, ev, since=v.since("cpu"),
                    next=next_call("perf_cpu_profile", pid=culprit.pid, duration_s=10))]
+
+
+def _kernel_thread(row: dict[str, Any]) -> bool:
+    command = str(row.get("command") or "")
+    return command.startswith("[") and command.endswith("]")
+
+
+def _io_burner(v: View, busy: float) -> tuple[int, Evidence] | None:
+    """The process issuing most of the storage bytes, when it is also the top CPU process and, with the
+    kernel threads (softirq, workqueues, loop) that serve its I/O, holds DOMINANT_SHARE of the busy time:
+    threads doing I/O as fast as a device (a loop device answering from the page cache) burn the CPUs in
+    the kernel, so the CPU saturation is that process's I/O."""
+    top = next((r for r in v.rows("cpu") if not _kernel_thread(r)), None)
+    io = _io_processes(v)
+    total = sum(b for _, b, _ in io)
+    if top is None or not io or not total or io[0][0]["pid"] != top["pid"] or io[0][1] / total < DOMINANT_SHARE:
+        return None
+    kernel = [r for r in v.rows("cpu") if _kernel_thread(r)]
+    kernel_pct = sum(r.get("cpu_pct") or 0.0 for r in kernel)
+    share = ((top.get("cpu_pct") or 0.0) + kernel_pct) / max(1.0, busy * v.obs.cpus)
+    if not kernel or share < DOMINANT_SHARE:
+        return None
+    names = ", ".join(str(r.get("command")) for r in kernel[:3])
+    return top["pid"], _ev("attribution", "kernel threads' CPU beside the top process, which issues most storage "
+                           "bytes (% of one CPU)", round(kernel_pct, 1), None, v.att.get("window_s"),
+                           f"{names}: with pid {top['pid']}, {share:.0%} of the busy time")
 
 
 def _runq_evidence(v: View) -> list[Evidence]:

@@ -5,6 +5,9 @@
   run-queue latency joins CPU saturation where both are found.
 - A process blocked because of what another root cause names for the same
   process (its slow DNS lookups, its retransmits, its disk) is that cause.
+- A process saturating a device that is also the culprit of the CPU
+  saturation (its threads and the kernel's serving its I/O) or of a system
+  call storm (its reads and writes) is one root cause: the device's.
 - The same kind and culprit found by two collectors (attribution and
   perf_thread_profile, say) is one root cause with both evidence chains; the
   more confident one gives the title.
@@ -33,6 +36,9 @@ OTHER_CULPRIT = 0.5
 
 # Root causes that make a process wait off-CPU (its blocking is their evidence, not a cause of its own).
 EXPLAINS_BLOCKING = ("dns.slow", "network.retransmits", "disk.saturation", "memory.pressure", "cgroup.memory_limit")
+# What a process saturating a device also causes (its I/O costs system calls and CPU), in the order their
+# evidence joins the device's.
+IO_SYMPTOMS = {"syscall.storm": "system call storm", "cpu.saturation": "CPU saturation"}
 _EVENT_WAITS = ("select", "poll", "epoll", "recv", "accept", "sk_wait", "tcp_")
 
 
@@ -63,6 +69,13 @@ def _absorb(into: RootCause, other: RootCause, bonus: float = 0.0) -> RootCause:
         severity=_worse(into.severity, other.severity),  # type: ignore[arg-type]
         confidence=round(min(0.99, max(into.confidence, other.confidence) + bonus), 2),
         since=into.since or other.since)
+
+
+def _symptom_evidence(rc: RootCause) -> list[Evidence]:
+    """A symptom's evidence where it joins its cause (within MAX_EVIDENCE): its first USE check (the CPUs
+    busy) and what names the process (attribution's shares, the system call rate)."""
+    use = [e for e in rc.evidence if e.tool == "perf_use_check"][:1]
+    return use + [e for e in rc.evidence if e.tool in ("attribution", "perf_syscall_count")]
 
 
 def relevance(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> float:
@@ -119,6 +132,18 @@ def rank(candidates: list[RootCause], pid: int | None = None,
         if cause is not None:
             out.remove(rc)
             out[out.index(cause)] = _absorb(cause, rc)
+    # one process saturating a device, the CPUs (its threads and the kernel's serving its I/O) and making
+    # the system calls (its reads and writes): one root cause, the device's, with the rest as evidence
+    for disk in [r for r in out if r.kind == "disk.saturation" and r.culprit.pid is not None]:
+        symptoms = sorted((r for r in out if r.kind in IO_SYMPTOMS and r.culprit.pid == disk.culprit.pid),
+                          key=lambda r: list(IO_SYMPTOMS).index(r.kind))
+        for rc in symptoms:
+            out.remove(rc)
+            idx = out.index(disk)
+            disk = out[idx] = _absorb(disk, msgspec.structs.replace(rc, evidence=_symptom_evidence(rc)))
+        if symptoms:
+            out[out.index(disk)] = msgspec.structs.replace(disk, title=f"{disk.title}; its I/O is also the "
+                                                           + " and the ".join(IO_SYMPTOMS[r.kind] for r in symptoms))
     # the process asked about, in a throttled cgroup: its wait for a CPU is the quota's
     thr = next((o for o in out if o.kind == "cgroup.cpu_throttled" and _tied(o, pid, pid_cgroups)), None)
     if thr is not None:
