@@ -330,3 +330,35 @@ def test_one_process_saturating_a_device_the_cpus_and_the_syscalls_is_one_root_c
     if scenario == "throttled+disk":  # the other fault comes next
         assert causes[1].kind == "cgroup.cpu_throttled" and causes[1].culprit.cgroup == BENCH_THROTTLED
 
+
+# memory_pressure: a python (pid) holding 150 MiB in a v1 memory cgroup of 200 MiB re-reads a 600 MiB file
+# through mmap; capture_faults.py read the cgroup's failcnt growing 15,000-32,000 a second meanwhile.
+MEM_HOG = {"memory_pressure": (3707, "/pmcp-bench-3691-3fe02a"),
+           "memory_pressure.quick": (6508, "/pmcp-bench-6379-9363a7"),
+           "memory+exec": (3792, "/pmcp-bench-3691-992e84")}
+EXEC_PARENT = 3795  # memory+exec: the python spawning /bin/true 150 times a second
+
+
+@pytest.mark.parametrize("scenario", sorted(MEM_HOG))
+def test_a_cgroup_at_its_memory_limit_explains_the_reads_that_saturate_the_disk(scenario: str) -> None:
+    """The cgroup at its limit (failcnt growing by tens of thousands a second, as the listing of the
+    root's children counts it over its window: quick mode too) is the first root cause; the machine's
+    memory pressure and vda's saturation by the hog's re-reads are its evidence, not causes of their own."""
+    obs, causes = bench(scenario)
+    pid, cgroup = MEM_HOG[scenario]
+    top = causes[0]
+    assert top.kind == "cgroup.memory_limit" and top.culprit == Culprit(kind="cgroup", cgroup=cgroup)
+    hits = next(e for e in top.evidence if e.counter == "memory failcnt")
+    assert isinstance(hits.value, int) and hits.value >= 10_000 and hits.window_s is not None
+    listed = next(f for f in obs.answers["perf_cgroup_summary"]["findings"] if f["id"] == "cgroup.memory_limit_hits")
+    assert listed["metrics"]["in_window"] == hits.value and top.title.startswith(f"cgroup {cgroup}: Memory limit hit")
+    reads = next(e for e in top.evidence if e.counter.startswith("storage reads/s of a process under"))
+    row = next(r for r in obs.attribution["disk_read"] if r["pid"] == pid)  # type: ignore[index]
+    assert reads.value == round(row["read_bps"]) and (reads.sample or "").startswith(f"pid {pid} python3")
+    assert any(e.tool == "perf_use_check" and "[vda]" in e.counter for e in top.evidence)  # the disk, joined
+    assert top.severity == "critical"  # vda's worst check came with it
+    assert not any(c.kind in ("disk.saturation", "memory.pressure") for c in causes)
+    assert top.next is not None and top.next.arguments == {"cgroup_path": cgroup}
+    if scenario == "memory+exec":
+        storm = next(c for c in causes if c.kind == "exec.storm")
+        assert storm.culprit.pid == EXEC_PARENT and causes.index(storm) <= 2

@@ -402,10 +402,17 @@ def memory(v: View) -> list[RootCause]:
                                                if "memory" in (h.get("controllers") or [])), None)
             if not path:
                 continue
-            limited.append(_cause("cgroup.memory_limit", f"cgroup {path}: {f.get('title')}",
+            title = str(f.get("title") or "").removeprefix(f"{path}: ")  # the listing's titles start with it
+            limited.append(_cause("cgroup.memory_limit", f"cgroup {path}: {title}",
                                   Culprit(kind="cgroup", cgroup=path), f["severity"], float(f.get("confidence", 0.8)),
                                   _finding_evidence(f), since=v.since("memory"),
                                   next=next_call("perf_cgroup_summary", cgroup_path=path), detail=f.get("detail")))
+    reader = _refaulter(v)
+    if reader is not None:  # the limited cgroup holding the process that re-reads: first
+        limited.sort(key=lambda rc: not reader[0].in_cgroup(rc.culprit.cgroup))
+        for rc in limited:
+            if reader[0].in_cgroup(rc.culprit.cgroup):
+                rc.evidence.append(reader[1])
     out += limited
     row = v.use_row("memory")
     if row and row.get("status") in SEVERITY_OF_STATUS:
@@ -418,12 +425,37 @@ def memory(v: View) -> list[RootCause]:
             ev.append(_ev("attribution", "top process RSS (MiB)", top.get("rss_mb"), None, v.att.get("window_s"),
                           f"pid {top['pid']} {top.get('command')}"))
             culprit = v.process(top["pid"])
+        if reader is not None and (reader[0].pid == culprit.pid or reader[0].in_cgroup(culprit.cgroup)):
+            ev.append(reader[1])
         out.append(_cause("memory.pressure", f"Memory pressure: {row.get('detail', '')}", culprit, row["status"],
                           0.6 + 0.1 * max(0, len(breaches) - 1), ev, since=v.since("memory"),
                           next=(next_call("perf_cgroup_summary", cgroup_path=culprit.cgroup) if culprit.kind == "cgroup"
                                 else next_call("perf_cgroup_summary", pid=culprit.pid) if culprit.pid
                                 else next_call("perf_snapshot"))))
     return out
+
+
+REFAULT_READ_SHARE = 0.8  # of a process's storage bytes, read: it re-reads what memory could not keep
+REFAULT_COUNTER = "storage reads/s of a process under this memory limit or pressure (page cache re-read)"
+
+
+def _refaulter(v: View) -> tuple[Culprit, Evidence] | None:
+    """The process issuing most of the storage bytes, nearly all reads, while memory is short (the
+    memory row breached, or a cgroup's limit hit): what it reads is page cache the memory could not
+    keep (a file re-read through mmap in a cgroup at its limit), so a busy device is memory's
+    symptom. The culprit (with its cgroup) and the evidence that joins it to the memory cause."""
+    io = _io_processes(v)
+    total = sum(b for _, b, _ in io)
+    if not io or not total or io[0][1] / total < DOMINANT_SHARE:
+        return None
+    row, bps, source = io[0]
+    reads = float(row.get("read_bps") or 0.0)
+    if source != "attribution" or reads < REFAULT_READ_SHARE * bps:
+        return None
+    culprit = v.process(int(row["pid"]), row.get("command"))
+    return culprit, _ev("attribution", REFAULT_COUNTER, round(reads), None, v.att.get("window_s"),
+                        f"pid {row['pid']} {_short(row)}: {reads / 1e6:.0f} MB/s read, {reads / bps:.0%} of its "
+                        f"storage bytes; {bps / total:.0%} of the processes'")
 
 
 def _finding_cgroup(f: dict[str, Any]) -> str | None:

@@ -49,6 +49,15 @@ class Culprit(msgspec.Struct, kw_only=True, omit_defaults=True):
         """What makes two culprits the same one (for deduplication)."""
         return (self.kind, self.pid, self.tid, self.cgroup, self.device, self.interface, self.peer, self.name)
 
+    def in_cgroup(self, path: str | None) -> bool:
+        """This process's cgroup (as attribution gives it: a v2 path, or "controllers:path" of the first
+        v1 hierarchy where it is not at the root) is `path` or below it."""
+        if not path or not self.cgroup:
+            return False
+        mine = self.cgroup.split(":", 1)[1] if ":" in self.cgroup else self.cgroup
+        top = path.rstrip("/")
+        return mine == path or mine.startswith(top + "/")
+
     def text(self) -> str:
         if self.kind in ("process", "thread"):
             who = f"{self.command or '?'} (pid {self.pid}" + (f", tid {self.tid}" if self.tid and self.tid != self.pid

@@ -5,6 +5,10 @@
   run-queue latency joins CPU saturation where both are found.
 - A process blocked because of what another root cause names for the same
   process (its slow DNS lookups, its retransmits, its disk) is that cause.
+- Memory pressure whose culprit is a cgroup at its memory limit is that
+  limit; a device saturated by the reads of a process under that shortage
+  (in the limited cgroup, or the pressure's process: page cache it re-reads)
+  is memory's too, its evidence joined.
 - A process saturating a device that is also the culprit of the CPU
   saturation (its threads and the kernel's serving its I/O) or of a system
   call storm (its reads and writes) is one root cause: the device's.
@@ -25,6 +29,7 @@ from typing import Any
 import msgspec
 
 from ..contract import Evidence
+from .correlate import REFAULT_COUNTER
 from .model import RootCause
 
 SEVERITY_WEIGHT = {"critical": 3.0, "warning": 2.0, "info": 1.0}
@@ -132,6 +137,21 @@ def rank(candidates: list[RootCause], pid: int | None = None,
         if cause is not None:
             out.remove(rc)
             out[out.index(cause)] = _absorb(cause, rc)
+    # memory pressure in a cgroup at its limit is the limit's; a device busy with the reads of a process
+    # under that memory shortage (page cache re-read: REFAULT_COUNTER joined the memory cause) is memory's
+    for mem in [r for r in out if r.kind == "cgroup.memory_limit"]:
+        for rc in [r for r in out if r.kind == "memory.pressure" and r.culprit.kind == "cgroup"
+                   and r.culprit.cgroup == mem.culprit.cgroup]:
+            out.remove(rc)
+            idx = out.index(mem)
+            mem = out[idx] = _absorb(mem, rc)
+    for disk in [r for r in out if r.kind == "disk.saturation" and r.culprit.pid is not None]:
+        mem = next((m for m in out if m.kind in ("cgroup.memory_limit", "memory.pressure")
+                    and any(e.counter == REFAULT_COUNTER for e in m.evidence)
+                    and (m.culprit.pid == disk.culprit.pid or disk.culprit.in_cgroup(m.culprit.cgroup))), None)
+        if mem is not None:
+            out.remove(disk)
+            out[out.index(mem)] = _absorb(mem, disk)
     # one process saturating a device, the CPUs (its threads and the kernel's serving its I/O) and making
     # the system calls (its reads and writes): one root cause, the device's, with the rest as evidence
     for disk in [r for r in out if r.kind == "disk.saturation" and r.culprit.pid is not None]:
