@@ -7,7 +7,8 @@ each fsync'ed), a spawner (/bin/true 50 times a second), a TCP client connecting
 closed loopback port 20 times a second and a listener that never accepts, connected to 10
 times a second (listen-queue drops). Every tool in tools/list is called (a tool this
 module has no arguments for is called with {}, so a new tool is covered the day it is
-served), perf_thread_profile a second time with its off-CPU side; every `next` anywhere in
+served), perf_thread_profile a second time with its off-CPU side and perf_file_trace with its
+opens alone (opensnoop's per-event wall clock); every `next` anywhere in
 every answer (findings, root causes) must name a tool in tools/list, and its arguments must
 validate against that tool's inputSchema (jsonschema). The threshold findings the load makes
 fire must carry theirs: perf_thread_profile's on the busy loop (perf_cpu_profile or
@@ -120,13 +121,15 @@ CALLS: dict[str, dict[str, Any]] = {
     "perf_tcp_trace": {"duration_s": 2},
     "perf_dns_latency": {"duration_s": 2},
 }
-# Second calls, answers kept as "tool#label": the off-CPU side of perf_thread_profile.
+# Second calls, answers kept as "tool#label": the off-CPU side of perf_thread_profile, and
+# perf_file_trace's opens alone (opensnoop where the kernel allows: a wall clock per event).
 EXTRA_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
     "perf_thread_profile#offcpu": ("perf_thread_profile", {"pid": "{pid_write}", "duration_s": 2,
                                                            "include_offcpu": True}),
+    "perf_file_trace#opens": ("perf_file_trace", {"mode": "opens", "pid": "{pid_leak}", "duration_s": 2}),
 }
 
-TIME_KEY = re.compile(r"(^|_)(timestamp|time|start|end|since|until|at|when|started|ended|first_seen|last_seen)$")
+TIME_KEY = re.compile(r"(^|_)(timestamp|time|clock|start|end|since|until|at|when|started|ended|first_seen|last_seen)$")
 EPOCH_RANGE = (1.0e9, 4.1e9)  # seconds 2001..2099; ms and ns are 1e3 / 1e9 times that
 
 
@@ -331,5 +334,6 @@ async def test_every_next_step_of_every_tool_names_a_served_tool_with_valid_argu
     drops = nexts("perf_net_health", "network.listen_queue_drops")
     assert drops == [{"tool": "perf_tcp_trace", "arguments": {"mode": "lifecycle", "duration_s": 10}}], \
         answers["perf_net_health"]["findings"]
+    assert answers["perf_file_trace#opens"]["opens"]["events"]  # the leak's opens, each with its time
     stamps = [p for tool, data in answers.items() for p in bad_timestamps(data, tool)]
     assert not stamps, stamps
