@@ -19,7 +19,7 @@ from perf_mcp.errors import ErrorCode, ToolError
 from perf_mcp.registry import discover
 from perf_mcp.triage.collectors import Observations, fd_growers, thread_demand
 from perf_mcp.triage.correlate import correlate, pid_cgroups
-from perf_mcp.triage.model import ROOT_CAUSE_KINDS, Culprit, RootCause
+from perf_mcp.triage.model import ROOT_CAUSE_KINDS, CouldNotRun, Culprit, RootCause
 from perf_mcp.triage.queue import QueuedBroker
 from perf_mcp.triage.rank import rank
 
@@ -362,3 +362,36 @@ def test_a_cgroup_at_its_memory_limit_explains_the_reads_that_saturate_the_disk(
     if scenario == "memory+exec":
         storm = next(c for c in causes if c.kind == "exec.storm")
         assert storm.culprit.pid == EXEC_PARENT and causes.index(storm) <= 2
+
+
+LOCKED = 32472  # lock_blocked as perfmcp-denied: perfmcp-lock (nobody), its victim thread waiting on a mutex
+
+
+def test_a_pid_that_could_not_be_examined_is_said_not_found_fine() -> None:
+    """As perfmcp-denied (no trace grant), the off-CPU part of the pid's thread profile was refused: why
+    its threads wait is not seen. The summary says so, with how many of its threads were blocked over
+    half the window (the thread table, procfs), and never "no problem found"."""
+    from perf_mcp.tools.perf_triage import Params, headline
+    from perf_mcp.triage.collectors import Collection
+
+    obs, causes = bench("lock_blocked.denied")
+    assert obs.pid == LOCKED and obs.answers["perf_thread_profile"]["offcpu"]["error_code"] == "PERMISSION_DENIED"
+    threads = obs.answers["perf_thread_profile"]["threads"]
+    blocked = sum(t["blocked_ms"] >= 500 * t["window_s"] for t in threads)
+    col = Collection(obs=obs, could_not_run=[CouldNotRun(collector="perf_runq_latency", reason="refused",
+                                                         code="PERMISSION_DENIED")])
+    p = Params(mode="standard", pid=LOCKED)
+    seen = f"; pid {LOCKED} could not be fully examined, not seen: its run-queue wait (not granted); its off-CPU " \
+           f"(blocking) stacks (not granted): {blocked} of its {len(threads)} threads were blocked"
+    assert blocked == 3 and not any(c.culprit.pid == LOCKED for c in causes)
+    text = headline(p, causes, col)  # another user's CPU load is found: it comes first, then what was not seen
+    print(f"\n{text}")
+    assert text.startswith("perf_triage standard: CRITICAL cpu.saturation") and seen in text
+    quiet = headline(p, [c for c in causes if c.severity == "info"], col)
+    print(quiet)
+    assert "no problem found" not in quiet and quiet.startswith("perf_triage standard: nothing found in what could "
+                                                                "be seen" + seen)
+    # a root cause naming the pid answers the question: nothing more is said
+    named = RootCause(kind="process.blocked", title="t", culprit=Culprit(kind="process", pid=LOCKED),
+                      severity="warning", confidence=0.8, score=1.0, evidence=[])
+    assert "could not be fully examined" not in headline(p, [named, *causes], col)

@@ -6,6 +6,7 @@ triage leaves no broker job; the prompts list and render."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,27 @@ async def test_the_denied_user_is_told_what_could_not_run(
     # what needs no grant still answered
     ran = {c["name"] for c in data["collectors"] if c["status"] == "ok"}
     assert {"perf_use_check", "perf_snapshot", "attribution", "perf_net_health"} <= ran
+
+
+async def test_the_denied_user_asking_about_another_users_pid_is_told_what_of_it_was_not_seen(
+    broker: helpers.RunningBroker, system_bus: None, test_users: helpers.TestUsers
+) -> None:
+    """A process of perfmcp-granted that only sleeps (one thread, blocked all the time), asked about by
+    perfmcp-denied: its threads are read (procfs), why they wait (off-CPU stacks) is refused. Nothing
+    names the pid, and the summary says what of it was not seen instead of "no problem found"."""
+    proc = subprocess.Popen(helpers.as_user_argv(test_users.granted, ["/usr/bin/sleep", "120"]),
+                            env=helpers.user_env(test_users.granted), cwd="/", stdin=subprocess.DEVNULL)
+    try:
+        async with helpers.mcp_client(test_users.denied, broker.socket_path, read_timeout_seconds=120) as client:
+            data = ok_data(await client.call_tool("perf_triage", {"mode": "standard", "pid": proc.pid}))
+    finally:
+        helpers.stop_process(proc)
+    print(f"\ndenied, pid {proc.pid} (sleep, perfmcp-granted): {data['summary']}\n{show(data)}")
+    assert not any(c["culprit"].get("pid") == proc.pid for c in data["root_causes"] if c["severity"] != "info")
+    assert "no problem found" not in data["summary"]
+    assert (f"pid {proc.pid} could not be fully examined, not seen: " in data["summary"]
+            and "its run-queue wait (not granted)" in data["summary"])
+    assert "its off-CPU (blocking) stacks (not granted): 1 of its 1 threads were blocked" in data["summary"]
 
 
 async def test_a_job_holding_the_users_broker_slot_makes_the_triage_wait_not_fail(

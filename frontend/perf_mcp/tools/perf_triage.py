@@ -26,7 +26,7 @@ from ..registry import ToolContext, ToolOutput, ToolSpec
 from ..triage.collectors import Collection, Runner, collect
 from ..triage.correlate import correlate, findings_count, pid_cgroups
 from ..triage.model import Focus, Mode, RootCause, TriageData
-from ..triage.rank import rank
+from ..triage.rank import rank, tied
 from ..use.config import load_thresholds
 
 NAME = "perf_triage"
@@ -94,16 +94,60 @@ def _blind_spots(p: Params, col: Collection) -> list[str]:
     return spots
 
 
-def _headline(p: Params, causes: list[RootCause], col: Collection) -> str:
+# What of the pid asked about each collector examines (said when it could not).
+PID_LOOKS = {
+    "perf_thread_profile": "its threads",
+    "perf_offcpu_profile": "its off-CPU (blocking) stacks",
+    "perf_runq_latency": "its run-queue wait",
+    "perf_syscall_count": "its system calls",
+    "perf_dns_latency": "its DNS lookups",
+    "perf_cgroup_summary.pid": "its cgroup",
+}
+
+
+def unexamined(col: Collection) -> list[str]:
+    """What could not be seen of the pid asked about: the collectors about it that could not run (with
+    why), and the off-CPU part of its thread profile when that was unavailable, with how many of its
+    threads were blocked most of the window (the wait that could not be explained)."""
+    pid = col.obs.pid
+    if pid is None:
+        return []
+    out: list[str] = []
+    for c in col.could_not_run:
+        if c.collector in PID_LOOKS:
+            why = "not granted" if c.code == ErrorCode.PERMISSION_DENIED.value else (c.code or "failed").lower()
+            out.append(f"{PID_LOOKS[c.collector]} ({why})")
+    tp = col.obs.answers.get("perf_thread_profile") or {}
+    off = tp.get("offcpu") or {}
+    if tp.get("pid") == pid and off.get("status") == "unavailable" and "perf_offcpu_profile" not in col.obs.answers:
+        why = "not granted" if off.get("error_code") == ErrorCode.PERMISSION_DENIED.value else "unavailable"
+        threads = tp.get("threads") or []
+        blocked = [t for t in threads if t.get("window_s") and (t.get("blocked_ms") or 0) >= 500 * t["window_s"]]
+        waited = (f": {len(blocked)} of its {len(threads)} threads were blocked (off CPU, not waiting to run) over "
+                  "half the window, on what was not seen" if blocked else "")
+        if not any(x.startswith(PID_LOOKS["perf_offcpu_profile"]) for x in out):
+            out.append(f"{PID_LOOKS['perf_offcpu_profile']} ({why}){waited}")
+    return out
+
+
+def headline(p: Params, causes: list[RootCause], col: Collection) -> str:
+    """The top root cause; when none names the pid asked about and some of it could not be examined,
+    what could not be seen of it (never "no problem found" then: it was not all looked at)."""
     serious = [c for c in causes if c.severity != "info"]
     ran = sum(1 for r in col.runs if r.status == "ok")
     tail = f" ({ran} collectors ran, {len(col.could_not_run)} could not)"
+    unseen = unexamined(col) if not any(tied(c, p.pid, pid_cgroups(col.obs)) for c in serious) else []
+    note = (f"; pid {p.pid} could not be fully examined, not seen: " + "; ".join(unseen)) if unseen else ""
     if not serious:
+        if unseen:
+            return (f"perf_triage {p.mode}: nothing found in what could be seen; pid {p.pid} could not be fully "
+                    f"examined, not seen: " + "; ".join(unseen) + tail)
         return f"perf_triage {p.mode}: no problem found{tail}"
     top = serious[0]
     more = f"; {len(serious) - 1} more" if len(serious) > 1 else ""
     return (f"perf_triage {p.mode}: {top.severity.upper()} {top.kind}: {top.title} "
-            f"[confidence {top.confidence:.2f}]{more}{tail}")
+            f"[confidence {top.confidence:.2f}]{more}{note}{tail}")
+
 
 
 def summarise(d: TriageData) -> str:
@@ -148,7 +192,7 @@ async def run(ctx: ToolContext, p: Params) -> ToolOutput:
                       blind_spots=_blind_spots(p, col), collectors=col.runs,
                       window_s=float((col.obs.answers.get("perf_use_check") or {}).get("window_s") or 0.0),
                       duration_s=round(time.perf_counter() - started, 2))
-    data.summary = _headline(p, causes, col)
+    data.summary = headline(p, causes, col)
     warnings = list(th_warnings)
     for name in ("perf_use_check", "perf_snapshot"):
         warnings += [f"{name}: {w}" for w in col.obs.warnings.get(name, []) if "window covers only" not in w]

@@ -99,7 +99,8 @@ def relevance(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> fl
     return 1.0
 
 
-def _tied(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> bool:
+def tied(rc: RootCause, pid: int | None, pid_cgroups: frozenset[str]) -> bool:
+    """The root cause names the process asked about, or a cgroup it is in."""
     c = rc.culprit
     return pid is not None and (c.pid == pid or (c.kind == "cgroup" and c.cgroup is not None and any(
         g == c.cgroup or g.startswith(c.cgroup.rstrip("/") + "/") for g in pid_cgroups)))
@@ -165,7 +166,7 @@ def rank(candidates: list[RootCause], pid: int | None = None,
             out[out.index(disk)] = msgspec.structs.replace(disk, title=f"{disk.title}; its I/O is also the "
                                                            + " and the ".join(IO_SYMPTOMS[r.kind] for r in symptoms))
     # the process asked about, in a throttled cgroup: its wait for a CPU is the quota's
-    thr = next((o for o in out if o.kind == "cgroup.cpu_throttled" and _tied(o, pid, pid_cgroups)), None)
+    thr = next((o for o in out if o.kind == "cgroup.cpu_throttled" and tied(o, pid, pid_cgroups)), None)
     if thr is not None:
         for rc in [r for r in out if r.kind == "cpu.single_thread" and r.culprit.pid == pid]:
             out.remove(rc)
@@ -180,6 +181,6 @@ def rank(candidates: list[RootCause], pid: int | None = None,
             sat = out[idx] = _absorb(sat, rc, 0.05)
     scored = [msgspec.structs.replace(rc, score=score(rc, pid, pid_cgroups), evidence=rc.evidence[:MAX_EVIDENCE]) for rc in out]
     # equal scores: what names the process asked about (or its cgroup) first, then the more severe
-    scored.sort(key=lambda r: (-r.score, not _tied(r, pid, pid_cgroups), SEVERITY_ORDER[r.severity]))
+    scored.sort(key=lambda r: (-r.score, not tied(r, pid, pid_cgroups), SEVERITY_ORDER[r.severity]))
     infos = [r for r in scored if r.severity == "info"][MAX_INFO:]
     return [r for r in scored if r not in infos]
