@@ -85,7 +85,7 @@ class Observations(msgspec.Struct, kw_only=True):
     # top CPU processes: pid -> {threads, tid, cpu_pct, runq_pct} of its busiest thread over DEMAND_WINDOW_S
     threads: dict[int, dict[str, Any]] = {}
     fd_growth: list[dict[str, Any]] = []  # {pid, command, user, first, last, window_s}
-    parents: dict[int, int] = {}  # pid -> ppid of the attribution's disk rows (workers of one program)
+    parents: dict[int, int] = {}  # pid -> ppid of the attribution's disk and CPU rows (workers of one program)
 
 
 @dataclass
@@ -377,7 +377,7 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             return
         att = await attribute(ctx, window_s=10.0, top_n=TOP_N)
         obs.attribution = msgspec.to_builtins(att)
-        obs.parents = {r.pid: pp for r in att.disk_read + att.disk_write if (pp := ppid_of(r.pid)) is not None}
+        obs.parents = {r.pid: pp for r in att.disk_read + att.disk_write + att.cpu if (pp := ppid_of(r.pid)) is not None}
         tops = list(dict.fromkeys(([pid] if pid is not None else [])
                                   + [r.pid for r in att.cpu[:3] if (r.cpu_pct or 0) >= 10]))
         if tops:

@@ -174,9 +174,46 @@ def saturated(v: View) -> bool:
     return rq is not None and rq > 2 * v.obs.cpus
 
 
+def _wanting(v: View) -> dict[int, tuple[float, float, int | None]]:
+    """pid -> (on CPU %, waiting to run %, tid) of each measured process whose busiest thread wants a
+    whole CPU (on it + waiting for it >= SINGLE_THREAD_PCT): the attribution's top processes and the
+    thread profile's."""
+    out: dict[int, tuple[float, float, int | None]] = {}
+    tp = v.answer("perf_thread_profile")
+    for t in tp.get("threads") or []:
+        cpu, runq = t.get("cpu_pct") or 0.0, t.get("runq_wait_pct") or 0.0
+        if tp.get("pid") is not None and cpu >= MIN_CONTENDED_PCT and cpu + runq >= SINGLE_THREAD_PCT:
+            out.setdefault(int(tp["pid"]), (cpu, runq, t.get("tid")))
+    for pid, d in v.obs.threads.items():
+        cpu, runq = d.get("cpu_pct") or 0.0, d.get("runq_pct") or 0.0
+        if cpu >= MIN_CONTENDED_PCT and cpu + runq >= SINGLE_THREAD_PCT:
+            out.setdefault(int(pid), (cpu, runq, d.get("tid")))
+    return out
+
+
+def crowd(v: View) -> list[dict[str, Any]]:
+    """Workers of one program (the same command line and parent) of which two or more want a whole CPU
+    each, on a machine whose CPUs are saturated (the USE cpu row breached): a parallel program that more
+    CPUs would speed up, so none of them is a single-thread bottleneck; they are the saturation's
+    makers (its evidence, its culprit when they hold most of the busy time). Their attribution rows,
+    with the demand of each as `want` (on CPU %, waiting %, tid); the pid asked about is never one."""
+    row = v.use_row("cpu")
+    if v.obs.cpus < 2 or not row or row.get("status") not in SEVERITY_OF_STATUS:
+        return []
+    groups: dict[tuple[Any, ...], list[dict[str, Any]]] = {}
+    for pid, want in _wanting(v).items():
+        r = v.process_row(pid)
+        if r is None or v.own(r) or pid == v.obs.pid or not r.get("command"):
+            continue
+        groups.setdefault((r["command"], v.obs.parents.get(pid)), []).append({**r, "want": want})
+    best = max(groups.values(), key=len, default=[])
+    return sorted(best, key=lambda r: -(r.get("cpu_pct") or 0.0)) if len(best) >= 2 else []
+
+
 def single_thread(v: View) -> list[RootCause]:
     out: list[RootCause] = []
     cpus = v.obs.cpus
+    workers = {r["pid"] for r in crowd(v)}  # a parallel program's workers: the saturation's, said there
     # A thread that wants a whole CPU but gets little of it on a saturated machine is the saturation's
     # victim first: said (info), unless it is the process asked about.
     def demand_severity(pid: int, cpu: float) -> str:
@@ -191,7 +228,7 @@ def single_thread(v: View) -> list[RootCause]:
     for f in v.findings("perf_thread_profile", "process.single_thread_bottleneck"):
         pid = tp.get("pid")
         tid = int((f.get("metrics") or {}).get("tid") or pid or 0) or None
-        if pid is None:
+        if pid is None or pid in workers:
             continue
         pct = (f.get("metrics") or {}).get("cpu_pct")
         culprit = v.process(pid, tp.get("comm"), tid=tid)
@@ -206,7 +243,8 @@ def single_thread(v: View) -> list[RootCause]:
     for t in tp.get("threads") or []:  # contention hides it: on CPU + waiting to run = a whole CPU wanted
         pid = tp.get("pid")
         cpu, runq = t.get("cpu_pct") or 0.0, t.get("runq_wait_pct") or 0.0
-        if pid is None or pid in seen or cpu < MIN_CONTENDED_PCT or cpu + runq < SINGLE_THREAD_PCT:
+        if (pid is None or pid in seen or pid in workers or cpu < MIN_CONTENDED_PCT
+                or cpu + runq < SINGLE_THREAD_PCT):
             continue
         seen.add(pid)
         ev = [_ev("perf_thread_profile", "thread on CPU + waiting to run (% of the window, schedstat)",
@@ -223,7 +261,7 @@ def single_thread(v: View) -> list[RootCause]:
         if v.own(row):
             continue
         cpu, runq = d.get("cpu_pct") or 0.0, d.get("runq_pct") or 0.0
-        if row["pid"] in seen or cpu < MIN_CONTENDED_PCT or cpu + runq < SINGLE_THREAD_PCT:
+        if row["pid"] in seen or row["pid"] in workers or cpu < MIN_CONTENDED_PCT or cpu + runq < SINGLE_THREAD_PCT:
             continue
         seen.add(row["pid"])
         ev = [_ev("attribution", "busiest thread on CPU + waiting to run (% of the window, schedstat)",
@@ -275,9 +313,23 @@ def cpu_saturation(v: View) -> list[RootCause]:
         elif (io := _io_burner(v, busy)) is not None:
             ev.append(io[1])
             culprit = v.process(io[0])
+    workers = crowd(v)
+    if workers and busy:
+        lead = workers[0]
+        used = sum(r.get("cpu_pct") or 0.0 for r in v.rows("cpu") if r.get("command") == lead["command"]
+                   and v.obs.parents.get(r["pid"]) == v.obs.parents.get(lead["pid"]))
+        share = used / max(1.0, busy * v.obs.cpus)
+        ev.append(_ev("attribution", "processes of one program each wanting a whole CPU (count; none is a "
+                      "single-thread bottleneck: more CPUs would help)", len(workers), None, v.att.get("window_s"),
+                      "; ".join(f"pid {r['pid']}: {r['want'][0]:.0f}% on CPU, {r['want'][1]:.0f}% waiting"
+                                for r in workers) + f"; {_short(lead)}: {share:.0%} of the busy time"))
+        if culprit.kind == "system" and share >= DOMINANT_SHARE:
+            culprit = v.process(lead["pid"])
     ev += _runq_evidence(v)
     conf = 0.6 + 0.1 * (len(breaches) - 1) + (0.1 if len(ev) > len(breaches) + 1 else 0)
     who = f" mostly by {culprit.text()}" if culprit.kind != "system" else ""
+    if workers:
+        who += f"; {len(workers)} processes of {_short(workers[0])} compete for the {v.obs.cpus} CPUs"
     return [_cause("cpu.saturation", f"CPU saturated{who}: {row.get('detail', '')}".rstrip(": "), culprit,
                    row["status"], conf, ev, since=v.since("cpu"),
                    next=next_call("perf_cpu_profile", pid=culprit.pid, duration_s=10))]
