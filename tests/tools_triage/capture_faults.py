@@ -5,6 +5,8 @@ By hand, as root (a broker is started here and stopped by its PID at the end):
 
     .venv/bin/python tests/tools_triage/capture_faults.py [--mode M] [--user granted|denied] SCENARIO...
 
+(a SCENARIO may join scenarios' faults with '+', as memory_pressure+disk_saturation, to start them at once)
+
 writes tests/fixtures/triage/observations/bench.SCENARIO[.MODE][.USER].json (mode standard and
 user granted leave their part out) and prints the fault's truth (pids, cgroup, device) for the test."""
 
@@ -22,7 +24,7 @@ sys.path.insert(0, str(HERE.parents[1] / "bench"))
 
 import helpers  # noqa: E402
 from triage import faults  # noqa: E402
-from triage.scenarios import SCENARIOS  # noqa: E402
+from triage.scenarios import SCENARIOS, Scenario  # noqa: E402
 
 OUT = HERE.parent / "fixtures" / "triage" / "observations"
 LIFE_S = {"quick": 60, "standard": 60, "deep": 120}
@@ -30,6 +32,14 @@ LIFE_S = {"quick": 60, "standard": 60, "deep": 120}
 
 def fixture_name(scenario: str, mode: str, user: str) -> str:
     return "bench." + scenario + ("" if mode == "standard" else f".{mode}") + ("" if user == "granted" else f".{user}")
+
+
+def scenario(name: str) -> Scenario:
+    """A scenario of the benchmark, or faults of it at once ("memory_pressure+disk_saturation")."""
+    if name in SCENARIOS:
+        return SCENARIOS[name]
+    parts = [SCENARIOS[n] for n in name.split("+")]
+    return Scenario(name, faults.combo(*(p.fault for p in parts)), max(p.settle_s for p in parts))
 
 
 def main(mode: str, user_name: str, names: list[str]) -> None:
@@ -40,7 +50,7 @@ def main(mode: str, user_name: str, names: list[str]) -> None:
     try:
         with faults.Env() as env:
             for name in names:
-                sc = SCENARIOS[name]
+                sc = scenario(name)
                 with sc.fault(env, LIFE_S[mode]) as act:
                     time.sleep(sc.settle_s)
                     ground = act.ground() if act.ground else ""
@@ -63,6 +73,6 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", default="standard", choices=("quick", "standard", "deep"))
     p.add_argument("--user", default="granted", choices=("granted", "denied"))
-    p.add_argument("scenarios", nargs="+", choices=sorted(SCENARIOS))
+    p.add_argument("scenarios", nargs="+", help="names of bench/triage/scenarios.py, or some joined by '+'")
     a = p.parse_args()
     main(a.mode, a.user, a.scenarios)

@@ -426,3 +426,20 @@ def test_workers_of_one_program_saturating_the_cpus_are_the_saturation_not_singl
     assert all(f"pid {p}: " in (crowd.sample or "") for p in measured)
     assert not any(c.kind == "cpu.single_thread" and c.culprit.pid in STRESS_WORKERS for c in causes)
     assert all(c.severity == "info" for c in causes[1:])
+
+
+def test_two_heavy_readers_of_two_devices_are_not_each_others_culprits() -> None:
+    """memory_pressure and disk_saturation at once: the hog re-reads vda's page cache at 637 MB/s in its
+    200 MiB cgroup, fio reads loop0 at 609 MB/s. A process's storage bytes are not per device, so
+    neither is loop0's culprit by its bytes alone (the hog held 51% of them): loop0's saturation stays
+    its own root cause, not the memory limit's evidence."""
+    obs, causes = bench("memory_pressure+disk_saturation")
+    hog, fio, cgroup = 13807, 13809, "/pmcp-bench-13791-99df52"
+    reads = {r["pid"]: r["read_bps"] for r in obs.attribution["disk_read"]}  # type: ignore[index]
+    assert reads[hog] == 637173155 and reads[fio] == 609320641
+    disk = next(c for c in causes if c.kind == "disk.saturation")
+    assert disk.culprit == Culprit(kind="device", device="loop0") and causes.index(disk) <= 2
+    mem = next(c for c in causes if c.kind == "cgroup.memory_limit")
+    assert mem.culprit.cgroup == cgroup and causes.index(mem) <= 2
+    assert not any("[loop0]" in e.counter for e in mem.evidence)
+    assert any((e.sample or "").startswith(f"pid {hog} ") for e in mem.evidence)

@@ -543,9 +543,9 @@ def disk(v: View) -> list[RootCause]:
         devices = [busiest] if busiest else [""]
     if not devices:
         return out
-    writers = _io_processes(v)
-    total = sum(b for _, b, _ in writers)
     for dev in devices:
+        writers = _device_processes(v, dev)
+        total = sum(b for _, b, _ in writers)
         dev_bad = [c for c in bad if c.get("target") == dev] + psi
         ev = [v.check_evidence(c) for c in dev_bad]
         iowait = ((_window(v).get("cpu") or {}).get("iowait"))
@@ -558,7 +558,7 @@ def disk(v: View) -> list[RootCause]:
             ev.append(_ev(source, "storage bytes/s of the top process (read+write)", round(bps), None,
                           v.att.get("window_s"), f"pid {row['pid']} {row.get('command') or row.get('comm')}: "
                           f"{share:.0%} of the processes' storage bytes"))
-            if share >= DOMINANT_SHARE:
+            if share >= DEVICE_SHARE:
                 culprit = v.process(int(row["pid"]), row.get("command") or row.get("comm"), device=dev or None,
                                     like=row if row.get("workers") else None)
         severity = "critical" if any(c.get("status") == "critical" for c in dev_bad) else "warning"
@@ -570,6 +570,23 @@ def disk(v: View) -> list[RootCause]:
                           next=(next_call("perf_io_latency", device=dev, duration_s=5) if dev
                                 else next_call("perf_io_layers", include_details=True, duration_s=10))))
     return out
+
+
+DEVICE_FIT = 2.0  # a process issuing more than this many times a device's bytes/s does not load that device
+DEVICE_SHARE = 2 / 3  # of the storage bytes that may be a device's: a process's bytes are not per device, so
+# with two heavy readers (of two devices) neither is named the culprit of either
+
+
+def _device_processes(v: View, dev: str) -> list[tuple[dict[str, Any], float, str]]:
+    """_io_processes that may be the device's load: a process's storage bytes are not per device, so one
+    issuing over DEVICE_FIT times the device's own bytes/s (the snapshot's) is busy elsewhere (a reader
+    of vda at 1.2 GB/s is not what saturates a loop device reading 400 MB/s)."""
+    rows = _io_processes(v)
+    disk = next((d for d in _window(v).get("disks") or [] if d.get("device") == dev), None)
+    if not dev or disk is None:
+        return rows
+    dev_bps = (float(disk.get("rkb_s") or 0) + float(disk.get("wkb_s") or 0)) * 1024
+    return [r for r in rows if r[1] <= DEVICE_FIT * dev_bps + 2**20]
 
 
 def _window(v: View) -> dict[str, Any]:
