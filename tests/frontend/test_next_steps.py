@@ -193,7 +193,7 @@ def bad_timestamps(node: Any, path: str = "data") -> list[str]:
     elif isinstance(node, (int, float)) and not isinstance(node, bool):
         for scale in (1.0, 1e3, 1e9):
             if EPOCH_RANGE[0] * scale <= abs(node) <= EPOCH_RANGE[1] * scale and not path.endswith(
-                    ("_bytes", "_kb", "bytes", "_ns", "_us", "count", "calls", "samples", "segs", "_s")):
+                    ("_bytes", "_kb", "bytes", "_bps", "_ns", "_us", "count", "calls", "samples", "segs", "_s")):
                 problems.append(f"{path} = {node!r} looks like an epoch time")
                 break
     return problems
@@ -231,6 +231,8 @@ def test_the_server_drops_next_calls_to_unserved_tools_or_with_bad_arguments(
     assert len(bad_next_calls(bad, {"perf_io_latency": schema})) == 2
     assert bad_timestamps({"start": "12:01:02", "end": "2026-11-26T12:00:00.000Z", "t": 1764158400.5}) == [
         "data.start = '12:01:02' is not ISO 8601", "data.t = 1764158400.5 looks like an epoch time"]
+    # a rate in bytes/s as large as an epoch time is a rate (a 1.3 GB/s reader once looked like one)
+    assert bad_timestamps({"rows": [{"read_bps": 1318032128, "write_bps": 1764158400}]}) == []
 
 
 # ---------------------------------------------------------------- end to end
