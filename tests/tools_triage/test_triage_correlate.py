@@ -443,3 +443,46 @@ def test_two_heavy_readers_of_two_devices_are_not_each_others_culprits() -> None
     assert mem.culprit.cgroup == cgroup and causes.index(mem) <= 2
     assert not any("[loop0]" in e.counter for e in mem.evidence)
     assert any((e.sample or "").startswith(f"pid {hog} ") for e in mem.evidence)
+
+
+def test_the_parent_of_new_processes_is_seen_in_proc_without_tracing(tmp_path: Path) -> None:
+    """A python spawning /bin/true (waited for) 100 times a second: listing /proc for a second sees some
+    of its children (each lives about a millisecond), every one with it as parent."""
+    import subprocess
+    import sys
+
+    from perf_mcp.triage.collectors import churn
+
+    spawner = subprocess.Popen([sys.executable, "-c", "import subprocess, time\nend = time.monotonic() + 20\n"
+                                "while time.monotonic() < end:\n    subprocess.run(['/bin/true'])\n"
+                                "    time.sleep(0.01)\n"])
+    try:
+        seen = churn(1.0)
+    finally:
+        spawner.kill()
+        spawner.wait()
+    print(f"\n{seen}")
+    top = seen["parents"][0]
+    assert top["ppid"] == spawner.pid and top["comm"] == "python" and top["new"] >= 3 and seen["scans"] > 10
+
+
+EXEC_DRIVER, FD_LEAKER = 25071, 26712  # exec_storm and fd_leak captured in quick mode: python (nobody)
+
+
+def test_quick_mode_names_an_exec_storms_parent_and_another_users_fd_leak() -> None:
+    """Quick mode traces nothing: the exec storm's parent from the processes new in /proc (churn), the
+    fd leak of another user's process from the fd counts of the two broker reads attribution keeps."""
+    obs, causes = bench("exec_storm.quick")
+    storm = next(c for c in causes if c.kind == "exec.storm")
+    assert storm.culprit.pid == EXEC_DRIVER and causes.index(storm) == 0 and storm.severity == "warning"
+    seen = next(e for e in storm.evidence if e.tool == "churn")
+    assert seen.value == obs.churn["parents"][0]["new"] and obs.churn["parents"][0]["ppid"] == EXEC_DRIVER
+    assert storm.next is not None and storm.next.arguments == {"pid": EXEC_DRIVER, "duration_s": 5}
+    obs, causes = bench("fd_leak.quick")
+    leak = next(c for c in causes if c.kind == "fd.leak")
+    (grown,) = obs.fd_growth  # the leaker runs as nobody: its fds only through the broker's reads
+    assert grown["pid"] == FD_LEAKER and leak.culprit.pid == FD_LEAKER and leak.culprit.user == "nobody"
+    assert 9 <= grown["slope_per_s"] <= 10.5 and grown["window_s"] > 2.5  # 10 fds/s, known
+    assert leak.severity == "warning" and causes.index(leak) == 0
+    assert leak.evidence[0].sample == f"{grown['first']} -> {grown['last']} ({grown['slope_per_s']}/s)"
+

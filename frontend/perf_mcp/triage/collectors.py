@@ -9,15 +9,18 @@ their tests feed them captured real answers.
 
 Timing (the broker runs one profiling/tracing job per user at a time, so the
 tracing collectors form one chain, queued by triage.queue):
-- quick: attribution and fd growth over the sampler's recent history (the
+- quick: attribution and fd growth (this user's processes over FD_WINDOW_S,
+  every user's between the broker reads attribution keeps) over the sampler's recent history (the
   first calls after start-up wait until it holds MIN_HISTORY_S), then
   perf_use_check and perf_snapshot from the ring, perf_cgroup_summary (top
-  children, and the pid's cgroup).
+  children, and the pid's cgroup); when the snapshot counts an exec storm,
+  /proc watched for CHURN_S for the parent of the new processes (churn).
 - standard: from the start, the tracing chain perf_runq_latency,
   perf_syscall_count (and perf_dns_latency when network is in focus) and
   perf_net_health; once attribution names the top process, perf_thread_profile
   of it (or of pid, with its off-CPU stacks) and perf_fd_trace of the process
-  whose fds grew; perf_exec_trace when the snapshot counts an exec storm.
+  whose fds grew; perf_exec_trace when the snapshot counts an exec storm
+  (the churn when it could not run).
 - deep: adds perf_offcpu_profile, perf_cpu_profile, perf_io_layers,
   perf_bio_latency and perf_vfs_latency to the chain.
 """
@@ -27,6 +30,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,6 +47,7 @@ log = logging.getLogger(__name__)
 
 MIN_HISTORY_S = 3  # samples of the 1 Hz ring a quick answer waits for after start-up
 FD_WINDOW_S = 2.5  # the shortest gap between the two fd counts
+FD_BROKER_WINDOW_S = 10.0  # between the broker reads of other users' fd counts
 DEMAND_WINDOW_S = 1.0  # schedstat window of the top processes' threads
 TOP_N = 5
 EXEC_STORM_PER_S = (50.0, 200.0)  # forks/s: warning, critical (and when standard traces the execs)
@@ -86,6 +91,7 @@ class Observations(msgspec.Struct, kw_only=True):
     threads: dict[int, dict[str, Any]] = {}
     fd_growth: list[dict[str, Any]] = []  # {pid, command, user, first, last, window_s}
     parents: dict[int, int] = {}  # pid -> ppid of the attribution's disk and CPU rows (workers of one program)
+    churn: dict[str, Any] = {}  # new processes seen by their parent in /proc (churn()), when not traced
 
 
 @dataclass
@@ -227,6 +233,38 @@ def ppid_of(pid: int, proc: str = "/proc") -> int | None:
         return None
 
 
+CHURN_S = 1.0  # how long /proc is watched for new processes when an exec storm is counted and not traced
+CHURN_EVERY_S = 0.005
+
+
+def _pids(proc: str) -> set[int]:
+    return {int(n) for n in os.listdir(proc) if n.isdigit()}
+
+
+def churn(seconds: float = CHURN_S, proc: str = "/proc") -> dict[str, Any]:
+    """Who spawns the new processes, without tracing: /proc listed every CHURN_EVERY_S for `seconds`,
+    and each pid not listed before read for its parent (/proc/PID/stat is world-readable, so every
+    user's processes count). A child living 1 ms is seen by some of the listings, so the counts are a
+    sample of the spawns, in the parents' proportions: {window_s, scans, new, parents: [{ppid, new,
+    comm}], most first}."""
+    seen = _pids(proc)
+    counts: dict[int, int] = {}
+    scans = 0
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < seconds:
+        now = _pids(proc)
+        for pid in now - seen:
+            ppid = ppid_of(pid, proc)
+            if ppid is not None:
+                counts[ppid] = counts.get(ppid, 0) + 1
+        seen |= now
+        scans += 1
+        time.sleep(CHURN_EVERY_S)
+    parents = [{"ppid": pp, "new": n, "comm": _comm(pp)} for pp, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return {"window_s": round(time.monotonic() - t0, 2), "scans": scans, "new": sum(counts.values()),
+            "parents": parents[:TOP_N]}
+
+
 def num_threads(pid: int, proc: str = "/proc") -> int | None:
     try:
         with open(f"{proc}/{pid}/stat", "rb") as f:
@@ -298,6 +336,23 @@ def fd_growers(first: dict[int, int], last: dict[int, int], window_s: float, own
     return rows[:TOP_N]
 
 
+def broker_fd_growth(ctx: ToolContext, own: int) -> list[dict[str, Any]]:
+    """fd_growers of every user's processes between the two broker reads (org.perfmcp.inspect) that
+    attribution's process table keeps, about FD_BROKER_WINDOW_S apart (since start-up: the read at start
+    and attribution's own one); empty without the grant or two reads. The fds of another user's process
+    are only seen this way."""
+    try:
+        from ..procfs.attribution import ProcessTable
+    except ImportError:
+        return []
+    table = ctx.services.get(ProcessTable)  # type: ignore[type-var]
+    pair = table.broker_pair(FD_BROKER_WINDOW_S) if table is not None and table.granted else None
+    if pair is None:
+        return []
+    first, last = (({pid: e.fds for pid, e in r.parsed()[0].items() if e.fds is not None}) for r in pair)
+    return fd_growers(first, last, pair[1].t - pair[0].t, own)
+
+
 # ---------------------------------------------------------------- the plan
 
 
@@ -361,12 +416,17 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
                 inner.start_soon(runner.local, "attribution", _attribution)
             if first_fds:
                 inner.start_soon(runner.local, "fd_growth", lambda: _fd_growth(first_fds, t_first))
+        if wanted("fd_growth", focus):  # other users' fds, from the broker's reads attribution keeps
+            mine = {int(g["pid"]) for g in obs.fd_growth}
+            obs.fd_growth += [g for g in broker_fd_growth(ctx, obs.own_pid) if g["pid"] not in mine]
         log.debug("quick collectors in %.1f s", trio.current_time() - t_start)
         quick_done.set()
         async with trio.open_nursery() as inner:
             inner.start_soon(runner.tool, "perf_use_check", "perf_use_check", {"window_s": 10.0})
             inner.start_soon(runner.tool, "perf_snapshot", "perf_snapshot", {"include_per_cpu": True})
         ring_done.set()
+        if mode == "quick" and exec_storm():  # quick traces nothing: its parent from the process churn
+            await runner.local("churn", _churn)
 
     async def _attribution() -> None:
         try:
@@ -386,6 +446,19 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             await trio.sleep(DEMAND_WINDOW_S)
             last = await trio.to_thread.run_sync(read_schedstat, tops)
             obs.threads = thread_demand(first, last, trio.current_time() - t0)
+
+    def exec_storm() -> bool:
+        windows = (obs.answers.get("perf_snapshot") or {}).get("windows") or [{}]
+        return (windows[0].get("forks_s") or 0) >= EXEC_STORM_PER_S[0] and wanted("perf_exec_trace", focus)
+
+    async def _churn() -> None:
+        obs.churn = await trio.to_thread.run_sync(churn)
+
+    async def exec_trace() -> None:
+        """Who spawns them (the parent is the culprit of an exec storm): traced, else from the churn."""
+        if await runner.tool("perf_exec_trace", "perf_exec_trace",
+                             {"duration_s": 2, "max_execs_listed": 5, "max_args": 4}) is None:
+            await runner.local("churn", _churn)
 
     async def _fd_growth(first: dict[int, int], t_first: float) -> None:
         last = await trio.to_thread.run_sync(count_fds, list(first))
@@ -448,11 +521,8 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
                     inner.start_soon(runner.tool, name, "perf_fd_trace",
                                      {"pid": fd_pid, "duration_s": 3.0, "interval_s": 1.0}, probe)
             await ring_done.wait()
-            windows = (obs.answers.get("perf_snapshot") or {}).get("windows") or [{}]
-            if (windows[0].get("forks_s") or 0) >= EXEC_STORM_PER_S[0] and wanted("perf_exec_trace", focus):
-                # who spawns them: the parent is the culprit of an exec storm
-                inner.start_soon(runner.tool, "perf_exec_trace", "perf_exec_trace",
-                                 {"duration_s": 2, "max_execs_listed": 5, "max_args": 4})
+            if exec_storm():
+                inner.start_soon(exec_trace)
 
     async def ticker() -> None:
         while True:

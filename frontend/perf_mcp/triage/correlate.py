@@ -22,12 +22,13 @@ The rules, in words:
   process with >= DOMINANT_SHARE of the storage bytes (attribution, io_layers).
 - disk.capacity: a filesystem over its space or inode threshold.
 - fd.leak: perf_fd_trace's leak verdict, or fds grown by >= FD_GROWTH_WARNING in the
-  quick window.
+  quick window (as fast in the broker's longer window of every user's fd counts).
 - dns.slow: perf_dns_latency's slow lookups: the process and the name.
 - network.retransmits / network.drops: TCP retransmits (the peer when one remote has
   >= DOMINANT_SHARE of them), drops per interface or in the CPU backlog.
 - process.blocked: off-CPU time of the given pid dominated by one blocking stack.
-- exec.storm: forks/s over EXEC_STORM_PER_S; syscall.storm: one process over
+- exec.storm: forks/s over EXEC_STORM_PER_S, the culprit the parent of most
+  execs traced, else of most new processes seen in /proc; syscall.storm: one process over
   SYSCALL_STORM_PER_S and most of the calls.
 """
 
@@ -39,7 +40,7 @@ from typing import Any
 
 from ..contract import Evidence, next_call
 from ..use.thresholds import Thresholds, default_thresholds
-from .collectors import EXEC_STORM_PER_S, Observations
+from .collectors import EXEC_STORM_PER_S, FD_WINDOW_S, Observations
 from .model import Culprit, RootCause
 
 SINGLE_THREAD_PCT = 85.0  # % of the window one thread is on a CPU or waiting for one
@@ -51,6 +52,7 @@ FD_GROWTH_MIN = 10
 SYSCALL_STORM_PER_S = 100_000.0
 SYSCALL_STORM_SHARE = 0.6
 BLOCKED_SHARE_PCT = 50.0  # one thread off-CPU this share of the window in one stack
+CHURN_MIN = 5  # new processes seen in /proc before their parents' shares say anything
 # perf-mcp's own programs: never a culprit (they run because the triage asked).
 OWN_COMMS = frozenset({"perf", "bpftrace", "perf-mcp", "perf-mcp-broker", "runqlat", "syscount", "offcputime",
                        "biolatency", "gethostlatency", "execsnoop", "exitsnoop", "opensnoop", "tcplife",
@@ -657,16 +659,18 @@ def fd_leak(v: View) -> list[RootCause]:
                                          include_fd_list=True)))
     for g in v.obs.fd_growth:
         pid = g.get("pid")
-        if pid in traced:
-            continue  # perf_fd_trace judged it, with more samples
+        if pid in traced or v.own({"pid": pid, "command": g.get("command")}):
+            continue  # perf_fd_trace judged it (with more samples), or it is perf-mcp's own
         grew = (g.get("last") or 0) - (g.get("first") or 0)
         if grew < FD_GROWTH_MIN:
             continue
+        # the bar is a rate: FD_GROWTH_WARNING in the quick window (a longer window needs as many per second)
+        rate_ok = (g.get("slope_per_s") or 0) * FD_WINDOW_S >= FD_GROWTH_WARNING
         ev = [_ev("fd_growth", "/proc/PID/fd count", g.get("last"), None, g.get("window_s"),
                   f"{g.get('first')} -> {g.get('last')} ({g.get('slope_per_s')}/s)")]
         out.append(_cause("fd.leak", f"{g.get('command')} (pid {pid}) opened {grew} fds in {g.get('window_s')} s "
                           "without closing them", v.process(pid, g.get("command")),
-                          "warning" if grew >= FD_GROWTH_WARNING else "info", 0.55, ev,
+                          "warning" if grew >= FD_GROWTH_WARNING and rate_ok else "info", 0.55, ev,
                           next=next_call("perf_fd_trace", pid=pid, duration_s=30, interval_s=5,
                                          include_fd_list=True)))
     return out
@@ -741,6 +745,16 @@ def exec_storm(v: View) -> list[RootCause]:
     ev = [_ev("perf_snapshot", "/proc/stat processes (forks/s)", forks, EXEC_STORM_PER_S[0])] if forks else []
     culprit, conf, nxt = Culprit(kind="system"), 0.6, next_call("perf_exec_trace", duration_s=5)
     parents = [p for p in ex.get("top_parents") or [] if not v.own({"comm": p.get("comm"), "pid": p.get("ppid")})]
+    seen = [p for p in v.obs.churn.get("parents") or [] if not v.own({"comm": p.get("comm"), "pid": p.get("ppid")})]
+    if not parents and seen and (v.obs.churn.get("new") or 0) >= CHURN_MIN:
+        top = seen[0]
+        share = top["new"] / v.obs.churn["new"]
+        ev.append(_ev("churn", "new processes seen in /proc by one parent (a sample of its spawns)", top["new"], None,
+                      v.obs.churn.get("window_s"), f"ppid {top['ppid']} {top.get('comm')}: {top['new']} of "
+                      f"{v.obs.churn['new']} new processes in {v.obs.churn.get('scans')} listings"))
+        if share >= DOMINANT_SHARE:
+            culprit, conf = v.process(int(top["ppid"]), top.get("comm")), 0.7
+            nxt = next_call("perf_exec_trace", pid=int(top["ppid"]), duration_s=5)
     if parents:
         top = parents[0]
         share = (top.get("execs") or 0) / max(1, ex.get("execs") or 0)
