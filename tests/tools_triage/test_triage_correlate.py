@@ -486,3 +486,18 @@ def test_quick_mode_names_an_exec_storms_parent_and_another_users_fd_leak() -> N
     assert leak.severity == "warning" and causes.index(leak) == 0
     assert leak.evidence[0].sample == f"{grown['first']} -> {grown['last']} ({grown['slope_per_s']}/s)"
 
+
+def test_the_wait_of_a_throttled_process_is_its_quotas_not_a_cause_of_its_own() -> None:
+    """throttled_cgroup captured as the benchmark asks (no pid): the busy loop in a v1 cpu cgroup of 0.2
+    CPU is on CPU 20% and runnable-waiting 80% (schedstat counts a throttled task as runnable), and it is
+    the process runqlat saw wait most: its single-thread demand and the run-queue latency are the
+    throttling's evidence, not root causes of their own."""
+    obs, causes = bench("throttled_cgroup")
+    loop, cgroup = 27076, "/pmcp-bench-27061-9de95b"
+    assert f"cpu:{cgroup}" in obs.cgroups[loop]  # /proc/PID/cgroup, read by the collectors
+    assert obs.answers["perf_runq_latency"]["processes"][0]["pid"] == loop
+    (thr,) = [c for c in causes if c.severity != "info"]
+    assert thr.kind == "cgroup.cpu_throttled" and thr.culprit == Culprit(kind="cgroup", cgroup=cgroup)
+    tools = {e.tool for e in thr.evidence}
+    assert {"perf_cgroup_summary", "perf_runq_latency", "perf_thread_profile"} <= tools, thr.evidence
+    assert not any(c.kind in ("runq.latency", "cpu.single_thread") for c in causes)

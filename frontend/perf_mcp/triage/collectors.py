@@ -92,6 +92,9 @@ class Observations(msgspec.Struct, kw_only=True):
     fd_growth: list[dict[str, Any]] = []  # {pid, command, user, first, last, window_s}
     parents: dict[int, int] = {}  # pid -> ppid of the attribution's disk and CPU rows (workers of one program)
     churn: dict[str, Any] = {}  # new processes seen by their parent in /proc (churn()), when not traced
+    # pid -> its cgroups ("controllers:path", or the v2 path) of every hierarchy where it is not at the root,
+    # for the top CPU processes (attribution names one): a quota throttling it is in its cpu hierarchy
+    cgroups: dict[int, list[str]] = {}
 
 
 @dataclass
@@ -263,6 +266,22 @@ def churn(seconds: float = CHURN_S, proc: str = "/proc") -> dict[str, Any]:
     parents = [{"ppid": pp, "new": n, "comm": _comm(pp)} for pp, n in sorted(counts.items(), key=lambda kv: -kv[1])]
     return {"window_s": round(time.monotonic() - t0, 2), "scans": scans, "new": sum(counts.values()),
             "parents": parents[:TOP_N]}
+
+
+def cgroups_of(pid: int, proc: str = "/proc") -> list[str] | None:
+    """/proc/PID/cgroup (world-readable) as "controllers:path" per v1 hierarchy and the v2 path, the
+    root left out; None if the process is gone."""
+    try:
+        with open(f"{proc}/{pid}/cgroup", "rb") as f:
+            text = f.read(8192).decode("utf-8", "replace")
+    except OSError:
+        return None
+    out = []
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3 and parts[2].startswith("/") and parts[2] != "/":
+            out.append(f"{parts[1]}:{parts[2]}" if parts[1] else parts[2])
+    return out
 
 
 def num_threads(pid: int, proc: str = "/proc") -> int | None:
@@ -441,6 +460,7 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
         tops = list(dict.fromkeys(([pid] if pid is not None else [])
                                   + [r.pid for r in att.cpu[:3] if (r.cpu_pct or 0) >= 10]))
         if tops:
+            obs.cgroups = {t: cg for t in tops if (cg := cgroups_of(t))}
             first = await trio.to_thread.run_sync(read_schedstat, tops)
             t0 = trio.current_time()
             await trio.sleep(DEMAND_WINDOW_S)

@@ -13,7 +13,8 @@ The rules, in words:
 - cpu.saturation: the USE cpu row breached; the culprit is the top CPU process when
   it holds >= DOMINANT_SHARE of the busy time, else the system. Run-queue latency
   (runqlat) and off-CPU preemption join it as evidence.
-- runq.latency: runqlat p99 over RUNQ_P99_MS without a saturated USE cpu row.
+- runq.latency: runqlat p99 over RUNQ_P99_MS without a saturated USE cpu row; the
+  culprit the throttled cgroup of the process that waited most, when it is in one.
 - cgroup.cpu_throttled: a cgroup throttled in >= the cgroup.cpu_throttled_pct
   threshold of its CFS periods (perf_cgroup_summary: top children, or the pid's).
 - memory.pressure / cgroup.memory_limit: the USE memory row breached; a cgroup at
@@ -37,6 +38,8 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from typing import Any
+
+import msgspec
 
 from ..contract import Evidence, next_call
 from ..use.thresholds import Thresholds, default_thresholds
@@ -233,7 +236,7 @@ def single_thread(v: View) -> list[RootCause]:
         if pid is None or pid in workers:
             continue
         pct = (f.get("metrics") or {}).get("cpu_pct")
-        culprit = v.process(pid, tp.get("comm"), tid=tid)
+        culprit = _in_quota(v, v.process(pid, tp.get("comm"), tid=tid))
         culprit = Culprit(**{**_fields(culprit), "kind": "process"}) if tid == pid else culprit
         out.append(_cause("cpu.single_thread",
                           f"{tp.get('comm')} (pid {pid}) is bound by one thread at {pct:.0f}% of one CPU "
@@ -254,7 +257,7 @@ def single_thread(v: View) -> list[RootCause]:
                   f"tid {t.get('tid')} {t.get('name')}: {cpu:.0f}% on CPU, {runq:.0f}% runnable waiting")]
         out.append(_cause("cpu.single_thread", f"{tp.get('comm')} (pid {pid}) is bound by one thread that wants a "
                           f"whole CPU ({cpu:.0f}% on it, {runq:.0f}% waiting for it) on a {cpus}-CPU machine",
-                          v.process(pid, tp.get("comm"), tid=t.get("tid")), demand_severity(pid, cpu), 0.8,
+                          _in_quota(v, v.process(pid, tp.get("comm"), tid=t.get("tid"))), demand_severity(pid, cpu), 0.8,
                           ev + mean_ev,
                           next=next_call("perf_cpu_profile", pid=pid, duration_s=10)))
         break  # the busiest thread only
@@ -273,7 +276,7 @@ def single_thread(v: View) -> list[RootCause]:
         out.append(_cause("cpu.single_thread",
                           f"{_short(row)} (pid {row['pid']}): one thread wants a whole CPU ({cpu:.0f}% on it, "
                           f"{runq:.0f}% waiting) on a {cpus}-CPU machine",
-                          v.process(row["pid"], tid=d.get("tid")), demand_severity(row["pid"], cpu),
+                          _in_quota(v, v.process(row["pid"], tid=d.get("tid"))), demand_severity(row["pid"], cpu),
                           0.7 if d.get("threads") == 1 else 0.65,
                           ev + mean_ev, next=next_call("perf_cpu_profile", pid=row["pid"], duration_s=10)))
     return out
@@ -382,6 +385,8 @@ def runq_latency(v: View) -> list[RootCause]:
     procs = [p for p in rq.get("processes") or [] if not v.own(p)]
     if v.obs.pid is not None:
         culprit = v.process(v.obs.pid)
+    elif procs and procs[0].get("pid") and (quota := _throttled_holding(v, int(procs[0]["pid"]))):
+        culprit = Culprit(kind="cgroup", cgroup=quota[0])  # the most waiting process waits for its cgroup's quota
     severity = "critical" if p99 >= 10 * RUNQ_P99_MS * 1000 else "warning"
     ev = _runq_evidence(v)
     if procs:
@@ -419,6 +424,26 @@ def cgroup_throttled(v: View) -> list[RootCause]:
         out.append(_throttled(v, path, f["severity"], cpu.get("window_throttled_pct"), cpu.get("quota"), ev,
                               boost=0.05))
     return out
+
+
+def _throttled_holding(v: View, pid: int) -> tuple[str, str] | None:
+    """The throttled cgroup (cgroup_throttled) the process is in, with its membership as /proc/PID/cgroup
+    says it, if any: its wait to run is the quota's (runqlat and schedstat count a throttled task as
+    runnable). Its cgroups: the collectors' reading of every hierarchy, else attribution's one."""
+    row = v.process_row(pid) or {}
+    mine = v.obs.cgroups.get(pid) or ([row["cgroup"]] if row.get("cgroup") else [])
+    for rc in cgroup_throttled(v):
+        path = rc.culprit.cgroup
+        for entry in mine:
+            if Culprit(kind="process", pid=pid, cgroup=entry).in_cgroup(path):
+                return path or "", entry
+    return None
+
+
+def _in_quota(v: View, culprit: Culprit) -> Culprit:
+    """The process culprit with the cgroup it is throttled in (rank joins it to that throttling)."""
+    held = _throttled_holding(v, culprit.pid) if culprit.pid is not None else None
+    return msgspec.structs.replace(culprit, cgroup=held[1]) if held else culprit
 
 
 def _throttled(v: View, path: str, severity: str, pct: float | None, limit: Any, ev: list[Evidence],

@@ -9,6 +9,9 @@
   limit; a device saturated by the reads of a process under that shortage
   (in the limited cgroup, or the pressure's process: page cache it re-reads)
   is memory's too, its evidence joined.
+- A single-thread bottleneck in a throttled cgroup (or of the pid asked about,
+  in it), and run-queue latency whose most waiting process is in it, are the
+  throttling: the task waits for its quota, not for a CPU.
 - A process saturating a device that is also the culprit of the CPU
   saturation (its threads and the kernel's serving its I/O) or of a system
   call storm (its reads and writes) is one root cause: the device's.
@@ -165,10 +168,12 @@ def rank(candidates: list[RootCause], pid: int | None = None,
         if symptoms:
             out[out.index(disk)] = msgspec.structs.replace(disk, title=f"{disk.title}; its I/O is also the "
                                                            + " and the ".join(IO_SYMPTOMS[r.kind] for r in symptoms))
-    # the process asked about, in a throttled cgroup: its wait for a CPU is the quota's
-    thr = next((o for o in out if o.kind == "cgroup.cpu_throttled" and tied(o, pid, pid_cgroups)), None)
-    if thr is not None:
-        for rc in [r for r in out if r.kind == "cpu.single_thread" and r.culprit.pid == pid]:
+    # the process asked about, or any, in a throttled cgroup: its wait for a CPU is the quota's (so is the
+    # run-queue latency of the process that waited most, when it is in that cgroup)
+    for thr in [o for o in out if o.kind == "cgroup.cpu_throttled"]:
+        for rc in [r for r in out if (r.kind == "cpu.single_thread" and (
+                   (r.culprit.pid == pid and tied(thr, pid, pid_cgroups)) or r.culprit.in_cgroup(thr.culprit.cgroup)))
+                   or (r.kind == "runq.latency" and r.culprit.kind == "cgroup" and r.culprit.cgroup == thr.culprit.cgroup)]:
             out.remove(rc)
             idx = out.index(thr)
             thr = out[idx] = _absorb(thr, rc)
