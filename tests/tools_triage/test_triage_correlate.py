@@ -501,3 +501,25 @@ def test_the_wait_of_a_throttled_process_is_its_quotas_not_a_cause_of_its_own() 
     tools = {e.tool for e in thr.evidence}
     assert {"perf_cgroup_summary", "perf_runq_latency", "perf_thread_profile"} <= tools, thr.evidence
     assert not any(c.kind in ("runq.latency", "cpu.single_thread") for c in causes)
+
+HOG = 12349  # cpu_hog captured as the benchmark asks: perfmcp-busy (nobody), one thread
+
+
+def test_a_hog_filling_the_one_busy_cpu_is_not_also_a_cpu_saturation() -> None:
+    """cpu_hog as the benchmark asks: the USE cpu row is breached by the hog's CPU alone (cpu1 100%, the
+    other idle, 52% busy), and perf_use_check lists the breached check only (ok ones are counted, not
+    listed): the CPUs' busy % comes from the snapshot, the hog holds most of it, and the saturation is
+    the hog's: one root cause, the single thread's."""
+    obs = observations("bench.cpu_hog")
+    row = obs.answers["perf_use_check"]["table"][0]
+    assert row["name"] == "cpu" and row["status"] == "warning" and "saturation" not in row
+    assert [c["id"] for c in row["utilisation"]] == ["cpu.single_cpu"]
+    causes = rank(correlate(obs))
+    print("\n" + "\n".join(f"{c.kind} {c.severity} {c.score} {c.culprit.text()[:60]}" for c in causes))
+    (hog,) = [c for c in causes if c.severity != "info"]
+    assert hog.kind == "cpu.single_thread" and hog.culprit.pid == HOG
+    assert any(e.counter.startswith("/proc/stat cpuN") and e.value == 100.0 for e in hog.evidence)  # joined
+    top = next(e for e in hog.evidence if e.counter == "top process CPU (% of one CPU)")
+    busy = obs.answers["perf_snapshot"]["windows"][0]["cpu"]["busy"]
+    assert f"pid {HOG} " in (top.sample or "") and f"{top.value / (busy * 2):.0%} of the busy time" in (top.sample or "")
+

@@ -305,7 +305,9 @@ def cpu_saturation(v: View) -> list[RootCause]:
         return []
     if all(str(c.get("id", "")).startswith("psi.cpu") for c in breaches) and cgroup_throttled(v):
         return []  # tasks stalled by a CFS quota count in CPU PSI: the throttled cgroup explains them
-    busy = next((c.get("value") for c in v.checks("cpu") if c.get("id") == "cpu.utilisation"), None)
+    # the CPUs' busy %: the USE check, or (an ok check is left out of a breached row) the snapshot's
+    busy = next((c.get("value") for c in v.checks("cpu") if c.get("id") == "cpu.utilisation"),
+                (_window(v).get("cpu") or {}).get("busy"))
     ev = [v.check_evidence(c) for c in breaches]
     culprit = Culprit(kind="system")
     top = (v.rows("cpu") or [None])[0]
