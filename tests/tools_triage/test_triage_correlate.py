@@ -523,3 +523,25 @@ def test_a_hog_filling_the_one_busy_cpu_is_not_also_a_cpu_saturation() -> None:
     busy = obs.answers["perf_snapshot"]["windows"][0]["cpu"]["busy"]
     assert f"pid {HOG} " in (top.sample or "") and f"{top.value / (busy * 2):.0%} of the busy time" in (top.sample or "")
 
+
+def test_deep_mode_names_the_process_behind_its_block_io() -> None:
+    """Deep mode's perf_io_layers counts block I/O by the process that issues it: fio's direct reads of
+    loop0, the memory hog's page-cache re-reads of vda. A kernel thread issuing block I/O does it for a
+    process (the loop device's worker reading its backing file; the benchmark's deep run saw it issue
+    most of loop0's bytes: added here at 1.2 x fio's), so it is never the culprit; the re-reads under the
+    memory limit are memory's, as in standard mode."""
+    obs, _ = bench("disk_saturation.deep")
+    layers = obs.answers["perf_io_layers"]
+    fio = next(p for p in layers["processes"] if p["comm"] == "fio")
+    layers["processes"].append({"pid": 3821, "comm": "kworker/u8:1", "syscalls": {},
+                                "block": {"read_bytes": int(fio["block"]["read_bytes"] * 1.2), "write_bytes": 0}})
+    causes = rank(correlate(obs))
+    assert causes[0].kind == "disk.saturation" and causes[0].culprit.pid == fio["pid"] == 12115
+    assert "CPU saturation" in causes[0].title and not any(c.culprit.pid == 3821 for c in causes)
+    obs, causes = bench("memory_pressure.deep")
+    top = causes[0]
+    assert top.kind == "cgroup.memory_limit" and top.culprit.cgroup == "/pmcp-bench-12104-974ebf"
+    reads = next(e for e in top.evidence if e.counter.startswith("storage reads/s of a process under"))
+    hog = next(p for p in obs.answers["perf_io_layers"]["processes"] if p["pid"] == 12246)
+    assert reads.tool == "perf_io_layers" and reads.value == round(hog["block"]["read_bytes"] / layers["duration_s"])
+    assert not any(c.kind == "disk.saturation" for c in causes)

@@ -531,10 +531,10 @@ def _refaulter(v: View) -> tuple[Culprit, Evidence] | None:
         return None
     row, bps, source = io[0]
     reads = float(row.get("read_bps") or 0.0)
-    if source != "attribution" or reads < REFAULT_READ_SHARE * bps:
+    if reads < REFAULT_READ_SHARE * bps:
         return None
-    culprit = v.process(int(row["pid"]), row.get("command"))
-    return culprit, _ev("attribution", REFAULT_COUNTER, round(reads), None, v.att.get("window_s"),
+    culprit = v.process(int(row["pid"]), row.get("command") or row.get("comm"))
+    return culprit, _ev(source, REFAULT_COUNTER, round(reads), None, v.att.get("window_s"),
                         f"pid {row['pid']} {_short(row)}: {reads / 1e6:.0f} MB/s read, {reads / bps:.0%} of its "
                         f"storage bytes; {bps / total:.0%} of the processes'")
 
@@ -601,6 +601,7 @@ def disk(v: View) -> list[RootCause]:
     return out
 
 
+_KERNEL_IO = re.compile(r"^(kworker/|ksoftirqd/|loop\d|jbd2/|kswapd|kcompactd|flush-)")
 DEVICE_FIT = 2.0  # a process issuing more than this many times a device's bytes/s does not load that device
 DEVICE_SHARE = 2 / 3  # of the storage bytes that may be a device's: a process's bytes are not per device, so
 # with two heavy readers (of two devices) neither is named the culprit of either
@@ -625,23 +626,24 @@ def _window(v: View) -> dict[str, Any]:
 
 def _io_processes(v: View) -> list[tuple[dict[str, Any], float, str]]:
     """(row, bytes/s, source) of processes by storage bytes, most first: perf_io_layers' block bytes
-    per process where deep mode ran it, else attribution's (other users' only with the inspect grant). Workers of one program (the
+    per process where deep mode ran it (kernel threads left out: they issue it for a process), else
+    attribution's (other users' only with the inspect grant). Workers of one program (the
     same command line and parent, such as fio's jobs) count as one: their parent, when it runs the same
     command, else the busiest worker, with their bytes summed."""
     by_pid: dict[int, tuple[dict[str, Any], float, str]] = {}
     layers = v.answer("perf_io_layers")
     dur = float(layers.get("duration_s") or 0)
-    if not layers.get("processes"):  # perf_io_layers (deep) sees every user's block I/O: it comes first
+    for p in layers.get("processes") or [] if dur else []:  # deep: every user's block I/O, first
+        b = p.get("block") or {}
+        if v.own(p) or _KERNEL_IO.match(str(p.get("comm") or "")) or not (b.get("read_bytes") or b.get("write_bytes")):
+            continue  # a kernel thread issuing block I/O does it for a process (a loop device's worker)
+        row = {**p, "read_bps": b.get("read_bytes", 0) / dur, "write_bps": b.get("write_bytes", 0) / dur}
+        by_pid[p["pid"]] = (row, row["read_bps"] + row["write_bps"], "perf_io_layers")
+    if not by_pid:
         for key in ("disk_read", "disk_write"):
             for r in v.rows(key):
                 bps = float(r.get("read_bps") or 0) + float(r.get("write_bps") or 0)
                 by_pid[r["pid"]] = (r, bps, "attribution")
-    elif dur:
-        for p in layers.get("processes") or []:
-            if v.own(p):
-                continue
-            b = p.get("block") or {}
-            by_pid[p["pid"]] = (p, (b.get("read_bytes", 0) + b.get("write_bytes", 0)) / dur, "perf_io_layers")
     groups: dict[tuple[Any, ...], list[tuple[dict[str, Any], float, str]]] = {}
     for row, bps, source in by_pid.values():
         ppid = v.obs.parents.get(row["pid"])
