@@ -502,6 +502,22 @@ def test_the_wait_of_a_throttled_process_is_its_quotas_not_a_cause_of_its_own() 
     assert {"perf_cgroup_summary", "perf_runq_latency", "perf_thread_profile"} <= tools, thr.evidence
     assert not any(c.kind in ("runq.latency", "cpu.single_thread") for c in causes)
 
+
+def test_quick_mode_asked_about_a_pid_says_what_it_did_not_trace() -> None:
+    """Quick mode reads a pid's threads' CPU demand but traces nothing: with nothing found about the pid,
+    the summary says why its threads wait was not looked at, not "no problem found"."""
+    from perf_mcp.tools.perf_triage import Params, headline
+    from perf_mcp.triage.collectors import Collection
+
+    obs = observations("bench.lock_blocked.denied")
+    obs = msgspec.structs.replace(obs, mode="quick", answers={k: v for k, v in obs.answers.items()
+                                                              if k in ("perf_use_check", "perf_snapshot")})
+    text = headline(Params(mode="quick", pid=LOCKED), [], Collection(obs=obs))
+    assert text.startswith(f"perf_triage quick: nothing found in what could be seen; pid {LOCKED} could not be "
+                           "fully examined, not seen: why its threads wait: off-CPU stacks, run-queue wait, system "
+                           "calls, DNS lookups (quick mode traces nothing: mode=standard)"), text
+
+
 HOG = 12349  # cpu_hog captured as the benchmark asks: perfmcp-busy (nobody), one thread
 
 

@@ -106,13 +106,17 @@ PID_LOOKS = {
 
 
 def unexamined(col: Collection) -> list[str]:
-    """What could not be seen of the pid asked about: the collectors about it that could not run (with
-    why), and the off-CPU part of its thread profile when that was unavailable, with how many of its
-    threads were blocked most of the window (the wait that could not be explained)."""
+    """What could not be seen of the pid asked about: in quick mode what tracing would show; the
+    collectors about it that could not run (with why), and the off-CPU part of its thread profile when
+    that was unavailable, with how many of its threads were blocked most of the window (the wait that
+    could not be explained)."""
     pid = col.obs.pid
     if pid is None:
         return []
     out: list[str] = []
+    if col.obs.mode == "quick":  # its threads' CPU demand is read (schedstat), nothing that traces
+        out.append("why its threads wait: off-CPU stacks, run-queue wait, system calls, DNS lookups (quick mode "
+                   "traces nothing: mode=standard)")
     for c in col.could_not_run:
         if c.collector in PID_LOOKS:
             why = "not granted" if c.code == ErrorCode.PERMISSION_DENIED.value else (c.code or "failed").lower()
