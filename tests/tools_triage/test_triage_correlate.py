@@ -503,6 +503,19 @@ def test_the_wait_of_a_throttled_process_is_its_quotas_not_a_cause_of_its_own() 
     assert not any(c.kind in ("runq.latency", "cpu.single_thread") for c in causes)
 
 
+def test_the_wait_of_a_throttled_process_asked_about_is_its_quotas_too() -> None:
+    """The same capture, asked about the busy loop's pid ("why is process N slow", the README's
+    recorded session): its run-queue wait is still the throttling's evidence, not a second cause."""
+    obs = observations("bench.throttled_cgroup")
+    loop, cgroup = 27076, "/pmcp-bench-27061-9de95b"
+    obs = msgspec.structs.replace(obs, pid=loop)
+    causes = rank(correlate(obs), obs.pid, pid_cgroups(obs))
+    (thr,) = [c for c in causes if c.severity != "info"]
+    assert thr.kind == "cgroup.cpu_throttled" and thr.culprit == Culprit(kind="cgroup", cgroup=cgroup)
+    assert "perf_runq_latency" in {e.tool for e in thr.evidence}, thr.evidence
+    assert not any(c.kind in ("runq.latency", "cpu.single_thread") for c in causes)
+
+
 def test_quick_mode_asked_about_a_pid_says_what_it_did_not_trace() -> None:
     """Quick mode reads a pid's threads' CPU demand but traces nothing: with nothing found about the pid,
     the summary says why its threads wait was not looked at, not "no problem found"."""

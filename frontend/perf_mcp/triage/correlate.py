@@ -385,10 +385,13 @@ def runq_latency(v: View) -> list[RootCause]:
         return []
     culprit = Culprit(kind="system")
     procs = [p for p in rq.get("processes") or [] if not v.own(p)]
-    if v.obs.pid is not None:
+    waiter = v.obs.pid
+    if waiter is None and procs and procs[0].get("pid"):
+        waiter = int(procs[0]["pid"])  # the most waiting process
+    if waiter is not None and (quota := _throttled_holding(v, waiter)):
+        culprit = Culprit(kind="cgroup", cgroup=quota[0])  # it waits for its cgroup's quota, not for a CPU
+    elif v.obs.pid is not None:
         culprit = v.process(v.obs.pid)
-    elif procs and procs[0].get("pid") and (quota := _throttled_holding(v, int(procs[0]["pid"]))):
-        culprit = Culprit(kind="cgroup", cgroup=quota[0])  # the most waiting process waits for its cgroup's quota
     severity = "critical" if p99 >= 10 * RUNQ_P99_MS * 1000 else "warning"
     ev = _runq_evidence(v)
     if procs:
