@@ -511,12 +511,16 @@ def test_findings_name_the_top_processes_and_their_next_call() -> None:
     b = snap(10.0, stat=per_cpu_stat([(1000, 0), (50, 950)]))
     ev = rules.evaluate(window(a, b), TH, FC)
     att = _Attribution(window_s=10.0, cpu=[_Row(4242, "alice", "/usr/bin/burn --hot", cpu_pct=99.5),
-                                           _Row(17, "root", "idle-ish", cpu_pct=0.0)],
+                                           _Row(17, "root", "idle-ish", cpu_pct=0.0),
+                                           _Row(23, "bob", "/usr/bin/half", cpu_pct=40.0),
+                                           _Row(31, "root", "/usr/bin/crumb", cpu_pct=0.3)],
                        memory=[], disk_read=[], disk_write=[], fds=[], notes=[])
     named = rules.name_culprits(ev.findings, att, FC)
     f = next(f for f in named if f.id == "use.cpu.single")
     assert "burn (pid 4242)" in f.title and "pid 4242 (/usr/bin/burn --hot, user alice) 100% CPU" in f.detail
     assert f.metrics["top.pid"] == 4242 and "idle-ish" not in f.detail  # a process using nothing is not named
+    assert "then pid 23 40% CPU" in f.detail  # a process that counts beside the lead is named after it,
+    assert "pid 31" not in f.detail  # one with 0.3% beside 99.5% is not (it would read '0% CPU')
     assert f.next is not None and (f.next.tool, f.next.arguments) == ("perf_thread_profile",
                                                                       {"pid": 4242, "duration_s": 5})
     assert any("4242" in e.counter and e.value == 99.5 for e in f.evidence)

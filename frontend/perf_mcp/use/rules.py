@@ -886,6 +886,8 @@ def name_culprits(findings: list[Finding], attribution: Any, fc: FindingContext,
             out.append(f)
             continue
         lead = rows[0]
+        # the others only where they count beside the lead (a 0.3% process after a 100% one says nothing)
+        rows = [lead] + [r for r in rows[1:] if _amount(r, figure) >= 0.05 * _amount(lead, figure)]
         names = f"{_proc_label(lead)} {_amount(lead, figure):.0f}{unit}"
         if len(rows) > 1:
             names += f", then {', '.join(f'pid {r.pid} {_amount(r, figure):.0f}{unit}' for r in rows[1:])}"
