@@ -9,12 +9,14 @@ their tests feed them captured real answers.
 
 Timing (the broker runs one profiling/tracing job per user at a time, so the
 tracing collectors form one chain, queued by triage.queue):
-- quick: attribution and fd growth (this user's processes over FD_WINDOW_S,
-  every user's between the broker reads attribution keeps) over the sampler's recent history (the
-  first calls after start-up wait until it holds MIN_HISTORY_S), then
-  perf_use_check and perf_snapshot from the ring, perf_cgroup_summary (top
-  children, and the pid's cgroup); when the snapshot counts an exec storm,
-  /proc watched for CHURN_S for the parent of the new processes (churn).
+- quick: once the sampler's ring holds MIN_HISTORY_S (the first calls after
+  start-up wait), side by side: attribution over its recent history (with the
+  top processes' thread demand over DEMAND_WINDOW_S), fd growth (this user's
+  processes over FD_WINDOW_S, every user's between the broker reads
+  attribution keeps), perf_use_check and perf_snapshot from the ring, and
+  perf_cgroup_summary (top children, and the pid's cgroup); when the snapshot
+  counts an exec storm, /proc watched for CHURN_S for the parent of the new
+  processes (churn).
 - standard: from the start, the tracing chain perf_runq_latency,
   perf_syscall_count (and perf_dns_latency when network is in focus) and
   perf_net_health; once attribution names the top process, perf_thread_profile
@@ -418,7 +420,8 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
     ring_done = trio.Event()
 
     async def attribution_then_local() -> None:
-        """quick: wait for history, attribution + fd growth, then the ring's tools."""
+        """quick: wait for history, then side by side: attribution (with its threads' 1 s demand), the fd
+        growth once FD_WINDOW_S has passed, and the ring's tools (then the churn in quick mode)."""
         t_start = trio.current_time()
         first_fds = await trio.to_thread.run_sync(count_fds) if wanted("fd_growth", focus) else {}
         t_first = trio.current_time()
@@ -428,24 +431,31 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             await system_sampler(ctx, min_samples=MIN_HISTORY_S + 1)
         except ToolError as exc:
             col.blind_spots.append(f"the background sampler: {exc.message}")
-        if first_fds:
+
+        async def fd_growth_after_window() -> None:
             await trio.sleep_until(t_first + FD_WINDOW_S)
-        async with trio.open_nursery() as inner:
-            if wanted("attribution", focus):
-                inner.start_soon(runner.local, "attribution", _attribution)
-            if first_fds:
-                inner.start_soon(runner.local, "fd_growth", lambda: _fd_growth(first_fds, t_first))
-        if wanted("fd_growth", focus):  # other users' fds, from the broker's reads attribution keeps
-            mine = {int(g["pid"]) for g in obs.fd_growth}
-            obs.fd_growth += [g for g in broker_fd_growth(ctx, obs.own_pid) if g["pid"] not in mine]
-        log.debug("quick collectors in %.1f s", trio.current_time() - t_start)
-        quick_done.set()
-        async with trio.open_nursery() as inner:
-            inner.start_soon(runner.tool, "perf_use_check", "perf_use_check", {"window_s": 10.0})
-            inner.start_soon(runner.tool, "perf_snapshot", "perf_snapshot", {"include_per_cpu": True})
-        ring_done.set()
-        if mode == "quick" and exec_storm():  # quick traces nothing: its parent from the process churn
-            await runner.local("churn", _churn)
+            await runner.local("fd_growth", lambda: _fd_growth(first_fds, t_first))
+
+        async def ring_tools() -> None:
+            async with trio.open_nursery() as inner:
+                inner.start_soon(runner.tool, "perf_use_check", "perf_use_check", {"window_s": 10.0})
+                inner.start_soon(runner.tool, "perf_snapshot", "perf_snapshot", {"include_per_cpu": True})
+            ring_done.set()
+            if mode == "quick" and exec_storm():  # quick traces nothing: its parent from the process churn
+                await runner.local("churn", _churn)
+
+        async with trio.open_nursery() as outer:
+            outer.start_soon(ring_tools)
+            async with trio.open_nursery() as inner:
+                if wanted("attribution", focus):
+                    inner.start_soon(runner.local, "attribution", _attribution)
+                if first_fds:
+                    inner.start_soon(fd_growth_after_window)
+            if wanted("fd_growth", focus):  # other users' fds, from the broker's reads attribution keeps
+                mine = {int(g["pid"]) for g in obs.fd_growth}
+                obs.fd_growth += [g for g in broker_fd_growth(ctx, obs.own_pid) if g["pid"] not in mine]
+            log.debug("quick collectors in %.1f s", trio.current_time() - t_start)
+            quick_done.set()
 
     async def _attribution() -> None:
         try:
