@@ -131,6 +131,8 @@ def make_broker(output_cap: int, trusted_uids: frozenset[int] = frozenset(), dis
         log.error("no unprivileged user %s (the installer creates it): perf's jobs are off", PARSER_USER)
         if programs.pop("perf", None):
             missing.append("perf")
+    if removed := runner.sweep_parser_leftovers():
+        log.info("removed %d stale vdso copies of killed perf script steps from /tmp", removed)
     cache_bpftrace_info({k: v for k, v in programs.items() if k not in (disabled or ())})
     return Broker(
         programs=programs,

@@ -20,6 +20,7 @@ Invariants:
   CAP_PERFMON and CAP_BPF. An unprivileged step (perf script) runs as PARSER_USER
   with no capability at all, in its job directory, which is readable by that user's
   group only while such a step runs (with a copy of /proc/kallsyms read here).
+  What a killed perf script leaves in /tmp (its vdso copy) is removed once stale.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import functools
 import os
 import resource
 import signal
+import stat
 import subprocess
 import time
 
@@ -48,6 +50,10 @@ MAX_FILE_BYTES = 2 * 1024**3
 # (uid, gid) of jobs.PARSER_USER, set at start-up (make_broker); None: no such user,
 # and the broker runs no unprivileged step.
 PARSER_IDS: tuple[int, int] | None = None
+# perf unpacks a sampled vdso to /tmp/perf-vdso.so-XXXXXX (a fixed path in perf) and removes
+# it at exit, but not when it is killed (a cancelled or timed-out perf script).
+VDSO_PREFIX = "perf-vdso.so-"
+STALE_S = 600.0  # longer than any step lasts
 _PROGRAM_OF = {path: name for name, paths in PROGRAM_PATHS.items() for path in paths}
 _CAP_BPF = 39  # the last of CAP_PERFMON (38) and CAP_BPF (39)
 
@@ -151,6 +157,30 @@ def _hand_over(workdir: str) -> None:
     os.chmod(workdir, 0o755)
 
 
+def sweep_parser_leftovers(tmp: str = "/tmp", stale_after_s: float = STALE_S) -> int:
+    """Remove the vdso copies a killed perf script left in tmp: regular files of PARSER_USER
+    named perf-vdso.so-*, unchanged for stale_after_s, so no live step's (brokers started by
+    hand share that user). In a sticky /tmp only that user or root can rename such an entry,
+    and unlink never follows a link. Returns how many were removed."""
+    if PARSER_IDS is None:
+        return 0
+    removed, now = 0, time.time()
+    try:
+        with os.scandir(tmp) as entries:
+            names = [e.path for e in entries if e.name.startswith(VDSO_PREFIX)]
+    except OSError:
+        return 0
+    for path in names:
+        try:
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) and st.st_uid == PARSER_IDS[0] and now - st.st_mtime > stale_after_s:
+                os.unlink(path)
+                removed += 1
+        except OSError:  # gone meanwhile
+            continue
+    return removed
+
+
 async def run_step(step: Step, stdout_cap: int, stderr_cap: int = limits.STDERR_CAP) -> StepResult:
     """Run one step to completion; see the module invariants.
 
@@ -170,6 +200,7 @@ async def run_step(step: Step, stdout_cap: int, stderr_cap: int = limits.STDERR_
             if not _handed_over[workdir]:
                 del _handed_over[workdir]
                 os.chmod(workdir, 0o700)
+            sweep_parser_leftovers()
     return await _run(step, stdout_cap, stderr_cap)
 
 

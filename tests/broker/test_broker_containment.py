@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -220,5 +221,57 @@ def test_without_the_parser_user_perf_is_off(monkeypatch: pytest.MonkeyPatch) ->
         broker = main.make_broker(output_cap=1 << 20)
         assert "perf" in broker.programs and runner.PARSER_IDS == (pwd.getpwnam("perf-mcp-parse").pw_uid,
                                                                    pwd.getpwnam("perf-mcp-parse").pw_gid)
+    finally:
+        runner.PARSER_IDS = before
+
+
+def test_vdso_copies_of_killed_perf_script_steps_are_swept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """perf unpacks a sampled vdso to /tmp/perf-vdso.so-XXXXXX and removes it when it exits, but
+    not when it is killed (a cancelled perf script step). The broker removes such files of
+    perf-mcp-parse once unchanged for runner.STALE_S, at start and after each perf script step,
+    and nothing else: not a fresh one (a live step's), not root's, not a link, not another name."""
+    import perf_mcp_broker.__main__ as main
+    from perf_mcp_broker import runner
+
+    parse = pwd.getpwnam("perf-mcp-parse")
+    old = time.time() - runner.STALE_S - 60
+    os.chmod(tmp_path, 0o1777)
+    precious = tmp_path / "precious"
+    precious.write_bytes(b"root's")
+
+    def plant(name: str, uid: int, stale: bool = True, link: bool = False) -> None:
+        path = tmp_path / name
+        if link:
+            os.symlink(precious, path)
+        else:
+            path.write_bytes(b"\x7fELF")
+        os.lchown(path, uid, uid)
+        if stale:
+            os.utime(path, (old, old), follow_symlinks=False)
+
+    plant("perf-vdso.so-Stale1", parse.pw_uid)
+    plant("perf-vdso.so-Fresh1", parse.pw_uid, stale=False)
+    plant("perf-vdso.so-Roots1", 0)
+    plant("perf-vdso.so-Link01", parse.pw_uid, link=True)
+    plant("perf-vdsoXso-Other1", parse.pw_uid)
+    before = runner.PARSER_IDS
+    try:
+        runner.PARSER_IDS = None  # no parser user: nothing of its to sweep
+        assert runner.sweep_parser_leftovers(str(tmp_path)) == 0
+        runner.PARSER_IDS = (parse.pw_uid, parse.pw_gid)
+        assert runner.sweep_parser_leftovers(str(tmp_path)) == 1
+        assert sorted(p.name for p in tmp_path.iterdir()) == [
+            "perf-vdso.so-Fresh1", "perf-vdso.so-Link01", "perf-vdso.so-Roots1", "perf-vdsoXso-Other1", "precious"]
+        assert precious.read_bytes() == b"root's"
+
+        # at start: a stale copy in the real /tmp is gone once a broker is made
+        real = f"/tmp/perf-vdso.so-T{os.getpid()}"
+        with open(real, "xb") as f:
+            f.write(b"\x7fELF")
+        os.chown(real, parse.pw_uid, parse.pw_gid)
+        os.utime(real, (old, old))
+        monkeypatch.setattr(main, "PARSER_USER", "perf-mcp-parse")
+        main.make_broker(output_cap=1 << 20)
+        assert not os.path.lexists(real)
     finally:
         runner.PARSER_IDS = before
