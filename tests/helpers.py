@@ -183,9 +183,12 @@ async def mcp_client(
     extra_args: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     errlog: IO[str] | None = None,
+    netns: str | None = None,
     **client_kwargs: Any,
 ) -> AsyncIterator[Any]:
-    """An ``mcp.Client`` connected over stdio to ``perf-mcp`` running as ``user``.
+    """An ``mcp.Client`` connected over stdio to ``perf-mcp`` running as ``user``
+    (in the network namespace /run/netns/``netns`` when given: nsenter joins only that
+    one; `ip netns exec` would also mount a fresh /sys, without the cgroups).
 
     The frontend's stderr goes to ``errlog`` if given; otherwise it is collected
     in a temp file and copied to sys.stderr when the client closes (pytest shows
@@ -196,6 +199,8 @@ async def mcp_client(
     from mcp.client.stdio import StdioServerParameters, stdio_client
 
     argv = frontend_argv(user, socket_path, *extra_args)
+    if netns is not None:
+        argv = ["/usr/bin/nsenter", f"--net=/run/netns/{netns}", *argv]
     params = StdioServerParameters(
         command=argv[0], args=argv[1:], env=user_env(user, env), cwd="/"
     )

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import trio
 
@@ -48,23 +48,11 @@ TRIAGE = "perf_triage"
 
 @asynccontextmanager
 async def client_for(user: str, socket_path: Path, netns: str | None = None) -> AsyncIterator[Any]:
-    """helpers.mcp_client, or the same frontend started inside a network namespace (only the network one)."""
-    if netns is None:
-        async with helpers.mcp_client(user, socket_path, read_timeout_seconds=_timeout()) as client:
+    """helpers.mcp_client, started inside the fault's network namespace where it has one."""
+    with tempfile.TemporaryFile("w+") as log:  # the frontend's log is not the benchmark's output
+        async with helpers.mcp_client(user, socket_path, errlog=log, netns=netns,
+                                      read_timeout_seconds=_timeout()) as client:
             yield client
-        return
-    from mcp import Client
-    from mcp.client.stdio import StdioServerParameters, stdio_client
-
-    # nsenter joins only the network namespace; `ip netns exec` would also mount a fresh /sys (no cgroups there)
-    argv = ["/usr/bin/nsenter", f"--net=/run/netns/{netns}", *helpers.frontend_argv(user, socket_path)]
-    params = StdioServerParameters(command=argv[0], args=argv[1:], env=helpers.user_env(user), cwd="/")
-    log: IO[str] = tempfile.TemporaryFile("w+")
-    try:
-        async with Client(stdio_client(params, errlog=log), read_timeout_seconds=_timeout()) as client:
-            yield client
-    finally:
-        log.close()
 
 
 def _timeout() -> float:

@@ -55,9 +55,9 @@ WHAT = {
 
 class Params(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     mode: Annotated[Mode, Meta(description=(
-        "quick (about 5 s): the sampler's history (USE, snapshot), per-process attribution, cgroups, fd growth; "
-        "no privileges. standard (about 10 s): adds run-queue latency, system calls, the threads of the top "
-        "process (or pid), network health and DNS. deep (about 30 s): adds CPU and off-CPU profiles, I/O layers, "
+        "quick (about 5 s): the sampler's history (USE, snapshot), per-process attribution, cgroups, fd growth, "
+        "network health; no privileges. standard (about 10 s): adds run-queue latency, system calls, the threads "
+        "of the top process (or pid) and DNS. deep (about 30 s): adds CPU and off-CPU profiles, I/O layers, "
         "block and file latency. Tracing needs the broker's trace grant; without it the answer says what it "
         "could not run."))] = "quick"
     pid: Annotated[int, Meta(ge=limits.PID_MIN, le=limits.PID_MAX, description=(
@@ -79,8 +79,8 @@ def _blind_spots(p: Params, col: Collection) -> list[str]:
     for note in (col.obs.attribution or {}).get("notes") or []:
         spots.append(f"attribution: {note}")
     if p.mode == "quick":
-        spots.append("quick mode traces nothing: run-queue latency, system calls, threads, DNS and per-socket "
-                     "retransmits are not seen (mode=standard)")
+        spots.append("quick mode traces nothing: run-queue latency, system calls, threads and DNS lookups are "
+                     "not seen (mode=standard)")
     elif p.mode == "standard":
         spots.append("standard mode has no CPU or off-CPU profile, I/O layers or block latency (mode=deep)")
     if p.focus != "all":

@@ -13,14 +13,14 @@ tracing collectors form one chain, queued by triage.queue):
   start-up wait), side by side: attribution over its recent history (with the
   top processes' thread demand over DEMAND_WINDOW_S), fd growth (this user's
   processes over FD_WINDOW_S, every user's between the broker reads
-  attribution keeps), perf_use_check and perf_snapshot from the ring, and
-  perf_cgroup_summary (top children, and the pid's cgroup); when the snapshot
+  attribution keeps), perf_use_check and perf_snapshot from the ring,
+  perf_cgroup_summary (top children, and the pid's cgroup) and perf_net_health
+  (with its sockets' tcp_info, over 1 s); when the snapshot
   counts an exec storm, /proc watched for CHURN_S for the parent of the new
   processes (churn).
 - standard: from the start, the tracing chain perf_runq_latency,
-  perf_syscall_count (and perf_dns_latency when network is in focus) and
-  perf_net_health; once attribution names the top process, perf_thread_profile
-  of it (or of pid, with its off-CPU stacks) and perf_fd_trace of the process
+  perf_syscall_count (and perf_dns_latency when network is in focus); once
+  attribution names the top process, perf_thread_profile of it (or of pid, with its off-CPU stacks) and perf_fd_trace of the process
   whose fds grew; perf_exec_trace when the snapshot counts an exec storm
   (the churn when it could not run).
 - deep: adds perf_offcpu_profile, perf_cpu_profile, perf_io_layers,
@@ -565,11 +565,10 @@ async def collect(ctx: ToolContext, mode: str, focus: str, pid: int | None,
             async with trio.open_nursery() as work:
                 work.start_soon(attribution_then_local)
                 work.start_soon(cgroups)
+                if wanted("perf_net_health", focus):  # its sockets' tcp_info name a lossy flow's peer in 1 s
+                    work.start_soon(runner.tool, "perf_net_health", "perf_net_health", {"include_tcp_details": True})
                 if mode in ("standard", "deep"):
                     work.start_soon(tracing_chain)
-                    if wanted("perf_net_health", focus):
-                        work.start_soon(runner.tool, "perf_net_health", "perf_net_health",
-                                        {"include_tcp_details": True})
                     work.start_soon(after_quick)
             nursery.cancel_scope.cancel()
     now = trio.current_time()
