@@ -147,6 +147,30 @@ def attached(broker_pid: int) -> bool:
     return {"block_rq_issue", "block_rq_complete"} <= points
 
 
+def _progs() -> list[dict[str, Any]]:
+    try:
+        return json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                                         timeout=10).stdout or "[]")
+    except (json.JSONDecodeError, subprocess.TimeoutExpired):
+        return []
+
+
+def last_prog_id() -> int:
+    """The newest BPF program id: programs loaded later have larger ids."""
+    return max((int(p.get("id", 0)) for p in _progs()), default=0)
+
+
+def block_recursion_misses(after_id: int) -> int:
+    """How many runs the kernel skipped of the block_rq_* programs loaded after after_id (the
+    tracing job's): a kprobe or classic tracepoint program is not run while another such program
+    runs on the same CPU (recursion protection, bpf_prog_active); a block completion in an
+    interrupt that lands inside another tracer's program is then never seen. Counted for every
+    device's requests (the device filter runs inside the program), so an upper bound on this
+    device's missed requests. bpftool shows recursion_misses only when it is not zero."""
+    return sum(int(p.get("recursion_misses") or 0) for p in _progs()
+               if int(p.get("id", 0)) > after_id and str(p.get("name", "")).startswith("block_rq"))
+
+
 def wait_attached(broker_pid: int, timeout: float = 30.0) -> float:
     """Seconds waited until the broker's tracing program attached; raises on timeout."""
     t0 = time.monotonic()

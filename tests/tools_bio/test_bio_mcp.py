@@ -8,7 +8,12 @@ Known answers (tests/tools_bio/bio_util.py):
   attached to block_rq_complete). No other I/O reaches that device, so the
   tool's count for it equals fio's total_ios and the growth of the device's
   /proc/diskstats reads+writes completed across the call: exactly (fio and
-  diskstats); the tool's count may be COUNT_SLACK short, never above.
+  diskstats); the tool's count may be COUNT_SLACK short, never above, and short
+  by the runs the kernel skipped of the job's block programs (recursion_misses,
+  read with bpftool after fio: a classic tracepoint program does not run while
+  another tracer's kprobe or tracepoint program runs on that CPU, so another
+  suite tracing at the same time costs completions; 0 on a machine traced by
+  nobody else, where the count is exact).
 - LATENCY: each request lies inside fio's pread (psync: one in flight), so the
   block latency is fio's completion latency less the syscall's own path. fio
   runs at SCHED_FIFO so a CPU hog on this loaded 2-CPU machine does not delay
@@ -36,7 +41,8 @@ import pytest
 import trio
 
 import helpers
-from bio_util import FioResult, LoopDevice, diskstats_ios, io_scheduler, loop_device, run_fio, wait_attached
+from bio_util import (FioResult, LoopDevice, block_recursion_misses, diskstats_ios, io_scheduler, last_prog_id,
+                      loop_device, run_fio, wait_attached)
 from helpers import envelope, ok_data
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
@@ -50,7 +56,8 @@ LOG2_MEAN_FACTOR = 4 / 3
 # The tool's count may be this many short of fio's (never above). wait_attached waits for
 # every CPU's attachment (bpftrace opens one tracepoint event per CPU; requests issued on a
 # CPU not yet attached were missed before it did); one request of 300 was still missed once
-# in a full run on a loaded host (299 of 300, linear buckets), so one is allowed.
+# in a full run on a loaded host (299 of 300, linear buckets), so one is allowed. Requests
+# the kernel did not let the job's programs see (Run.misses) come on top.
 COUNT_SLACK = 1
 
 
@@ -68,6 +75,11 @@ class Run:
     env: dict[str, Any]
     fio: FioResult | None
     diskstats_delta: int
+    misses: int = 0  # runs of the job's block programs the kernel skipped (bio_util.block_recursion_misses)
+
+    def least(self, ios: int) -> int:
+        """The fewest requests the tool may count of ios made."""
+        return ios - COUNT_SLACK - self.misses
 
 
 async def traced(broker: Any, loop: LoopDevice, args: dict[str, Any], *, tool: str = NAME,
@@ -76,6 +88,7 @@ async def traced(broker: Any, loop: LoopDevice, args: dict[str, Any], *, tool: s
     users = helpers.lookup_test_users()
     box: dict[str, Any] = {}
     before = diskstats_ios(loop.name)
+    first_id = await trio.to_thread.run_sync(last_prog_id)
     async with helpers.mcp_client(users.granted, broker.socket_path) as client:
         spec = next(t for t in (await client.list_tools()).tools if t.name == tool)
 
@@ -89,6 +102,7 @@ async def traced(broker: Any, loop: LoopDevice, args: dict[str, Any], *, tool: s
                 t0 = time.time()
                 box["fio"] = await trio.to_thread.run_sync(lambda: run_fio(loop.path, **fio))
                 box["fio_window"] = (t0, time.time())
+                box["misses"] = await trio.to_thread.run_sync(block_recursion_misses, first_id)
             box["waited"] = waited
     after = diskstats_ios(loop.name)
     env = envelope(box["result"])
@@ -102,7 +116,9 @@ async def traced(broker: Any, loop: LoopDevice, args: dict[str, Any], *, tool: s
         f0, f1 = box["fio_window"]
         print(f"\n  fio ran {f0 - start:+.2f} s to {f1 - end:+.2f} s from the trace window's ends "
               f"(waited {box['waited']:.2f} s for the attachment)")
-    return Run(data, env, box.get("fio"), after - before)
+    if box.get("misses"):
+        print(f"\n  the kernel skipped {box['misses']} runs of the job's block programs (another tracer ran)")
+    return Run(data, env, box.get("fio"), after - before, box.get("misses", 0))
 
 
 def hist_of(d: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -123,7 +139,7 @@ def check_against_fio(r: Run, label: str, *, exact_mean: bool, bucket_us: float 
     # COUNT: exact
     assert f.ios == FIO_IOS
     assert f.ios == r.diskstats_delta
-    assert h["count"] == d["ios"] and f.ios - COUNT_SLACK <= h["count"] <= f.ios, (h["count"], f.ios)
+    assert h["count"] == d["ios"] and r.least(f.ios) <= h["count"] <= f.ios, (h["count"], f.ios, r.misses)
     assert sum(b["count"] for b in h["buckets"]) == h["count"]
     assert h["mean_exact"] is exact_mean
     # LATENCY: nested in fio's completion latency
@@ -168,7 +184,7 @@ async def test_biolatency_rung_per_device_milliseconds_queued(
     rows = {r_["device"]: r_ for r_ in d["devices"]}
     row = rows[loop.name]
     print(f"\nper device (ms): " + ", ".join(f"{k} {v['ios']}" for k, v in rows.items()))
-    assert r.fio.ios == r.diskstats_delta == FIO_IOS and FIO_IOS - COUNT_SLACK <= row["ios"] <= FIO_IOS
+    assert r.fio.ios == r.diskstats_delta == FIO_IOS and r.least(FIO_IOS) <= row["ios"] <= FIO_IOS
     assert (row["major"], row["minor"]) == (loop.major, loop.minor)
     assert row["histogram_ms"]["count"] == row["ios"] and row["histogram_us"] is None
     # 64 KiB reads of ~0.1 ms: every one in the [0, 1) ms bucket
@@ -237,7 +253,7 @@ async def test_bpftrace_linear_buckets_milliseconds_per_device(
     rows = {x["device"]: x for x in md["devices"]}
     row = rows[loop.name]
     assert (row["major"], row["minor"]) == (loop.major, loop.minor)
-    assert m.diskstats_delta == FIO_IOS and FIO_IOS - COUNT_SLACK <= row["ios"] <= FIO_IOS
+    assert m.diskstats_delta == FIO_IOS and m.least(FIO_IOS) <= row["ios"] <= FIO_IOS
     assert row["histogram_ms"]["count"] == row["ios"]
     assert row["histogram_ms"]["buckets"][0] == {"low_ms": 0.0, "high_ms": 10.0, "count": row["ios"]} or \
         row["histogram_ms"]["buckets"][0]["count"] >= 0.98 * FIO_IOS
@@ -264,7 +280,7 @@ async def test_io_latency_trace_mode_gives_the_same_figures(
     print(f"\nperf_io_latency trace: {row['ios']} I/Os, mean {h['mean_us']} us (fio {f.clat_mean_us:.1f}), "
           f"p99 {h['p99_us']} us (fio {f.clat_p99_us:.1f})")
     assert row["device"] == loop.name and row["ios"] == h["count"] and FIO_IOS == r.diskstats_delta
-    assert FIO_IOS - COUNT_SLACK <= row["ios"] <= FIO_IOS
+    assert r.least(FIO_IOS) <= row["ios"] <= FIO_IOS
     assert h["mean_exact"] is True
     lo = f.clat_mean_us - MEAN_SLACK_US - MEAN_SLACK_REL * f.clat_mean_us
     assert lo <= h["mean_us"] <= f.clat_mean_us * 1.02 + 5.0
