@@ -3,8 +3,8 @@
 
 As root (packaging/run-demo.sh has started a broker):
     .venv/bin/python packaging/demo.py --broker-socket PATH --user perfmcp-granted
-runs the frontend as that user (setpriv) under the real MCP client, calls perf_info
-and a 5-second perf_cpu_profile of a busy process it starts (as the same user),
+runs the frontend as that user (setpriv) under the real MCP client, calls perf_info,
+perf_triage (quick) and a 5-second perf_cpu_profile of a busy process it starts (as the same user),
 writes the flame graph and folded stacks to ./out/, prints the report, and stops
 everything it started.
 
@@ -31,7 +31,7 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
 FRONTEND = REPO / ".venv" / "bin" / "perf-mcp"
-OUT = REPO / "out"
+OUT = Path(os.environ.get("PERF_MCP_DEMO_OUT") or REPO / "out")  # where the flame graph and stacks go
 SETPRIV = "/usr/bin/setpriv"
 
 BUSY_C = r"""
@@ -113,6 +113,12 @@ class Demo:
         async with Client(stdio_client(params, errlog=self.log), read_timeout_seconds=180) as client:
             info = await client.call_tool("perf_info", {})
             report_info(info)
+            say("\n== perf_triage mode=quick: why is this machine slow?")
+            triage = await client.call_tool("perf_triage", {"mode": "quick"})
+            if triage.is_error:
+                report_error(triage.structured_content)
+            else:
+                report_triage(triage.structured_content["data"], busy_pid)
             say(f"\n== perf_cpu_profile: 5 s of pid {busy_pid}")
 
             async def progress(value: float, total: float | None, message: str | None) -> None:
@@ -136,6 +142,25 @@ def report_info(result: Any) -> None:
     text = result.content[0].text.splitlines()
     for line in text:
         say(f"   {line}")
+
+
+def report_triage(d: dict[str, Any], busy_pid: int) -> None:
+    """The triage's first root causes: what an agent reads before its next call."""
+    wrap = {"width": 100, "subsequent_indent": "       ", "break_long_words": False, "break_on_hyphens": False}
+    say(textwrap.fill(d["summary"], initial_indent="   ", **wrap))
+    for i, rc in enumerate(d["root_causes"][:3], 1):
+        c = rc["culprit"]
+        who = ", ".join(f"{k} {v}" for k, v in c.items() if k != "kind" and v not in (None, ""))
+        say(textwrap.fill(f"{i}. [{rc['severity']}, confidence {rc['confidence']}] {rc['title']}",
+                          initial_indent="   ", **wrap))
+        say(textwrap.fill(f"culprit: {c['kind']} {who}", initial_indent="       ", **wrap))
+        if rc.get("next"):
+            say(f"       next: {rc['next']['tool']} {rc['next']['arguments']}")
+    named = any(rc["culprit"].get("pid") == busy_pid for rc in d["root_causes"])
+    say(f"   the busy process (pid {busy_pid}) is {'named' if named else 'NOT named'} as a culprit"
+        + ("" if named else " (another load on this machine may rank first)"))
+    for spot in d["blind_spots"][:2]:
+        say(textwrap.fill(f"not seen: {spot}", initial_indent="   ", **wrap))
 
 
 def report_error(sc: dict[str, Any]) -> int:
@@ -172,7 +197,7 @@ def report_profile(sc: dict[str, Any], files: dict[str, Path]) -> None:
         say(textwrap.fill(f["suggestion"], width=100, initial_indent="       ", subsequent_indent="       ",
                           break_long_words=False, break_on_hyphens=False))
     say("Top functions:      self%   total%   function [module]")
-    for f in d["top_functions_self"][:8]:
+    for f in d["top_functions"][:8]:
         module = f["module"] if f["module"].startswith("[") else f"[{f['module']}]"
         say(f"                  {f['self_pct']:6.2f}   {f['total_pct']:6.2f}   {f['function']} {module}")
     if d["hottest_stacks"]:
