@@ -135,24 +135,24 @@ def _descendants(pid: int) -> set[int]:
     return out
 
 
-def attached(broker_pid: int) -> bool:
-    """A process the broker started has BPF programs on block_rq_issue and block_rq_complete."""
+def _bpftool(*args: str) -> list[dict[str, Any]]:
+    """`bpftool -j ARGS` as JSON ([] when it answers nothing readable in 10 s)."""
     try:
-        rows = json.loads(subprocess.run(["bpftool", "-j", "perf", "list"], capture_output=True, text=True,
+        return json.loads(subprocess.run(["bpftool", "-j", *args], capture_output=True, text=True,
                                          timeout=10).stdout or "[]")
     except (json.JSONDecodeError, subprocess.TimeoutExpired):
-        return False
+        return []
+
+
+def attached(broker_pid: int) -> bool:
+    """A process the broker started has BPF programs on block_rq_issue and block_rq_complete."""
     ours = _descendants(broker_pid)
-    points = {str(r.get("tracepoint", "")) for r in rows if r.get("pid") in ours}
+    points = {str(r.get("tracepoint", "")) for r in _bpftool("perf", "list") if r.get("pid") in ours}
     return {"block_rq_issue", "block_rq_complete"} <= points
 
 
 def _progs() -> list[dict[str, Any]]:
-    try:
-        return json.loads(subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
-                                         timeout=10).stdout or "[]")
-    except (json.JSONDecodeError, subprocess.TimeoutExpired):
-        return []
+    return _bpftool("prog", "show")
 
 
 def last_prog_id() -> int:

@@ -15,14 +15,14 @@ tracing collectors form one chain, queued by triage.queue):
   processes over FD_WINDOW_S, every user's between the broker reads
   attribution keeps), perf_use_check and perf_snapshot from the ring,
   perf_cgroup_summary (top children, and the pid's cgroup) and perf_net_health
-  (with its sockets' tcp_info, over 1 s); when the snapshot
-  counts an exec storm, /proc watched for CHURN_S for the parent of the new
-  processes (churn).
+  (with its sockets' tcp_info, over 1 s); when the snapshot counts an exec
+  storm, /proc watched for CHURN_S for the parent of the new processes (churn).
 - standard: from the start, the tracing chain perf_runq_latency,
   perf_syscall_count (and perf_dns_latency when network is in focus); once
-  attribution names the top process, perf_thread_profile of it (or of pid, with its off-CPU stacks) and perf_fd_trace of the process
-  whose fds grew; perf_exec_trace when the snapshot counts an exec storm
-  (the churn when it could not run).
+  attribution names the top process, perf_thread_profile of it (or of pid,
+  with its off-CPU stacks) and perf_fd_trace of the process whose fds grew;
+  perf_exec_trace when the snapshot counts an exec storm (the churn when it
+  could not run).
 - deep: adds perf_offcpu_profile, perf_cpu_profile, perf_io_layers,
   perf_bio_latency and perf_vfs_latency to the chain.
 """
